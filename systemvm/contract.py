@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import ipaddress
+from collections.abc import Callable
+from typing import Any
 
 SSH_PORT = 3922
 AGENT_PORT = 8250
@@ -28,7 +30,10 @@ ROLE_PORTS: dict[str, tuple[int, ...]] = {
 }
 # Role -> services the role runs (enabled) and those it must not (disabled).
 ROLE_SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "secstorage": (("apache2", "nfs-common", "cloud"), ("haproxy", "dnsmasq", "keepalived", "strongswan-starter")),
+    "secstorage": (
+        ("apache2", "nfs-common", "cloud"),
+        ("haproxy", "dnsmasq", "keepalived", "strongswan-starter"),
+    ),
     "consoleproxy": (("cloud",), ("apache2", "haproxy", "dnsmasq", "keepalived", "strongswan-starter")),
     "router": (("haproxy", "dnsmasq", "apache2"), ("cloud", "nfs-server")),
     "vpcrouter": (("haproxy", "dnsmasq", "apache2"), ("cloud", "nfs-server")),
@@ -103,3 +108,382 @@ def parse_cmdline(text: str) -> dict[str, str]:
 def xenstore_value(cmdline: str) -> str:
     """XenServer HVM carries the command line in xenstore with '%' standing for a space."""
     return cmdline.replace(" ", "%")
+
+
+# --------------------------------------------------------------------------------------------------------
+# What the image does with the command line. Pure functions only (stdlib, Python 3.11): the image runs a
+# copy of this file from /opt/cloud/lib/, so the harness and the appliance read the contract the same way.
+# --------------------------------------------------------------------------------------------------------
+
+CACHE_DIR = "/var/cache/cloud"
+CMDLINE_PATH = f"{CACHE_DIR}/cmdline"
+OVERRIDE_PATH = "/mnt/cmdline"
+BOOT_DONE_PATH = f"{CACHE_DIR}/boot_up_done"
+ENABLED_SVCS_PATH = f"{CACHE_DIR}/enabled_svcs"
+DISABLED_SVCS_PATH = f"{CACHE_DIR}/disabled_svcs"
+SCRIPTS_SIGNATURE_PATH = f"{CACHE_DIR}/cloud-scripts-signature"
+PATCH_FILES = ("agent.zip", "cloud-scripts.tgz", "patch-sysvms.sh")
+AGENT_DIR = "/usr/local/cloud/systemvm"
+AGENT_PROPERTIES = f"{AGENT_DIR}/conf/agent.properties"
+RELEASE_PATH = "/etc/cloudstack-release"
+CLOUD_LOG = "/var/log/cloud.log"
+RULES_V4_PATH = "/etc/iptables/rules.v4"
+RULES_V6_PATH = "/etc/iptables/rules.v6"
+# KVM: how long the boot waits for the host to write the command line through qemu-guest-agent.
+KVM_CMDLINE_WAIT = 60.0
+# Xen HVM keeps the command line here; '%' stands for a space.
+XENSTORE_KEY = "vm-data/cloudstack/init"
+# Hyper-V: the pool the host writes key/value pairs into (hv_kvp_daemon keeps it), fixed-size records.
+HYPERV_KVP_POOL = "/var/lib/hyperv/.kvp_pool_0"
+KVP_KEY_SIZE = 512
+KVP_VALUE_SIZE = 2048
+DMI_DIR = "/sys/class/dmi/id"
+# Role -> UDP ports (DNS and DHCP for the routers).
+ROLE_UDP_PORTS: dict[str, tuple[int, ...]] = {
+    "secstorage": (),
+    "consoleproxy": (),
+    "router": (53, 67),
+    "vpcrouter": (53, 67),
+    "dhcpsrvr": (53, 67),
+}
+# Roles whose service ports face the guest network only (never the control NIC).
+GUEST_FACING_ROLES = ("router", "vpcrouter", "dhcpsrvr")
+# Every service some role runs: a role disables the ones it does not run.
+ROLE_SERVICE_POOL = (
+    "apache2", "cloud", "conntrackd", "dnsmasq", "frr", "haproxy", "keepalived", "nfs-common",
+    "nfs-server", "radvd", "strongswan-starter", "xl2tpd",
+)  # fmt: skip
+# A command runner: argv -> stdout; raises OSError or subprocess.CalledProcessError on failure.
+Runner = Callable[[list[str]], str]
+SSH_KEY_TYPES = ("ssh-rsa", "ssh-ed25519", "ssh-dss", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
+
+
+@dataclasses.dataclass
+class Nic:
+    index: int
+    ip: str | None = None
+    netmask: str | None = None
+    mtu: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"eth{self.index}"
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface | None:
+        if self.ip is None or self.netmask is None:
+            return None
+        return ipaddress.IPv4Interface(f"{self.ip}/{self.netmask}")
+
+
+@dataclasses.dataclass
+class BootConfig:
+    """The command line, checked. ``problems`` lists what was skipped; ``params`` keeps every key as given."""
+
+    params: dict[str, str]
+    role: str | None = None
+    name: str | None = None
+    nics: dict[int, Nic] = dataclasses.field(default_factory=dict)
+    gateway: str | None = None
+    dns: list[str] = dataclasses.field(default_factory=list)
+    mtu: int | None = None
+    authorized_key: str | None = None
+    mgmt_host: str = LINK_LOCAL_HOST
+    mgmt_port: int = AGENT_PORT
+    hypervisor: str = "kvm"
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def control_nic(self) -> str:
+        """The NIC for SSH on 3922; eth0 when the role is unknown."""
+        return control_nic(self.role, self.hypervisor) if self.role else "eth0"
+
+    @property
+    def control_ip(self) -> str | None:
+        nic = self.nics.get(int(self.control_nic[3:]))
+        return nic.ip if nic else None
+
+
+def _ipv4(value: str) -> str:
+    return str(ipaddress.IPv4Address(value))
+
+
+def _netmask(value: str) -> str:
+    # Accept dotted masks and prefix lengths; ip_network checks that the mask is contiguous.
+    return str(ipaddress.IPv4Network(f"0.0.0.0/{value}").netmask)
+
+
+def _mtu(value: str) -> int:
+    mtu = int(value)
+    if not 68 <= mtu <= 65535:
+        raise ValueError(f"{mtu} is outside 68..65535")
+    return mtu
+
+
+def _hostname(value: str) -> str:
+    labels = value.split(".")
+    if len(value) > 253 or not all(
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isalnum() or c == "-" for c in label)
+        for label in labels
+    ):
+        raise ValueError("not a valid host name")
+    return value
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError(f"{port} is not a TCP port")
+    return port
+
+
+def decode_authorized_key(value: str) -> str:
+    """``authorized_key=`` carries an OpenSSH public key line in base64; return the line."""
+    line = base64.b64decode(value, validate=True).decode("utf-8").strip()
+    if "\n" in line or not line.startswith(SSH_KEY_TYPES) or len(line.split()) < 2:
+        raise ValueError("not an OpenSSH public key line")
+    return line
+
+
+def read_config(params: dict[str, str], hypervisor: str = "kvm") -> BootConfig:
+    """Check the parsed command line. Never raises: a malformed value is skipped and named in ``problems``.
+
+    ``hypervisor`` (one of HYPERVISORS, as the image detected it) decides the control NIC on VMware/Hyper-V.
+    """
+    config = BootConfig(params=dict(params), hypervisor=hypervisor if hypervisor in HYPERVISORS else "kvm")
+
+    def take(key: str, convert: Callable[[str], Any]) -> Any:  # convert raises ValueError on bad input
+        value = params.get(key)
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            config.problems.append(f"{key}={value!r} skipped: {exc}")
+            return None
+
+    def role(value: str) -> str:
+        if value not in ROLES:
+            raise ValueError(f"unknown role, expected one of {', '.join(ROLES)}")
+        return value
+
+    config.role = take("type", role)
+    config.name = take("name", _hostname)
+    config.gateway = take("gateway", _ipv4)
+    config.mtu = take("mtu", _mtu)
+    config.authorized_key = take("authorized_key", decode_authorized_key)
+    config.mgmt_host = take("host", _hostname) or LINK_LOCAL_HOST
+    config.mgmt_port = take("port", _port) or AGENT_PORT
+    for index in range(1, 5):
+        server = take(f"dns{index}", _ipv4)
+        if server and server not in config.dns:
+            config.dns.append(server)
+    indexes = sorted(
+        {
+            int(key[3:-2])
+            for key in params
+            if key.startswith("eth") and key.endswith("ip") and key[3:-2].isdigit()
+        }
+    )
+    for index in indexes:
+        ip = take(f"eth{index}ip", _ipv4)
+        mask = take(f"eth{index}mask", _netmask)
+        if ip in (None, "0.0.0.0"):
+            continue  # CloudStack sends 0.0.0.0 for a NIC it leaves unconfigured
+        if mask is None:
+            if f"eth{index}mask" not in params:  # a bad mask was reported already
+                config.problems.append(f"eth{index}ip={ip} skipped: no eth{index}mask")
+            continue
+        mtu = take(f"eth{index}mtu", _mtu) or config.mtu
+        config.nics[index] = Nic(index=index, ip=ip, netmask=mask, mtu=mtu)
+    return config
+
+
+# --- channels: where the command line comes from. Each takes paths and a command runner, so tests can feed
+# --- recorded outputs. ``run(argv)`` returns stdout and raises OSError or subprocess.CalledProcessError.
+
+
+def parse_virt_what(output: str) -> str | None:
+    """Map ``virt-what`` facts to a channel name: kvm, xen-hvm, xen-pv, vmware, hyperv (None: unknown)."""
+    facts = output.split()
+    if "xen" in facts:
+        if "xen-hvm" in facts:
+            return "xen-hvm"
+        return "xen-pv" if "xen-domU" in facts else None
+    for fact, channel in (("vmware", "vmware"), ("hyperv", "hyperv"), ("kvm", "kvm"), ("qemu", "kvm")):
+        if fact in facts:
+            return channel
+    return None
+
+
+def hypervisor_from_dmi(dmi_dir: str = DMI_DIR, proc_xen: str = "/proc/xen") -> str | None:
+    """The same answer from DMI strings when virt-what is missing or unsure."""
+    import os
+
+    strings = []
+    for name in ("sys_vendor", "product_name", "bios_vendor"):
+        try:
+            with open(os.path.join(dmi_dir, name), encoding="utf-8", errors="replace") as f:
+                strings.append(f.read().strip())
+        except OSError:
+            pass
+    text = " ".join(strings)
+    if "QEMU" in text or "KVM" in text:
+        return "kvm"
+    if "Xen" in text:
+        return "xen-hvm"
+    if "VMware" in text:
+        return "vmware"
+    if "Microsoft Corporation" in text and "Virtual Machine" in text:
+        return "hyperv"
+    if not strings and os.path.isdir(proc_xen):
+        return "xen-pv"  # PV guests have no DMI tables
+    return None
+
+
+CHANNEL_HYPERVISOR = {
+    "kvm": "kvm",
+    "xen-hvm": "xenserver",
+    "xen-pv": "xenserver",
+    "vmware": "vmware",
+    "hyperv": "hyperv",
+}
+
+
+def detect_hypervisor(run: Runner, dmi_dir: str = DMI_DIR, proc_xen: str = "/proc/xen") -> str | None:
+    try:
+        found = parse_virt_what(run(["virt-what"]))
+    except Exception:  # noqa: BLE001 - any failure of the tool falls back to DMI
+        found = None
+    return found or hypervisor_from_dmi(dmi_dir, proc_xen)
+
+
+def read_xenstore_cmdline(run: Runner) -> str:
+    return run(["xenstore-read", XENSTORE_KEY]).strip().replace("%", " ")
+
+
+def read_proc_cmdline(path: str = "/proc/cmdline") -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read().strip()
+
+
+def read_vmware_cmdline(run: Runner) -> str:
+    return run(["vmtoolsd", "--cmd", "machine.id.get"]).strip()
+
+
+def parse_kvp_pool(data: bytes) -> dict[str, str]:
+    """Records of a NUL-padded 512-byte key and 2048-byte value, as hv_kvp_daemon stores them."""
+    size = KVP_KEY_SIZE + KVP_VALUE_SIZE
+    pairs: dict[str, str] = {}
+    for offset in range(0, len(data) - size + 1, size):
+        key = data[offset : offset + KVP_KEY_SIZE].split(b"\0", 1)[0].decode("utf-8", "replace")
+        value = data[offset + KVP_KEY_SIZE : offset + size].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if key:
+            pairs[key] = value
+    return pairs
+
+
+def read_hyperv_cmdline(pool_path: str = HYPERV_KVP_POOL) -> str:
+    """The ``cmdline`` item of the host's KVP pool, else the first value that looks like one."""
+    with open(pool_path, "rb") as f:
+        pairs = parse_kvp_pool(f.read())
+    if "cmdline" in pairs:
+        return pairs["cmdline"].strip()
+    for value in pairs.values():
+        if "type=" in value:
+            return value.strip()
+    raise ValueError(f"no command line among the keys of {pool_path}: {', '.join(pairs) or 'empty pool'}")
+
+
+def wait_for_cmdline_file(
+    path: str = CMDLINE_PATH,
+    timeout: float = KVM_CMDLINE_WAIT,
+    not_before: float = 0.0,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> str | None:
+    """KVM: wait for the host to write ``path`` (newer than ``not_before``, i.e. this boot) and return it.
+
+    The host writes through qemu-guest-agent in one or more chunks, so the content must be non-empty and
+    the same on two reads in a row. None when nothing arrived in time.
+    """
+    import os
+    import time
+
+    clock = clock or time.monotonic
+    sleep = sleep or time.sleep
+    deadline = clock() + timeout
+    previous = None
+    while True:
+        try:
+            if os.stat(path).st_mtime >= not_before:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read().strip()
+                if text and text == previous:
+                    return text
+                previous = text
+        except OSError:
+            previous = None
+        if clock() >= deadline:
+            return None
+        sleep(0.5)
+
+
+def service_lists(role: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(enabled, disabled) services for ``role``; with no role every role service stays disabled."""
+    enabled = ROLE_SERVICES[role][0] if role in ROLE_SERVICES else ()
+    disabled = tuple(s for s in ROLE_SERVICE_POOL if s not in enabled)
+    return enabled, disabled
+
+
+def firewall_rules_v4(role: str | None, control: str = "eth0", nics: tuple[str, ...] = ()) -> str:
+    """iptables-save text for ``role``: INPUT/FORWARD DROP, 3922 on ``control`` only, the role's ports.
+
+    Routers serve DNS/DHCP/HTTP to the guest network only, so their ports are not opened on the control
+    NIC; the storage and console roles serve on every NIC. With no role, only SSH on ``control`` is open.
+    """
+    lines = [
+        "# Written by systemvm-firewall from the boot command line; do not edit.",
+        "*filter",
+        ":INPUT DROP [0:0]",
+        ":FORWARD DROP [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        "-A INPUT -i lo -j ACCEPT",
+        "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A INPUT -p icmp -m icmp --icmp-type 8 -j ACCEPT",
+        f"-A INPUT -i {control} -p tcp -m tcp --dport {SSH_PORT} -j ACCEPT",
+    ]
+    if role in ROLES:
+        where = f"! -i {control} " if role in GUEST_FACING_ROLES else ""
+        for port in ROLE_PORTS[role]:
+            lines.append(f"-A INPUT {where}-p tcp -m tcp --dport {port} -j ACCEPT")
+        for port in ROLE_UDP_PORTS[role]:
+            lines.append(f"-A INPUT {where}-p udp -m udp --dport {port} -j ACCEPT")
+        if role in GUEST_FACING_ROLES:
+            # Routers forward the guest network's traffic; the replies come back established.
+            for nic in nics:
+                if nic != control:
+                    lines.append(f"-A FORWARD -i {nic} ! -o {control} -j ACCEPT")
+    lines += ["-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "COMMIT", ""]
+    return "\n".join(lines)
+
+
+def firewall_rules_v6() -> str:
+    """IPv6 stays closed: loopback, established traffic and the ICMPv6 that neighbour discovery needs."""
+    return "\n".join(
+        [
+            "# Written by systemvm-firewall; IPv6 is not used by the system VM roles.",
+            "*filter",
+            ":INPUT DROP [0:0]",
+            ":FORWARD DROP [0:0]",
+            ":OUTPUT ACCEPT [0:0]",
+            "-A INPUT -i lo -j ACCEPT",
+            "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "-A INPUT -p ipv6-icmp -j ACCEPT",
+            "COMMIT",
+            "",
+        ]
+    )

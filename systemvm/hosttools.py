@@ -32,6 +32,7 @@ PACKAGE_OF: dict[str, str] = {
     "libvirtd": "libvirt-daemon-system",
     "go": "golang-go",
     "mariadbd": "mariadb-server",
+    "mount.nfs": "nfs-common",
 }
 
 

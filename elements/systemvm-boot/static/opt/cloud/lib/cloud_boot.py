@@ -1,0 +1,285 @@
+"""cloud-early-config: read the boot command line from the hypervisor and configure the system VM from it.
+
+Runs once per boot before the network comes up (cloud-early-config.service). Every step is independent and
+never fatal: a step that fails is logged to /var/log/cloud.log and the next one runs, so a bad value can
+cost a feature but never the SSH access needed to look at it. The rules themselves (keys, roles, NICs,
+ports) come from contract.py, the same file the harness uses.
+
+Paths are resolved under ``Guest.root`` and commands go through ``Guest.run`` so the unit tests can run the
+whole sequence on a temporary directory with recorded command outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+try:  # in the repository
+    from systemvm import contract
+except ImportError:  # in the image: /opt/cloud/lib/contract.py
+    import contract  # type: ignore[no-redef]
+
+SSH_LISTEN_CONF = "/etc/ssh/sshd_config.d/60-cloud-listen.conf"
+NIC_WAIT = 15.0  # seconds to wait for the command line's NICs to appear before writing the config
+
+
+def _run_command(argv: list[str]) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+class Guest:
+    """The system being configured: a root directory, a command runner, a log."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "/",
+        run: Callable[[list[str]], str] = _run_command,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        echo: bool = True,
+        program: str = "cloud-early-config",
+    ) -> None:
+        self.program = program
+        self.root = Path(root)
+        self.run = run
+        self.clock = clock
+        self.sleep = sleep
+        self.echo = echo
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+    def log(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.program}: {message}"
+        if self.echo:
+            print(message, flush=True)
+        try:
+            with open(self.path(contract.CLOUD_LOG), "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
+
+    def write(self, absolute: str, text: str, mode: int = 0o644) -> None:
+        """Write beside the target and rename: a power cut never leaves half a file."""
+        target = self.path(absolute)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()  # e.g. a resolv.conf link into a resolver we do not run
+        tmp = target.with_name(f".{target.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+
+
+def boot_time(guest: Guest) -> float:
+    """Wall-clock time this boot started (btime in /proc/stat); 0 when unknown."""
+    try:
+        for line in guest.path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def obtain_cmdline(guest: Guest) -> tuple[str, str, str]:
+    """(command line, where it came from, hypervisor) -- /mnt/cmdline first, then the hypervisor's channel."""
+    hypervisor = contract.detect_hypervisor(
+        guest.run, str(guest.path(contract.DMI_DIR)), str(guest.path("/proc/xen"))
+    )
+    hypervisor_name = contract.CHANNEL_HYPERVISOR.get(hypervisor or "", "kvm")
+    override = guest.path(contract.OVERRIDE_PATH)
+    if override.is_file():
+        return override.read_text(errors="replace").strip(), contract.OVERRIDE_PATH, hypervisor_name
+    guest.log(f"hypervisor channel: {hypervisor or 'unknown (trying KVM, then /proc/cmdline)'}")
+    try:
+        if hypervisor == "xen-hvm":
+            return contract.read_xenstore_cmdline(guest.run), "xenstore", hypervisor_name
+        if hypervisor == "xen-pv":
+            return (
+                contract.read_proc_cmdline(str(guest.path("/proc/cmdline"))),
+                "/proc/cmdline",
+                hypervisor_name,
+            )
+        if hypervisor == "vmware":
+            return contract.read_vmware_cmdline(guest.run), "vmtoolsd", hypervisor_name
+        if hypervisor == "hyperv":
+            pool = str(guest.path(contract.HYPERV_KVP_POOL))
+            return contract.read_hyperv_cmdline(pool), "kvp", hypervisor_name
+    except Exception as exc:  # noqa: BLE001 - a broken channel must not stop the boot
+        guest.log(f"reading the command line from {hypervisor} failed: {exc}")
+    # KVM (and unknown): the host writes the file through qemu-guest-agent, which udev starts.
+    cached = guest.path(contract.CMDLINE_PATH)
+    text = contract.wait_for_cmdline_file(
+        str(cached), contract.KVM_CMDLINE_WAIT, boot_time(guest), guest.clock, guest.sleep
+    )
+    if text:
+        return text, "qemu-guest-agent", hypervisor_name
+    if cached.is_file() and cached.read_text().strip():
+        guest.log("no command line from the host this boot; using the one from the previous boot")
+        return cached.read_text(errors="replace").strip(), "previous boot", hypervisor_name
+    return contract.read_proc_cmdline(str(guest.path("/proc/cmdline"))), "/proc/cmdline", hypervisor_name
+
+
+def configure_hostname(guest: Guest, config: contract.BootConfig) -> None:
+    if not config.name:
+        return
+    guest.write("/etc/hostname", config.name + "\n")
+    hosts = guest.path("/etc/hosts")
+    lines = hosts.read_text().splitlines() if hosts.exists() else ["127.0.0.1\tlocalhost"]
+    lines = [line for line in lines if not line.startswith("127.0.1.1")]
+    lines.insert(1, f"127.0.1.1\t{config.name}")
+    guest.write("/etc/hosts", "\n".join(lines) + "\n")
+    if guest.root == Path("/"):
+        guest.run(["hostname", config.name])
+
+
+def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
+    """/etc/network/interfaces for the command line's NICs (ifupdown brings them up after this unit).
+
+    NICs that exist now are ``auto`` so network.target (and sshd after it) waits for their addresses; a NIC
+    not there yet is ``allow-hotplug`` so its absence cannot fail networking.service.
+    """
+    out = ["# Written by cloud-early-config from the boot command line; rewritten every boot.",
+           "auto lo", "iface lo inet loopback"]  # fmt: skip
+    gateway_nic = None
+    if config.gateway:
+        gateway = contract.ipaddress.IPv4Address(config.gateway)
+        gateway_nic = next((n.index for n in config.nics.values() if gateway in n.interface.network), None)
+    for nic in sorted(config.nics.values(), key=lambda n: n.index):
+        start = "auto" if nic.name in present else "allow-hotplug"
+        out += ["", f"{start} {nic.name}", f"iface {nic.name} inet static",
+                f"    address {nic.ip}", f"    netmask {nic.netmask}"]  # fmt: skip
+        if nic.mtu:
+            out.append(f"    mtu {nic.mtu}")
+        if nic.index == gateway_nic:
+            out.append(f"    gateway {config.gateway}")
+    return "\n".join(out) + "\n"
+
+
+def configure_network(guest: Guest, config: contract.BootConfig) -> None:
+    if not config.nics:
+        guest.log("no NIC addresses on the command line; network configuration left as it is")
+        return
+    if config.gateway and not any(
+        contract.ipaddress.IPv4Address(config.gateway) in n.interface.network for n in config.nics.values()
+    ):
+        guest.log(f"gateway {config.gateway} is on none of the NICs' networks; skipped")
+    wanted = {nic.name for nic in config.nics.values()}
+    deadline = guest.clock() + NIC_WAIT
+    while True:
+        present = {name for name in wanted if guest.path(f"/sys/class/net/{name}").exists()}
+        if present == wanted or guest.clock() >= deadline:
+            break
+        guest.sleep(0.5)
+    for missing in sorted(wanted - present):
+        guest.log(f"{missing} is not present; configured for hotplug")
+    guest.write("/etc/network/interfaces", interfaces_text(config, present))
+    if config.dns:
+        guest.write("/etc/resolv.conf", "".join(f"nameserver {s}\n" for s in config.dns))
+
+
+def install_authorized_key(guest: Guest, config: contract.BootConfig) -> None:
+    if not config.authorized_key:
+        guest.log("no authorized_key on the command line: SSH will accept no key")
+        return
+    ssh_dir = guest.path("/root/.ssh")
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(ssh_dir, 0o700)
+    guest.write("/root/.ssh/authorized_keys", config.authorized_key + "\n", mode=0o600)
+
+
+def configure_ssh_listen(guest: Guest, config: contract.BootConfig) -> None:
+    """Bind sshd (port 3922 from systemvm-ssh) to the control NIC's address when the command line has it."""
+    ip = config.control_ip
+    if ip:
+        guest.write(SSH_LISTEN_CONF, f"# {config.control_nic}, the control NIC of {config.role}\n"
+                                     f"ListenAddress {ip}:{contract.SSH_PORT}\n")  # fmt: skip
+    else:
+        guest.path(SSH_LISTEN_CONF).unlink(missing_ok=True)
+
+
+def unit_state(guest: Guest, service: str) -> str:
+    """'not-found', 'masked' or the unit file state, from ``systemctl show``."""
+    out = guest.run(["systemctl", "show", "-p", "LoadState", "-p", "UnitFileState", f"{service}.service"])
+    fields = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
+    if fields.get("LoadState") in ("not-found", "masked"):
+        return fields["LoadState"]
+    return fields.get("UnitFileState") or "unknown"
+
+
+def apply_services(guest: Guest, config: contract.BootConfig) -> None:
+    """Write the role's service lists and apply them; jobs are queued (--no-block) behind the network."""
+    enabled, disabled = contract.service_lists(config.role)
+    guest.write(contract.ENABLED_SVCS_PATH, "".join(f"{s}\n" for s in enabled))
+    guest.write(contract.DISABLED_SVCS_PATH, "".join(f"{s}\n" for s in disabled))
+    for service in disabled:
+        state = unit_state(guest, service)
+        if state not in ("not-found", "masked", "disabled"):
+            guest.run(["systemctl", "disable", "--now", "--no-block", f"{service}.service"])
+    for service in enabled:
+        state = unit_state(guest, service)
+        if state in ("not-found", "masked"):
+            # e.g. nfs-common: Debian masks it and starts its parts on demand.
+            guest.log(f"service {service} is {state}; nothing to start")
+            continue
+        guest.run(["systemctl", "enable", "--now", "--no-block", f"{service}.service"])
+
+
+def apply_firewall(guest: Guest, config: contract.BootConfig) -> None:
+    try:
+        import cloud_firewall  # from the systemvm-firewall element
+    except ImportError:
+        guest.log("systemvm-firewall is not installed; no rules applied")
+        return
+    cloud_firewall.apply(guest, config)
+
+
+def start_ssh(guest: Guest, config: contract.BootConfig) -> None:
+    # Queued, not waited for: ssh.service runs after network.target, which waits for this unit.
+    guest.run(["systemctl", "start", "--no-block", "ssh.service"])
+
+
+STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
+    configure_hostname,
+    configure_network,
+    install_authorized_key,
+    configure_ssh_listen,
+    apply_firewall,
+    apply_services,
+    start_ssh,
+)
+
+
+def early_config(guest: Guest) -> contract.BootConfig:
+    guest.path(contract.CACHE_DIR).mkdir(parents=True, exist_ok=True)
+    text, source, hypervisor = obtain_cmdline(guest)
+    if source != "qemu-guest-agent":
+        guest.write(contract.CMDLINE_PATH, text + "\n")
+    config = contract.read_config(contract.parse_cmdline(text), hypervisor)
+    guest.log(f"command line from {source}: role {config.role or 'none'}, name {config.name or '-'}, "
+              f"control NIC {config.control_nic} on {hypervisor}")  # fmt: skip
+    for problem in config.problems:
+        guest.log(problem)
+    for step in STEPS:
+        try:
+            step(guest, config)
+        except Exception as exc:  # noqa: BLE001 - one failed step must not stop the others
+            guest.log(f"{step.__name__} failed: {type(exc).__name__}: {exc}")
+    guest.log("early configuration done")
+    return config
+
+
+def main() -> int:
+    early_config(Guest())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,558 @@
+"""KVM through libvirt (libvirt-python), as a CloudStack KVM host boots a system VM.
+
+- The artifact (``.qcow2`` or ``.qcow2.bz2``) is never modified: a ``.bz2`` is decompressed once into a cache
+  file named by its sha512, and every VM runs on a qcow2 overlay (``qemu-img create -b artifact -F qcow2``) in
+  the run's work directory.
+- The domain XML is built with lxml: virtio disk and NICs, the serial console logged to a file, a
+  qemu-guest-agent channel, domain type ``kvm`` or ``qemu`` (TCG) from :mod:`systemvm.accel`.
+- The command line reaches the guest as CloudStack's KVM agent sends it: ``guest-sync``, then
+  ``guest-file-open``/``guest-file-write``/``guest-file-close`` of ``/var/cache/cloud/cmdline`` through
+  libvirt's agent command API (``libvirt_qemu.qemuAgentCommand``), retried until the agent answers.
+- Two network modes. Production: one ``<interface type='bridge'>`` per NIC, the control NIC on CloudStack's
+  link-local bridge ``cloud0`` (169.254.0.1/16). Test: QEMU user networking laid out by
+  :mod:`systemvm.testnet` (169.254.0.0/16, 3922 forwarded to a free port on 127.0.0.1, the host's 127.0.0.1
+  at 169.254.0.1). libvirt's ``<interface type='user'>`` cannot forward ports, so the test NICs are QEMU
+  arguments in the domain's ``<qemu:commandline>``.
+- Every domain and file is named with the run prefix; ``destroy`` (also after Ctrl-C or a failed step) and
+  ``cleanup_leftovers(prefix)`` remove them.
+"""
+
+from __future__ import annotations
+
+import base64
+import bz2
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lxml import etree
+
+from hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
+from systemvm import accel, contract, testnet
+from systemvm.atomic import atomic_path
+from systemvm.errors import UserError
+from systemvm.hosttools import require_tools
+from systemvm.progress import phase, say
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+CMDLINE_PATH = "/var/cache/cloud/cmdline"
+QCOW2_MAGIC = b"QFI\xfb"
+BZIP2_MAGIC = b"BZh"
+CONTROL_BRIDGE = "cloud0"
+WORK_SUFFIX = "-kvm"
+FIRST_NIC_SLOT = 0x10  # PCI slot of the first test-mode NIC; libvirt fills the low slots
+
+
+class BootFailure(RuntimeError):
+    """The VM did not reach SSH on 3922 (or the agent never answered). ``console_tail`` holds the evidence."""
+
+    def __init__(self, message: str, console_tail: str = "") -> None:
+        super().__init__(message)
+        self.console_tail = console_tail
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.console_tail:
+            text += f"\n--- console log (last lines) ---\n{self.console_tail}"
+        return text
+
+
+# ---------------------------------------------------------------------------------------------- networks
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductionNetwork:
+    """Bridged NICs as on a CloudStack KVM host: one bridge per NIC, in NIC order.
+
+    The control NIC sits on ``cloud0`` (link-local 169.254.0.1/16 on the host); a router's guest NIC (eth0)
+    sits on the guest network's bridge. SSH goes to the control NIC's address from the command line.
+    """
+
+    bridges: tuple[str, ...]
+    macs: tuple[str, ...] = ()
+
+    @classmethod
+    def for_role(
+        cls, role: str, control_bridge: str = CONTROL_BRIDGE, guest_bridge: str = "cloudbr0"
+    ) -> ProductionNetwork:
+        control = int(contract.control_nic(role, "kvm")[3:])
+        bridges = tuple(
+            control_bridge if i == control else guest_bridge for i in range(contract.nic_count(role))
+        )
+        return cls(bridges=bridges)
+
+
+Network = testnet.TestNetwork | ProductionNetwork
+
+
+def link_local_mac(seed: str, index: int) -> str:
+    """CloudStack gives link-local NICs MACs in 0e:00:a9:fe:xx:xx; we derive the last bytes from the name."""
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return "0e:00:a9:fe:" + ":".join(f"{b:02x}" for b in digest[:2])
+
+
+# ---------------------------------------------------------------------------------------------- domain XML
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainSpec:
+    name: str
+    domain_type: str  # kvm | qemu
+    disk: Path  # the overlay
+    console_log: Path
+    network: Network
+    memory_mib: int = 1024
+    cpus: int = 1
+    run_as_root: bool = False  # test mode: QEMU as root, no relabelling of the artifact or work files
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
+    element = etree.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
+    if text is not None:
+        element.text = text
+    return element
+
+
+def pinned_nic_args(args: list[str], first_slot: int = FIRST_NIC_SLOT) -> list[str]:
+    """Give each ``-device virtio-net-pci`` of the QEMU arguments its own PCI slot, in NIC order.
+
+    QEMU places libvirt's devices at the slots libvirt chose, but an unaddressed ``-device`` from
+    ``<qemu:commandline>`` may grab slot 2 first; fixed slots from 0x10 up keep both apart and keep the
+    guest's eth0, eth1, ... in NIC order (the guest enumerates PCI by slot).
+    """
+    result: list[str] = []
+    slot = first_slot
+    for previous, arg in zip(["", *args], args, strict=False):
+        if previous == "-device" and arg.startswith("virtio-net-pci") and ",addr=" not in arg:
+            arg = f"{arg},bus=pci.0,addr={slot:#04x}"
+            slot += 1
+        result.append(arg)
+    return result
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    """The libvirt domain XML for ``spec`` (a string, ready for ``defineXML``)."""
+    if spec.domain_type not in accel.DOMAIN_TYPES:
+        raise UserError(f"unknown domain type '{spec.domain_type}': use kvm or qemu")
+    root = etree.Element("domain", {"type": spec.domain_type}, nsmap={"qemu": QEMU_NS})
+    _sub(root, "name", spec.name)
+    _sub(root, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(root, "vcpu", str(spec.cpus))
+    os_el = _sub(root, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
+    _sub(os_el, "boot", dev="hd")
+    features = _sub(root, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    if spec.domain_type == "kvm":
+        _sub(root, "cpu", mode="host-passthrough")
+    _sub(root, "clock", offset="utc")
+    _sub(root, "on_poweroff", "destroy")
+    _sub(root, "on_reboot", "restart")
+    _sub(root, "on_crash", "destroy")
+
+    devices = _sub(root, "devices")
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type="qcow2", cache="unsafe" if spec.run_as_root else "none")
+    _sub(disk, "source", file=str(spec.disk))
+    _sub(disk, "target", dev="vda", bus="virtio")
+
+    if isinstance(spec.network, ProductionNetwork):
+        for index, bridge in enumerate(spec.network.bridges):
+            iface = _sub(devices, "interface", type="bridge")
+            macs = spec.network.macs
+            _sub(iface, "mac", address=macs[index] if index < len(macs) else link_local_mac(spec.name, index))
+            _sub(iface, "source", bridge=bridge)
+            _sub(iface, "model", type="virtio")
+
+    # The serial console is logged to a file by virtlogd (root), whatever user QEMU runs as.
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "log", file=str(spec.console_log), append="off")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+
+    channel = _sub(devices, "channel", type="unix")
+    _sub(channel, "source", mode="bind")
+    _sub(channel, "target", type="virtio", name=AGENT_CHANNEL)
+
+    rng = _sub(devices, "rng", model="virtio")  # entropy for first-boot SSH host keys
+    _sub(rng, "backend", "/dev/urandom", model="random")
+    _sub(devices, "controller", type="usb", model="none")
+    _sub(devices, "memballoon", model="none")
+
+    if spec.run_as_root:
+        seclabel = _sub(root, "seclabel", type="static", model="dac", relabel="no")
+        _sub(seclabel, "label", "+0:+0")
+
+    if isinstance(spec.network, testnet.TestNetwork):
+        commandline = etree.SubElement(root, f"{{{QEMU_NS}}}commandline")
+        for arg in pinned_nic_args(testnet.qemu_netdev_args(spec.network)):
+            etree.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
+    return etree.tostring(root, pretty_print=True, encoding="unicode")
+
+
+# ---------------------------------------------------------------------------------------------- artifacts
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("SYSTEMVM_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "systemvm" / "kvm"
+
+
+def _sha512(path: Path) -> str:
+    digest = hashlib.sha512()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def _decompress_bz2(source: Path, target: Path) -> None:
+    tool = shutil.which("lbzip2") or shutil.which("bzip2")
+    if tool:
+        with open(target, "wb") as out:
+            subprocess.run([tool, "-dc", str(source)], stdout=out, check=True)
+        return
+    with bz2.open(source, "rb") as src, open(target, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
+def prepare_artifact(artifact: Path, cache: Path | None = None) -> Path:
+    """The qcow2 to use as a read-only backing file: ``artifact`` itself, or its decompressed cache copy.
+
+    A ``.bz2`` is decompressed once (atomically) to ``<cache>/<sha512 of the .bz2>.qcow2``. Anything that is
+    not qcow2 is refused with one line.
+    """
+    artifact = Path(artifact).resolve()
+    if not artifact.is_file():
+        raise UserError(f"artifact {artifact} does not exist: build and export it first (invoke export)")
+    magic = _magic(artifact)
+    if magic.startswith(BZIP2_MAGIC):
+        cache = cache or cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        target = cache / f"{_sha512(artifact)}.qcow2"
+        if not target.is_file():
+            with phase(f"decompress {artifact.name} to {target}"), atomic_path(target) as tmp:
+                _decompress_bz2(artifact, tmp)
+                if _magic(tmp) != QCOW2_MAGIC:
+                    raise UserError(
+                        f"{artifact} does not hold a qcow2 disk: give KVM the *-kvm.qcow2.bz2 export"
+                    )
+        return target
+    if magic != QCOW2_MAGIC:
+        raise UserError(
+            f"{artifact} is not a qcow2 disk (nor a bzip2 of one): give KVM the *-kvm.qcow2.bz2 export"
+        )
+    return artifact
+
+
+def create_overlay(backing: Path, overlay: Path) -> None:
+    require_tools("qemu-img")
+    result = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(backing), str(overlay)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise UserError(f"qemu-img could not create the overlay {overlay}: {result.stderr.strip()}")
+
+
+# ---------------------------------------------------------------------------------------------- guest agent
+
+
+AgentSend = Callable[[str], str]  # one JSON command in, its JSON reply out
+
+
+def libvirt_agent(domain: object, timeout: int = 5) -> AgentSend:
+    """Send guest agent commands through libvirt (``virDomainQemuAgentCommand``), as CloudStack does."""
+    import libvirt_qemu
+
+    return lambda message: libvirt_qemu.qemuAgentCommand(domain, message, timeout, 0)
+
+
+def agent_command(send: AgentSend, command: str, **arguments: object) -> object:
+    """One guest agent command; its ``return`` value. An agent ``error`` reply raises RuntimeError."""
+    message: dict[str, object] = {"execute": command}
+    if arguments:
+        message["arguments"] = arguments
+    reply = json.loads(send(json.dumps(message)))
+    if "error" in reply:
+        raise RuntimeError(f"{command}: {reply['error'].get('desc', reply['error'])}")
+    return reply.get("return")
+
+
+def write_guest_file(send: AgentSend, path: str, data: bytes) -> None:
+    """``guest-sync``, then ``guest-file-open``/``-write`` (base64)/``-close`` of ``path``."""
+    token = random.randint(1, 2**31 - 1)
+    answer = agent_command(send, "guest-sync", id=token)
+    if answer != token:
+        raise RuntimeError(f"guest-sync answered {answer!r} instead of {token}")
+    handle = agent_command(send, "guest-file-open", path=path, mode="w")
+    try:
+        written = agent_command(
+            send, "guest-file-write", handle=handle, **{"buf-b64": base64.b64encode(data).decode()}
+        )
+        if isinstance(written, dict) and written.get("count") != len(data):
+            raise RuntimeError(f"guest-file-write wrote {written.get('count')} of {len(data)} bytes")
+    finally:
+        agent_command(send, "guest-file-close", handle=handle)
+
+
+def deliver_cmdline(
+    send: AgentSend, cmdline: str, timeout: float, alive: Callable[[], bool], path: str = CMDLINE_PATH
+) -> float:
+    """Retry (bounded) until the guest agent takes the command line; return the seconds it took."""
+    import libvirt
+
+    start = time.monotonic()
+    last = "no answer yet"
+    while time.monotonic() - start < timeout:
+        if not alive():
+            raise TimeoutError("the VM stopped before its guest agent answered")
+        try:
+            write_guest_file(send, path, cmdline.encode() + b"\n")
+            return time.monotonic() - start
+        except (libvirt.libvirtError, OSError, RuntimeError, ValueError) as exc:
+            last = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        time.sleep(2.0)
+    raise TimeoutError(f"qemu-guest-agent did not take the command line within {timeout:.0f} s ({last})")
+
+
+def wait_for_ssh_banner(host: str, port: int, timeout: float, alive: Callable[[], bool]) -> float:
+    """Without a private key: wait until ``host:port`` greets with an SSH banner (slirp accepts any TCP
+    connection on a forwarded port, so a bare connect proves nothing)."""
+    import socket
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if not alive():
+            raise TimeoutError("the VM stopped before SSH on 3922 answered")
+        with contextlib.suppress(OSError):
+            with socket.create_connection((host, port), timeout=5) as probe:
+                probe.settimeout(5)
+                if probe.recv(4).startswith(b"SSH-"):
+                    return time.monotonic() - start
+        time.sleep(2.0)
+    raise TimeoutError(f"SSH on {host}:{port} did not answer within {timeout:.0f} s")
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+class KvmDriver(Driver):
+    """``KvmDriver(network=plan).create(request)`` -> ``SshTarget``; ``destroy()`` always."""
+
+    name = "kvm"
+
+    def __init__(
+        self,
+        network: Network | None = None,
+        uri: str | None = None,
+        domain_type: str | None = None,
+        key_file: Path | None = None,
+        run_as_root: bool | None = None,
+        cache: Path | None = None,
+    ) -> None:
+        from systemvm import libvirtd
+
+        self.network = network
+        self.uri = uri or os.environ.get("SYSTEMVM_KVM_URI") or libvirtd.SYSTEM_URI
+        self.domain_type_override = domain_type
+        self.key_file = key_file
+        self.run_as_root = run_as_root
+        self.cache = cache
+        self.conn = None
+        self.domain = None
+        self.domain_name: str | None = None
+        self.work: Path | None = None
+        self.console_path: Path | None = None
+        self.timings: dict[str, float] = {}
+        self.accel: accel.AccelProbe | None = None
+
+    # -- helpers
+    def _connect(self):
+        if self.conn is None:
+            from systemvm import libvirtd
+
+            self.conn = libvirtd.connect(self.uri)
+        return self.conn
+
+    def _network_for(self, request: BootRequest) -> Network:
+        args = request.boot_args
+        network = self.network
+        if network is None:
+            network = testnet.plan_test_network(args.role, args.name)
+        if isinstance(network, testnet.TestNetwork):
+            if network.boot_nics() != list(args.nics):
+                raise UserError(
+                    "the boot arguments' NIC addresses differ from the test network plan: "
+                    "build them with systemvm.testnet.boot_args(plan, ...)"
+                )
+        elif len(network.bridges) != len(args.nics):
+            raise UserError(
+                f"{len(network.bridges)} bridges for {len(args.nics)} NICs: give one bridge per NIC"
+            )
+        return network
+
+    def _ssh_address(self, network: Network, request: BootRequest) -> tuple[str, int]:
+        if isinstance(network, testnet.TestNetwork):
+            return "127.0.0.1", network.ssh_host_port
+        control = int(contract.control_nic(request.boot_args.role, "kvm")[3:])
+        return request.boot_args.nics[control][0], contract.SSH_PORT
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self.domain is not None and self.domain.isActive())
+        except Exception:  # noqa: BLE001 - a vanished domain is simply not alive
+            return False
+
+    # -- Driver
+    def create(self, request: BootRequest) -> SshTarget:
+        try:
+            return self._create(request)
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _create(self, request: BootRequest) -> SshTarget:
+        require_tools("qemu-img")
+        network = self._network_for(request)
+        test_mode = isinstance(network, testnet.TestNetwork)
+        run_as_root = test_mode if self.run_as_root is None else self.run_as_root
+        self.accel = accel.choose_domain_type(self.domain_type_override)
+        self.domain_name = f"{request.run_prefix}-{request.boot_args.name}"
+        self.work = Path(request.work_dir) / f"{self.domain_name}{WORK_SUFFIX}"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.console_path = self.work / "console.log"
+        backing = prepare_artifact(request.artifact, self.cache)
+        overlay = self.work / "disk.qcow2"
+        create_overlay(backing, overlay)
+        spec = DomainSpec(
+            name=self.domain_name,
+            domain_type=self.accel.domain_type,
+            disk=overlay,
+            console_log=self.console_path,
+            network=network,
+            memory_mib=request.memory_mib,
+            cpus=request.cpus,
+            run_as_root=run_as_root,
+        )
+        conn = self._connect()
+        say(f"    domain {self.domain_name}: type {self.accel.domain_type} ({self.accel.reason})")
+        started = time.monotonic()
+        with phase(f"define and start {self.domain_name}"):
+            self.domain = conn.defineXML(domain_xml(spec))
+            self.domain.create()
+        host, port = self._ssh_address(network, request)
+        budget = request.ssh_timeout
+        try:
+            with phase("deliver the command line through qemu-guest-agent"):
+                self.timings["cmdline"] = deliver_cmdline(
+                    libvirt_agent(self.domain), request.boot_args.to_cmdline(), budget, self._alive
+                )
+            remaining = max(1.0, budget - (time.monotonic() - started))
+            key_file = self.key_file or getattr(request, "ssh_key_file", None)
+            with phase(f"wait for SSH on 3922 ({host}:{port})"):
+                if key_file is not None:
+                    from systemvm import sshwait
+
+                    sshwait.wait_for_ssh(host, port, Path(key_file), remaining, alive=self._alive)
+                else:
+                    wait_for_ssh_banner(host, port, remaining, self._alive)
+        except TimeoutError as exc:
+            raise BootFailure(f"{self.domain_name}: {exc}", self.console_tail()) from None
+        self.timings["ssh"] = time.monotonic() - started
+        return SshTarget(host=host, port=port, key_file=Path(key_file) if key_file else None)
+
+    def console_log(self) -> str:
+        if self.console_path is None:
+            return ""
+        try:
+            return self.console_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def console_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.console_log().splitlines()[-lines:])
+
+    def destroy(self) -> None:
+        if self.domain_name is not None:
+            with contextlib.suppress(Exception):
+                remove_domain(self._connect(), self.domain_name)
+        self.domain = None
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+    @classmethod
+    def cleanup_leftovers(
+        cls, prefix: str = RUN_PREFIX_BASE, work_dir: Path | None = None, uri: str | None = None
+    ) -> list[str]:
+        """Remove domains named ``prefix*`` (with their overlays) and ``prefix*-kvm`` work directories."""
+        from systemvm import libvirtd
+
+        removed: list[str] = []
+        conn = libvirtd.connect(uri or os.environ.get("SYSTEMVM_KVM_URI") or libvirtd.SYSTEM_URI)
+        try:
+            for domain in conn.listAllDomains(0):
+                if domain.name().startswith(prefix):
+                    name = domain.name()
+                    for path in _disk_sources(domain.XMLDesc(0)):
+                        if path.parent.name.startswith(prefix) and path.parent.name.endswith(WORK_SUFFIX):
+                            shutil.rmtree(path.parent, ignore_errors=True)
+                    remove_domain(conn, name)
+                    removed.append(name)
+        finally:
+            conn.close()
+        base = Path(work_dir or os.environ.get("TMPDIR", "/tmp"))
+        for entry in sorted(base.glob(f"{prefix}*{WORK_SUFFIX}")):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+        return removed
+
+
+def _disk_sources(xml: str) -> list[Path]:
+    tree = etree.fromstring(xml.encode())
+    return [Path(p) for p in tree.xpath("/domain/devices/disk/source/@file")]
+
+
+def remove_domain(conn: object, name: str) -> None:
+    """Power off (hard) and undefine the domain ``name``; quiet when it is already gone."""
+    import libvirt
+
+    try:
+        domain = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return
+    with contextlib.suppress(libvirt.libvirtError):
+        if domain.isActive():
+            domain.destroy()
+    with contextlib.suppress(libvirt.libvirtError):
+        domain.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        return
+    with contextlib.suppress(libvirt.libvirtError):
+        domain.undefine()

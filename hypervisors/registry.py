@@ -1,0 +1,33 @@
+"""The one place that maps a hypervisor name to its driver class (imported only when asked for)."""
+
+from __future__ import annotations
+
+import importlib
+
+from hypervisors.base import Driver
+from systemvm.errors import UserError
+
+# name -> (module, class); modules are imported lazily so one driver's library is not needed by another.
+DRIVERS: dict[str, tuple[str, str]] = {
+    "kvm": ("hypervisors.kvm", "KvmDriver"),
+    "xenserver": ("hypervisors.xenserver", "XenServerDriver"),
+    "vmware": ("hypervisors.vmware", "VmwareDriver"),
+}
+
+
+def driver_class(name: str) -> type[Driver]:
+    if name not in DRIVERS:
+        raise UserError(f"unknown hypervisor '{name}': use one of {', '.join(DRIVERS)}")
+    module_name, class_name = DRIVERS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UserError(
+            f"the {name} driver cannot be loaded ({exc}): install the project's dependencies"
+        ) from None
+    return getattr(module, class_name)
+
+
+def get_driver(name: str, **options: object) -> Driver:
+    """A new driver for hypervisor ``name`` (kvm | xenserver | vmware); ``options`` go to its constructor."""
+    return driver_class(name)(**options)

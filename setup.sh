@@ -1,0 +1,23 @@
+#!/bin/bash
+# Install what building, exporting, booting and testing need on a Debian 12 host (run as root).
+# Safe to run again: apt and pip skip what is already there.
+set -eu -o pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "error: setup.sh installs Debian packages: run it as root (sudo ./setup.sh)" >&2
+    exit 2
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+# shellcheck disable=SC2046
+apt-get install -y -q --no-install-recommends $(sed -e 's/#.*//' host-packages.txt)
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# apt-cacher-ng's package starts a system instance where systemd runs; builds run their own.
+if pgrep -x apt-cacher-ng >/dev/null && [ -f /run/apt-cacher-ng/pid ]; then
+    kill "$(cat /run/apt-cacher-ng/pid)" 2>/dev/null || true
+fi
+echo "setup: done"

@@ -1,0 +1,367 @@
+"""Boot one System VM end to end, as a CloudStack management server would, and always tear it down.
+
+``with boot_system_vm("kvm", "amd64", "secstorage") as vm:`` generates an SSH key pair, starts the
+management listener the VM's agent connects to, plans the NICs and the boot command line, creates the VM
+through the hypervisor's driver (which delivers the command line and waits for SSH on 3922), delivers the
+patch (``agent.zip``, ``cloud-scripts.tgz``, ``patch-sysvms.sh``) over SSH and waits for ``boot_up_done``,
+then yields a :class:`BootedVM`. Leaving the block destroys everything (also on Ctrl-C or a failed step)
+unless ``keep=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import shutil
+import socketserver
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from hypervisors.base import BootRequest, Driver, SshTarget, new_run_prefix
+from systemvm import contract, naming, sshwait, testnet
+from systemvm.errors import UserError
+from systemvm.progress import phase, say
+
+DEFAULT_VERSION = "4.20.0"
+DEFAULT_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+FORMAT_OF = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova"}
+# CloudStack's names for system VMs: s-<id>-VM, v-<id>-VM, r-<id>-VM
+NAME_LETTER = {"secstorage": "s", "consoleproxy": "v", "router": "r", "vpcrouter": "r", "dhcpsrvr": "r"}
+# VMware has no link-local network: its management NIC gets an address of this test network.
+VMWARE_MGMT_NET = ipaddress.ip_network("192.168.122.0/24")
+
+
+# ---------------------------------------------------------------------------------------- listener
+
+
+class ManagementListener:
+    """The management server's agent port, played on 127.0.0.1: records every line agents send.
+
+    Lines that parse as JSON are kept as objects, others as text; ``messages`` is what the appliance
+    suite checks (the agent's startup message names the VM and its role).
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.messages: list[object] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        listener = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                with listener._lock:
+                    listener.connections += 1
+                for raw in self.rfile:
+                    text = raw.decode(errors="replace").strip()
+                    if not text:
+                        continue
+                    try:
+                        message: object = json.loads(text)
+                    except ValueError:
+                        message = text
+                    with listener._lock:
+                        listener.messages.append(message)
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self._server = Server((host, port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="mgmt-listener", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> ManagementListener:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def state(self) -> dict[str, object]:
+        with self._lock:
+            return {"port": self.port, "connections": self.connections, "messages": list(self.messages)}
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """True once a message containing ``text`` arrived (bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in json.dumps(m) for m in self.state()["messages"]):
+                return True
+            time.sleep(0.5)
+        return False
+
+
+# ---------------------------------------------------------------------------------------- planning
+
+
+@dataclasses.dataclass
+class BootPlan:
+    boot_args: contract.BootArgs
+    driver_options: dict[str, object]
+    network: testnet.TestNetwork | None = None
+
+
+def vm_name(role: str, number: int = 1) -> str:
+    return f"{NAME_LETTER[role]}-{number}-VM"
+
+
+def _link_local_ip(name: str) -> str:
+    offset = 256 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:2], "big") % 60000
+    return str(contract.LINK_LOCAL_NET.network_address + offset)
+
+
+def plan_boot(hypervisor: str, role: str, name: str, authorized_key: str, mgmt_port: int) -> BootPlan:
+    """NIC addresses and the command line for ``role`` on ``hypervisor``, plus the driver's options.
+
+    KVM (test mode) uses :mod:`systemvm.testnet`'s user networks. XenServer puts the control NIC on the
+    link-local network as CloudStack does; VMware puts it on the management network (eth1).
+    """
+    if hypervisor == "kvm":
+        network = testnet.plan_test_network(role, name)
+        args = testnet.boot_args(network, name, authorized_key, mgmt_port)
+        return BootPlan(args, {"network": network}, network)
+    control = int(contract.control_nic(role, hypervisor)[3:])
+    count = max(contract.nic_count(role), control + 1)
+    nics: list[tuple[str, str]] = []
+    for index in range(count):
+        if index == control and hypervisor != "vmware":
+            nics.append((_link_local_ip(name), str(contract.LINK_LOCAL_NET.netmask)))
+        elif index == control:
+            nics.append((str(VMWARE_MGMT_NET.network_address + 10), str(VMWARE_MGMT_NET.netmask)))
+        else:
+            nics.append(("10.1.1.1", "255.255.255.0"))
+    mgmt_host = (
+        str(VMWARE_MGMT_NET.network_address + 1) if hypervisor == "vmware" else contract.LINK_LOCAL_HOST
+    )
+    args = contract.BootArgs(
+        role=role,
+        name=name,
+        nics=nics,
+        authorized_key=authorized_key,
+        mgmt_host=mgmt_host,
+        mgmt_port=mgmt_port,
+    )
+    return BootPlan(args, {})
+
+
+def artifact_path(artifacts: Path, version: str, flavour: str, hypervisor: str) -> Path:
+    """``artifacts/<version>/systemvmtemplate-<version>-<arch>-<hypervisor suffix>``."""
+    return naming.version_dir(artifacts, version) / naming.export_name(
+        version, flavour, FORMAT_OF[hypervisor]
+    )
+
+
+# ---------------------------------------------------------------------------------------- the handle
+
+
+@dataclasses.dataclass
+class BootedVM:
+    hypervisor: str
+    flavour: str
+    role: str
+    name: str
+    run_prefix: str
+    target: SshTarget
+    key_file: Path
+    listener: ManagementListener
+    cmdline: str
+    driver: Driver
+    work_dir: Path
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def console_log(self) -> str:
+        return self.driver.console_log()
+
+    def how_to_reach(self) -> str:
+        return (
+            f"ssh -i {self.key_file} -p {self.target.port} -o StrictHostKeyChecking=no "
+            f"-o UserKnownHostsFile=/dev/null {self.target.user}@{self.target.host}"
+        )
+
+    def suite_params(self) -> dict[str, object]:
+        """The appliance suite's parameters for this VM (see tests/appliance/conftest.py)."""
+        return {
+            "target": self.target.testinfra_url(),
+            "kind": "vm",
+            "role": self.role,
+            "hypervisor": self.hypervisor,
+            "flavour": self.flavour,
+            "name": self.name,
+            "cmdline": self.cmdline,
+            "ssh": {"host": self.target.host, "port": self.target.port, "key_file": str(self.key_file)},
+            "listener": self.listener.state(),
+        }
+
+
+def deliver_patch(vm: BootedVM, timeout: float) -> None:
+    """Copy the patch over SSH and wait for boot_up_done (:mod:`systemvm.patch`)."""
+    from systemvm import patch
+
+    patch.deliver_patch(vm.target, role=vm.role, timeout=timeout)
+
+
+@contextlib.contextmanager
+def boot_system_vm(
+    hypervisor: str,
+    flavour: str,
+    role: str,
+    *,
+    version: str = DEFAULT_VERSION,
+    artifacts: Path | None = None,
+    artifact: Path | None = None,
+    work_dir: Path | None = None,
+    keep: bool = False,
+    with_patch: bool = True,
+    ssh_timeout: float = 600.0,
+    patch_timeout: float = 300.0,
+    memory_mib: int = 1024,
+    run_prefix: str | None = None,
+    driver_options: dict[str, object] | None = None,
+) -> Iterator[BootedVM]:
+    """Boot ``role`` of ``flavour`` on ``hypervisor``; yield the :class:`BootedVM`; destroy it on exit."""
+    from hypervisors.registry import get_driver
+
+    if hypervisor not in FORMAT_OF:
+        raise UserError(f"unknown hypervisor '{hypervisor}': use one of {', '.join(FORMAT_OF)}")
+    if flavour not in naming.FLAVOURS:
+        raise UserError(f"unknown flavour '{flavour}': use one of {', '.join(naming.FLAVOURS)}")
+    if role not in contract.ROLES:
+        raise UserError(f"unknown role '{role}': use one of {', '.join(contract.ROLES)}")
+    if artifact is None:
+        artifact = artifact_path(artifacts or DEFAULT_ARTIFACTS, version, flavour, hypervisor)
+    if not Path(artifact).is_file():
+        raise UserError(
+            f"artifact {artifact} does not exist: build and export it first (invoke build, invoke export)"
+        )
+    prefix = run_prefix or new_run_prefix()
+    base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+    run_dir = base / f"{prefix}-harness"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    listener = ManagementListener().start()
+    driver: Driver | None = None
+    created = False
+    try:
+        key_file, public_key = sshwait.make_keypair(run_dir)
+        name = vm_name(role)
+        plan = plan_boot(hypervisor, role, name, public_key, listener.port)
+        options = dict(plan.driver_options)
+        if hypervisor == "kvm":
+            options.setdefault("key_file", key_file)
+        options.update(driver_options or {})
+        driver = get_driver(hypervisor, **options)
+        request = BootRequest(
+            artifact=Path(artifact),
+            flavour=flavour,
+            boot_args=plan.boot_args,
+            run_prefix=prefix,
+            work_dir=base,
+            memory_mib=memory_mib,
+            ssh_timeout=ssh_timeout,
+        )
+        started = time.monotonic()
+        with phase(f"boot {role} ({flavour}) on {hypervisor} as {prefix}-{name}"):
+            created = True
+            target = driver.create(request)
+        if target.key_file is None:
+            target = dataclasses.replace(target, key_file=key_file)
+        vm = BootedVM(
+            hypervisor=hypervisor,
+            flavour=flavour,
+            role=role,
+            name=name,
+            run_prefix=prefix,
+            target=target,
+            key_file=key_file,
+            listener=listener,
+            cmdline=plan.boot_args.to_cmdline(),
+            driver=driver,
+            work_dir=run_dir,
+            timings={"ssh": time.monotonic() - started, **getattr(driver, "timings", {})},
+        )
+        if with_patch:
+            with phase("deliver the patch and wait for boot_up_done"):
+                deliver_patch(vm, patch_timeout)
+            vm.timings["boot_up_done"] = time.monotonic() - started
+        yield vm
+    except BaseException as exc:
+        if driver is not None and created and not getattr(exc, "console_tail", None):
+            tail = "\n".join(driver.console_log().splitlines()[-20:])
+            if tail:
+                say(f"--- console log of {prefix} (last lines) ---\n{tail}")
+        raise
+    finally:
+        if not keep:
+            if driver is not None:
+                with phase(f"destroy {prefix}"):
+                    driver.destroy()
+            listener.stop()
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def destroy_by_prefix(prefix: str, hypervisors: tuple[str, ...] = ("kvm",)) -> list[str]:
+    """Remove what runs named ``prefix*`` left on each hypervisor, plus their harness directories."""
+    from hypervisors.registry import driver_class
+
+    removed: list[str] = []
+    for hypervisor in hypervisors:
+        removed += driver_class(hypervisor).cleanup_leftovers(prefix)
+    for entry in sorted(Path(tempfile.gettempdir()).glob(f"{prefix}*-harness")):
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(str(entry))
+    return removed
+
+
+def flavour_of(artifact: Path) -> str:
+    """``amd64`` or ``i386`` from an artifact name (``...-x86_64-kvm.qcow2.bz2``, ``...-i386-...``)."""
+    for flavour, arch in naming.ARCH_OF.items():
+        if f"-{arch}" in Path(artifact).name:
+            return flavour
+    return "amd64"
+
+
+def kvm_artifacts_from_env(variable: str = "SYSTEMVM_KVM_QCOW2") -> list[Path]:
+    """The colon-separated artifact paths in ``$SYSTEMVM_KVM_QCOW2`` (empty when unset)."""
+    import os
+
+    return [Path(p) for p in os.environ.get(variable, "").split(":") if p]
+
+
+def bench_kvm(artifacts: list[Path] | None = None, role: str = "secstorage") -> list[tuple[str, str]]:
+    """Rows for ``invoke bench``: seconds from ``defineXML`` to SSH on 3922, per flavour, through libvirt."""
+    from systemvm import accel
+
+    paths = artifacts if artifacts is not None else kvm_artifacts_from_env()
+    if not paths:
+        defaults = [artifact_path(DEFAULT_ARTIFACTS, DEFAULT_VERSION, f, "kvm") for f in naming.FLAVOURS]
+        paths = [p for p in defaults if p.is_file()]
+    if not paths:
+        return [("kvm boot (define to SSH on 3922)", "skipped: no KVM artifact (set SYSTEMVM_KVM_QCOW2)")]
+    rows = [("kvm domain type", accel.domain_type())]
+    for path in paths:
+        flavour = flavour_of(path)
+        try:
+            with boot_system_vm("kvm", flavour, role, artifact=path, with_patch=False) as vm:
+                timings = dict(vm.timings)
+        except (UserError, RuntimeError) as exc:
+            rows.append(
+                (f"kvm boot {flavour} {role} (define to SSH on 3922)", f"failed: {str(exc).splitlines()[0]}")
+            )
+            continue
+        rows.append(
+            (
+                f"kvm boot {flavour} {role}: define to command line via guest agent",
+                f"{timings['cmdline']:.1f} s",
+            )
+        )
+        rows.append((f"kvm boot {flavour} {role}: define to SSH on 3922", f"{timings['ssh']:.1f} s"))
+    return rows

@@ -1,0 +1,99 @@
+"""A connection to the system libvirtd (``qemu:///system``), starting Debian's daemons when none runs.
+
+Containers and CI runners here have no systemd, so when the socket does not answer we start ``virtlogd -d``
+(QEMU's console and log files go through it by default) and ``libvirtd -d`` ourselves and wait, bounded,
+for the socket to accept a connection.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import libvirt
+
+from systemvm.errors import UserError
+from systemvm.hosttools import require_tools
+from systemvm.progress import say
+
+SYSTEM_URI = "qemu:///system"
+LIBVIRTD_SOCKET = Path("/run/libvirt/libvirt-sock")
+VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
+
+
+def _quiet_libvirt_errors() -> None:
+    """libvirt prints every error to stderr by default; we raise our own one-line errors instead."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def _pid_running(name: str) -> bool:
+    """True when a process whose executable name is exactly ``name`` runs (reads /proc, no pkill)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == name:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _wait_for_socket(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_socket():
+            return True
+        time.sleep(0.1)
+    return path.is_socket()
+
+
+def _start_daemon(tool: str, socket: Path, timeout: float) -> None:
+    require_tools(tool)
+    say(f"    starting {tool} (no {socket} yet)")
+    result = subprocess.run(
+        [shutil.which(tool) or tool, "-d"], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise UserError(
+            f"{tool} -d failed ({detail[-1] if detail else f'exit {result.returncode}'}): "
+            f"start libvirt yourself or run as root"
+        )
+    if not _wait_for_socket(socket, timeout):
+        raise UserError(f"{tool} started but {socket} did not appear within {timeout:.0f} s: check its logs")
+
+
+def ensure_libvirtd(timeout: float = 30.0) -> None:
+    """Make sure virtlogd and libvirtd run; start them (daemonised) when they do not."""
+    if os.geteuid() != 0 and not LIBVIRTD_SOCKET.is_socket():
+        raise UserError("libvirtd is not running and only root can start it: start it or run as root")
+    if not (VIRTLOGD_SOCKET.is_socket() and _pid_running("virtlogd")):
+        if os.geteuid() == 0:
+            _start_daemon("virtlogd", VIRTLOGD_SOCKET, timeout)
+    if not (LIBVIRTD_SOCKET.is_socket() and _pid_running("libvirtd")):
+        _start_daemon("libvirtd", LIBVIRTD_SOCKET, timeout)
+
+
+def connect(uri: str = SYSTEM_URI, timeout: float = 30.0) -> libvirt.virConnect:
+    """Open ``uri``; for the local system URI start the daemons first when needed. Bounded by ``timeout``."""
+    _quiet_libvirt_errors()
+    if uri == SYSTEM_URI:
+        ensure_libvirtd(timeout)
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        try:
+            conn = libvirt.open(uri)
+            if conn is not None:
+                return conn
+        except libvirt.libvirtError as exc:
+            last = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        if time.monotonic() >= deadline:
+            raise UserError(
+                f"cannot connect to {uri} ({last}): start libvirtd or check its socket permissions"
+            )
+        time.sleep(0.2)

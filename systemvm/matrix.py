@@ -1,0 +1,260 @@
+"""The hypervisor matrix: every flavour x role x configured hypervisor, VMs in parallel up to a limit.
+
+KVM is always in the matrix; XenServer and VMware join when their connection settings exist
+(:func:`systemvm.settings.is_configured`). Each cell runs ``python -m systemvm.suite`` in its own process
+(its own harness, its own VM, always torn down), so cells cannot disturb each other and Ctrl-C reaches
+every VM's teardown. The parallel limit is sized to the host: one VM per core under TCG (a TCG guest keeps
+a core busy while it boots), two with hardware virtualisation, and never more than memory allows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from systemvm import naming, settings
+from systemvm.contract import ROLES
+from systemvm.errors import UserError
+from systemvm.progress import say
+from systemvm.report import render_matrix_table
+
+MATRIX_ROLES = ("secstorage", "consoleproxy", "router")
+MATRIX_HYPERVISORS = ("kvm", "xenserver", "vmware")
+VM_MEMORY_MIB = 1024
+QEMU_OVERHEAD_MIB = 384  # QEMU's own memory beside the guest's RAM
+HOST_RESERVE_MIB = 2048  # left for the host, the test runner and libvirtd
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    hypervisor: str
+    flavour: str
+    role: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.hypervisor}-{self.flavour}-{self.role}"
+
+
+@dataclasses.dataclass
+class CellResult:
+    cell: Cell
+    status: str  # PASS | FAIL | ERROR
+    passed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    boot_seconds: str = ""
+    report: str = ""
+    note: str = ""
+
+    def row(self) -> dict[str, str]:
+        return {
+            "hypervisor": self.cell.hypervisor,
+            "flavour": self.cell.flavour,
+            "role": self.cell.role,
+            "result": self.status,
+            "checks": f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped",
+            "boot (s)": self.boot_seconds,
+            "wall (s)": f"{self.seconds:.0f}",
+            "report": self.report or self.note,
+        }
+
+
+SUMMARY_COLUMNS = ("hypervisor", "flavour", "role", "result", "checks", "boot (s)", "wall (s)", "report")
+
+
+def configured_hypervisors() -> list[str]:
+    """KVM always; XenServer and VMware when their connection settings exist."""
+    return ["kvm"] + [h for h in ("xenserver", "vmware") if settings.is_configured(h)]
+
+
+def _pick(
+    choice: str | Sequence[str] | None,
+    allowed: Sequence[str],
+    default: Sequence[str],
+    what: str,
+    everything: Sequence[str] | None = None,
+) -> list[str]:
+    if choice is None or choice == "":
+        return list(default)
+    if choice == "all":
+        return list(everything if everything is not None else allowed)
+    values = choice.split(",") if isinstance(choice, str) else list(choice)
+    values = [v.strip() for v in values if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise UserError(
+            f"unknown {what} '{','.join(unknown)}': use a comma list of {', '.join(allowed)} or all"
+        )
+    return values
+
+
+def plan_matrix(
+    hypervisors: str | Sequence[str] | None = None,
+    flavours: str | Sequence[str] | None = None,
+    roles: str | Sequence[str] | None = None,
+) -> list[Cell]:
+    """The cells to run, KVM first (it runs for real here), then flavour, then role."""
+    available = configured_hypervisors()
+    chosen = _pick(hypervisors, MATRIX_HYPERVISORS, available, "hypervisor", everything=available)
+    unconfigured = [h for h in chosen if h not in available]
+    if unconfigured:
+        h = unconfigured[0]
+        raise UserError(
+            f"{h} has no connection settings: set SYSTEMVM_{h.upper()}_URL (and user, password...) "
+            f"or add a [{h}] section to {settings.config_path()}"
+        )
+    chosen_flavours = _pick(flavours, naming.FLAVOURS, naming.FLAVOURS, "flavour")
+    chosen_roles = _pick(roles, ROLES, MATRIX_ROLES, "role")
+    return [Cell(h, f, r) for h in chosen for f in chosen_flavours for r in chosen_roles]
+
+
+def host_resources() -> tuple[int, int]:
+    """(usable cores, available memory in MiB) of this host."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    available_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available_kib = int(line.split()[1])
+                break
+    except OSError:
+        pass
+    return cores, available_kib // 1024
+
+
+def default_jobs(
+    cores: int,
+    memory_mib: int,
+    hardware_virt: bool = False,
+    vm_memory_mib: int = VM_MEMORY_MIB,
+) -> int:
+    """How many VMs to run at once: per core (1 under TCG, 2 with KVM) and what memory allows; at least 1."""
+    by_cores = max(1, cores) * (2 if hardware_virt else 1)
+    by_memory = (memory_mib - HOST_RESERVE_MIB) // (vm_memory_mib + QEMU_OVERHEAD_MIB)
+    return max(1, min(by_cores, by_memory))
+
+
+def hardware_virt_available() -> bool:
+    from systemvm.accel import choose_domain_type
+
+    return choose_domain_type().domain_type == "kvm"
+
+
+def jobs_for_host(jobs: int | None = None) -> int:
+    if jobs is not None:
+        if jobs < 1:
+            raise UserError(f"--jobs {jobs} is not a positive number: give 1 or more")
+        return jobs
+    cores, memory = host_resources()
+    return default_jobs(cores, memory, hardware_virt_available())
+
+
+def reports_dir(artifacts: Path, version: str) -> Path:
+    return naming.version_dir(artifacts, version) / "reports"
+
+
+def result_path(artifacts: Path, version: str, cell: Cell) -> Path:
+    return reports_dir(artifacts, version) / f"{cell.label}.result.json"
+
+
+def cell_command(cell: Cell, version: str, artifacts: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "systemvm.suite",
+        "--hypervisor",
+        cell.hypervisor,
+        "--flavour",
+        cell.flavour,
+        "--role",
+        cell.role,
+        "--version",
+        version,
+        "--artifacts",
+        str(artifacts),
+    ]
+
+
+def run_cell_process(cell: Cell, version: str, artifacts: Path) -> CellResult:
+    """Run one cell in its own process; read the result file it leaves (ERROR when it left none)."""
+    out = reports_dir(artifacts, version)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / f"{cell.label}.log"
+    result_file = result_path(artifacts, version, cell)
+    result_file.unlink(missing_ok=True)
+    start = time.monotonic()
+    with open(log, "wb") as sink:
+        proc = subprocess.run(
+            cell_command(cell, version, artifacts), stdout=sink, stderr=subprocess.STDOUT, cwd=REPO
+        )
+    seconds = time.monotonic() - start
+    if result_file.is_file():
+        data = json.loads(result_file.read_text())
+        return CellResult(
+            cell=cell,
+            status=data["status"],
+            passed=data.get("passed", 0),
+            failed=data.get("failed", 0) + data.get("errors", 0),
+            skipped=data.get("skipped", 0),
+            seconds=seconds,
+            boot_seconds=str(data.get("boot_seconds", "")),
+            report=data.get("report", ""),
+            note=data.get("note", ""),
+        )
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return CellResult(
+        cell=cell, status="ERROR", seconds=seconds, note=f"exit {proc.returncode}: {tail[0][:160]}"
+    )
+
+
+def run_matrix(
+    cells: Iterable[Cell],
+    version: str,
+    artifacts: Path,
+    jobs: int,
+    run_cell: Callable[[Cell, str, Path], CellResult] = run_cell_process,
+) -> list[CellResult]:
+    """Run every cell with at most ``jobs`` at once; results in plan order."""
+    cells = list(cells)
+    results: dict[Cell, CellResult] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_cell, cell, version, artifacts): cell for cell in cells}
+        for future in concurrent.futures.as_completed(futures):
+            cell = futures[future]
+            try:
+                results[cell] = future.result()
+            except Exception as exc:  # noqa: BLE001 - one broken cell must not hide the others
+                results[cell] = CellResult(cell=cell, status="ERROR", note=str(exc).splitlines()[0][:160])
+            r = results[cell]
+            say(f"    {cell.label}: {r.status} ({r.seconds:.0f} s){' ' + r.note if r.note else ''}")
+    return [results[c] for c in cells]
+
+
+def summary_table(results: Sequence[CellResult]) -> str:
+    return render_matrix_table((r.row() for r in results), SUMMARY_COLUMNS)
+
+
+def write_summary(results: Sequence[CellResult], path: Path, wall_seconds: float, jobs: int) -> str:
+    """Write the matrix summary (Markdown) and return its text."""
+    from systemvm.atomic import atomic_path
+
+    failed = [r for r in results if r.status != "PASS"]
+    text = (
+        f"# Appliance test matrix\n\n**{'FAILED' if failed else 'PASSED'}**: {len(results) - len(failed)} of "
+        f"{len(results)} cells passed in {wall_seconds:.0f} s with {jobs} at once\n\n"
+        + summary_table(results)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return text

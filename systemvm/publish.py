@@ -1,0 +1,236 @@
+"""What CloudStack publishes beside the images: bzip2 files, sha512sum.txt, md5sum.txt and metadata.ini.
+
+metadata.ini follows CloudStack's ``engine/schema/templateConfig.sh`` (createMetadataFile): a blank line,
+``[default]`` with ``version`` and ``downloadrepository``, then one section per hypervisor with
+``templatename``, ``checksum`` (sha512), ``downloadurl``, ``filename``, ``arch`` and ``guestos``, each section
+followed by an empty line. x86_64 uses CloudStack's own section names (``kvm-x86_64``, ``vmware``,
+``xenserver``, ``lxc``); i386, which CloudStack does not publish, uses ``kvm-i386``, ``vmware-i386`` and
+``xenserver-i386`` (hypervisor before the first ``-``, as templateConfig.sh parses section names).
+"""
+
+from __future__ import annotations
+
+import bz2
+import configparser
+import functools
+import hashlib
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from systemvm import naming
+from systemvm.atomic import atomic_path
+from systemvm.errors import UserError
+from systemvm.hosttools import require_tools
+
+SHA512_FILE = "sha512sum.txt"
+MD5_FILE = "md5sum.txt"
+METADATA_FILE = "metadata.ini"
+DEFAULT_BASE_URL = "https://download.cloudstack.org/systemvm"
+
+# format -> (hypervisor word in the section name, section name for x86_64)
+SECTIONS = {"qcow2": ("kvm", "kvm-x86_64"), "ova": ("vmware", "vmware"), "vhd": ("xenserver", "xenserver")}
+SECTION_ORDER = ("kvm", "vmware", "xenserver", "lxc")
+_NAME = re.compile(r"^systemvmtemplate-(?P<version>[^-]+)-(?P<arch>x86_64|i386)-(?P<kind>kvm|xen|vmware)\.")
+_KIND_FORMAT = {"kvm": "qcow2", "xen": "vhd", "vmware": "ova"}
+
+
+# ------------------------------------------------------------------------------------------------ bzip2
+
+
+def _bzip2_probe_sample() -> bytes:
+    # compressible but not trivial: 3 MiB, more than one 900 kB bzip2 block
+    return b"".join(hashlib.sha256(str(i // 7).encode()).digest() * 3 for i in range(33000))
+
+
+@functools.lru_cache(maxsize=1)
+def lbzip2_usable() -> bool:
+    """lbzip2 is used when present, deterministic across thread counts, and readable by bunzip2 and bz2."""
+    if shutil.which("lbzip2") is None or shutil.which("bunzip2") is None:
+        return False
+    sample = _bzip2_probe_sample()
+    outputs = []
+    for threads in ("1", "2"):
+        run = subprocess.run(["lbzip2", "-9", "-n", threads, "-c"], input=sample, capture_output=True)
+        if run.returncode != 0:
+            return False
+        outputs.append(run.stdout)
+    if outputs[0] != outputs[1]:
+        return False
+    plain = subprocess.run(["bunzip2", "-c"], input=outputs[0], capture_output=True)
+    return plain.returncode == 0 and plain.stdout == sample and bz2.decompress(outputs[0]) == sample
+
+
+def bzip2_command(parallel: bool | None = None) -> list[str]:
+    use_parallel = lbzip2_usable() if parallel is None else parallel
+    if use_parallel:
+        return ["lbzip2", "-9", "-c"]
+    require_tools("bzip2")
+    return ["bzip2", "-9", "-c"]
+
+
+def compress_bz2(src: Path, dst: Path, *, parallel: bool | None = None) -> None:
+    """bzip2 ``src`` into ``dst`` atomically (no name or time is stored, so output is deterministic)."""
+    cmd = bzip2_command(parallel)
+    with atomic_path(dst) as tmp, open(src, "rb") as fin, open(tmp, "wb") as fout:
+        run = subprocess.run(cmd, stdin=fin, stdout=fout, stderr=subprocess.PIPE, text=True)
+        if run.returncode != 0:
+            message = (run.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise UserError(f"{cmd[0]} failed on {src.name}: {message}; check free space")
+
+
+# ------------------------------------------------------------------------------------------- checksums
+
+
+def file_digests(path: Path) -> dict[str, str | int]:
+    """sha512, md5 and size of a file in one read."""
+    sha512, md5, size = hashlib.sha512(), hashlib.md5(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * 2**20):
+            sha512.update(chunk)
+            md5.update(chunk)
+            size += len(chunk)
+    return {"sha512": sha512.hexdigest(), "md5": md5.hexdigest(), "size": size}
+
+
+def parse_checksums(path: Path) -> dict[str, str]:
+    """coreutils ``<hex>  <name>`` lines (``*name`` for binary mode accepted) -> {name: hex}."""
+    entries: dict[str, str] = {}
+    if not Path(path).is_file():
+        return entries
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-fA-F]+) [ *](.+)", line)
+        if not match:
+            raise UserError(f"{path}:{number}: not a checksum line: fix or delete the file")
+        entries[match.group(2)] = match.group(1).lower()
+    return entries
+
+
+def render_checksums(entries: dict[str, str]) -> str:
+    return "".join(f"{entries[name]}  {name}\n" for name in sorted(entries))
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def update_checksums(directory: Path, digests: dict[str, dict]) -> None:
+    """Merge ``{filename: {"sha512", "md5"}}`` into sha512sum.txt and md5sum.txt; drop vanished files."""
+    directory = Path(directory)
+    for list_name, key in ((SHA512_FILE, "sha512"), (MD5_FILE, "md5")):
+        entries = parse_checksums(directory / list_name)
+        entries = {name: value for name, value in entries.items() if (directory / name).is_file()}
+        for name, info in digests.items():
+            entries[name] = str(info[key])
+        write_text(directory / list_name, render_checksums(entries))
+
+
+# -------------------------------------------------------------------------------------------- metadata
+
+
+def guest_os(hypervisor: str, arch: str) -> str:
+    bits = "64" if arch == "x86_64" else "32"
+    if hypervisor in ("vmware", "xenserver"):
+        return f"Other Linux ({bits}-bit)"
+    return f"Debian GNU/Linux 12 ({bits}-bit)"
+
+
+def section_name(hypervisor: str, arch: str) -> str:
+    if arch == "x86_64":
+        return "kvm-x86_64" if hypervisor == "kvm" else hypervisor
+    return f"{hypervisor}-{arch}"
+
+
+def default_base_url(version: str) -> str:
+    major_minor = ".".join(version.split(".")[:2])
+    return f"{DEFAULT_BASE_URL}/{major_minor}"
+
+
+def render_metadata(version: str, sha512: dict[str, str], base_url: str) -> str:
+    """metadata.ini text for the artifacts of ``version`` listed in ``sha512`` ({filename: hex})."""
+    base = base_url.rstrip("/")
+    found: dict[tuple[str, str], str] = {}
+    for name in sha512:
+        match = _NAME.match(name)
+        if (
+            match
+            and match.group("version") == version
+            and name
+            == naming.export_name(
+                version, _flavour_of(match.group("arch")), _KIND_FORMAT[match.group("kind")]
+            )
+        ):
+            hypervisor = SECTIONS[_KIND_FORMAT[match.group("kind")]][0]
+            found[(match.group("arch"), hypervisor)] = name
+            if hypervisor == "kvm" and match.group("arch") == "x86_64":
+                found[("x86_64", "lxc")] = name  # CloudStack serves LXC from the KVM qcow2
+    lines = ["", "[default]", f"version = {version}", f"downloadrepository = {base}/", ""]
+    for arch in ("x86_64", "i386"):
+        for hypervisor in SECTION_ORDER:
+            name = found.get((arch, hypervisor))
+            if name is None:
+                continue
+            lines += [
+                f"[{section_name(hypervisor, arch)}]",
+                f"templatename = systemvm-{hypervisor}-{version}-{arch}",
+                f"checksum = {sha512[name]}",
+                f"downloadurl = {base}/{name}",
+                f"filename = {name}",
+                f"arch = {arch}",
+                f"guestos = {guest_os(hypervisor, arch)}",
+                "",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def _flavour_of(arch: str) -> str:
+    return {v: k for k, v in naming.ARCH_OF.items()}[arch]
+
+
+def write_metadata(directory: Path, version: str, base_url: str) -> None:
+    sha512 = parse_checksums(Path(directory) / SHA512_FILE)
+    write_text(Path(directory) / METADATA_FILE, render_metadata(version, sha512, base_url))
+
+
+def parse_metadata(path: Path) -> dict[str, dict[str, str]]:
+    """metadata.ini -> {section: {key: value}} (as CloudStack's ini reader sees it)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(Path(path).read_text())
+    except configparser.Error as exc:
+        raise UserError(f"cannot parse {path}: {exc.message.splitlines()[0]}; regenerate it") from None
+    return {section: dict(parser.items(section)) for section in parser.sections()}
+
+
+def refresh_listing(directory: Path, version: str, digests: dict[str, dict], base_url: str) -> None:
+    """Update the checksum lists with ``digests`` and rewrite metadata.ini from them."""
+    update_checksums(directory, digests)
+    write_metadata(directory, version, base_url)
+
+
+def verify_listing(directory: Path) -> list[str]:
+    """Names in sha512sum.txt whose file is missing or differs; empty when all match."""
+    bad = []
+    for name, expected in parse_checksums(Path(directory) / SHA512_FILE).items():
+        path = Path(directory) / name
+        if not path.is_file() or file_digests(path)["sha512"] != expected:
+            bad.append(name)
+    return bad
+
+
+__all__ = [
+    "compress_bz2",
+    "file_digests",
+    "lbzip2_usable",
+    "parse_checksums",
+    "parse_metadata",
+    "refresh_listing",
+    "render_metadata",
+    "update_checksums",
+    "verify_listing",
+    "write_metadata",
+]

@@ -1,0 +1,654 @@
+"""Seed CloudStack secondary storage with a System VM template: ``cloud-install-sys-tmplt``, done right.
+
+Layout, as the management server and the SSVM expect it (``TemplateLocation``)::
+
+    <mount>/template/tmpl/1/<id>/<uuid>.<ext>
+    <mount>/template/tmpl/1/<id>/template.properties
+    <mount>/template/tmpl/1/<id>/*.ovf *.mf *.vmdk      (VMware: the OVA unpacked in place)
+
+Order of work, so that every failure leaves secondary storage as it was: check the arguments, find the
+template id (database), refuse an occupied template directory unless forced, check free space, stream the
+artifact (decompressing on the fly, hashing the bytes as they arrive) into a temporary directory beside the
+destination, compare the checksum, read the virtual size from the image, write template.properties, update
+the database row inside a transaction, swap the directory into place (``renameat2(RENAME_EXCHANGE)``, so
+``-F`` replaces the old one atomically), commit, then remove the old directory.
+
+The template file's uuid is derived from the hypervisor, the template id and the artifact's sha512, so seeding
+the same artifact twice gives the same directory, byte for byte. CloudStack's script draws a random uuid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import errno
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from systemvm.errors import UserError
+from systemvm.hosttools import require_tools
+from systemvm.progress import human_bytes, phase, say
+from systemvm.seed_db import DB_PROPERTIES, DbConfig, connect, newest_system_template, update_template
+from systemvm.seed_source import Expected, FileSource, HttpSource, expected_checksum, open_source
+from systemvm.seed_stream import Decompressor, SparseWriter, compression_of
+
+# hypervisor -> extension CloudStack uses for it (cloud-install-sys-tmplt / setup-sysvm-tmplt)
+EXTENSION_OF = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova", "hyperv": "vhd", "lxc": "qcow2"}
+DESCRIPTION = "SystemVM Template"  # what cloud-install-sys-tmplt passes to createtmplt.sh -d
+SYSTEM_ACCOUNT = 1  # template/tmpl/<account id>: system templates belong to account 1
+UUID_NAMESPACE = uuidlib.UUID("6f1d8a52-3b7e-5c1e-9a43-2f0e5b9d7c11")
+MARGIN = 1 << 20  # bytes kept free beyond the estimate (template.properties, directory entries)
+
+
+@dataclasses.dataclass
+class SeedRequest:
+    mount: Path | None
+    hypervisor: str
+    file: str | None = None
+    url: str | None = None
+    template_id: int | None = None
+    force: bool = False
+    extension: str | None = None
+    sha512: str | None = None
+    verify: bool = True  # False only with --no-checksum
+    use_db: bool | None = None  # None: when needed (no -t) or asked (db options / db.properties present)
+    db: DbConfig | None = None
+    db_properties: Path | None = DB_PROPERTIES
+    nfs: str | None = None
+    template_uuid: str | None = None
+    progress: bool = True
+    retries: int = 5
+    retry_backoff: float = 1.0
+
+
+@dataclasses.dataclass
+class SeedResult:
+    template_id: int
+    uuid: str
+    directory: Path
+    filename: str
+    properties: list[tuple[str, str]]
+    sha512: str
+    size: int
+    virtual_size: int
+    database_updated: bool
+    resumes: int = 0
+
+
+def extension_for(hypervisor: str, extension: str | None = None) -> str:
+    if hypervisor not in EXTENSION_OF:
+        raise UserError(f"unknown hypervisor '{hypervisor}': use -h with one of {', '.join(EXTENSION_OF)}")
+    ext = extension or EXTENSION_OF[hypervisor]
+    if not re.fullmatch(r"[A-Za-z0-9]+", ext):
+        raise UserError(f"extension '{ext}' must be letters and digits only: e.g. -e qcow2")
+    return ext
+
+
+def template_dir(mount: Path, template_id: int) -> Path:
+    return Path(mount) / "template" / "tmpl" / str(SYSTEM_ACCOUNT) / str(template_id)
+
+
+def template_uuid(hypervisor: str, template_id: int, sha512: str) -> str:
+    return str(uuidlib.uuid5(UUID_NAMESPACE, f"{hypervisor}/{template_id}/{sha512}"))
+
+
+def template_properties(
+    *, ext: str, filename: str, template_id: int, size: int, virtual_size: int, checksum: str
+) -> list[tuple[str, str]]:
+    """template.properties in the order CloudStack writes it: createtmplt.sh's four lines, then the eight
+    cloud-install-sys-tmplt appends; ``checksum`` (sha512 of the artifact as published) last."""
+    return [
+        ("filename", filename),
+        ("description", DESCRIPTION),
+        ("hvm", "false"),
+        ("size", str(size)),
+        (ext, "true"),
+        ("id", str(template_id)),
+        ("public", "true"),
+        (f"{ext}.filename", filename),
+        ("uniquename", f"routing-{template_id}"),
+        (f"{ext}.virtualsize", str(virtual_size)),
+        ("virtualsize", str(virtual_size)),
+        (f"{ext}.size", str(size)),
+        ("checksum", checksum),
+    ]
+
+
+def render_properties(pairs: list[tuple[str, str]]) -> str:
+    return "".join(f"{key}={value}\n" for key, value in pairs)
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+# ----------------------------------------------------------------------------------------- image content
+
+
+def image_kind(path: Path) -> str:
+    """``qcow2``, ``vhd`` (dynamic or fixed), ``ova`` (a tar) or ``raw``, from the file's bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+        if head.startswith(b"QFI\xfb"):
+            return "qcow2"
+        if head.startswith(b"conectix"):
+            return "vhd"
+        if len(head) >= 262 and head[257:262] == b"ustar":
+            return "ova"
+        size = os.fstat(handle.fileno()).st_size
+        if size >= 512:
+            handle.seek(size - 512)
+            if handle.read(8) == b"conectix":
+                return "vhd"
+    return "raw"
+
+
+FORMAT_OF_EXT = {"qcow2": "qcow2", "vhd": "vhd", "ova": "ova", "raw": "raw", "img": "raw"}
+
+
+def check_kind(path: Path, ext: str, source_name: str) -> str:
+    kind = image_kind(path)
+    wanted = FORMAT_OF_EXT.get(ext.lower())
+    if wanted is not None and kind != wanted:
+        raise UserError(
+            f"{source_name} holds a {kind} image, but this hypervisor's templates are {ext}: "
+            f"give the {ext} artifact (or -e {kind} if that is really wanted)"
+        )
+    return kind
+
+
+def virtual_size(path: Path, kind: str) -> int:
+    """The disk size the image presents, read from the image itself."""
+    if kind == "qcow2":
+        try:
+            from systemvm.formats.qcow2 import qcow2_virtual_size
+        except ImportError:
+            return _qemu_img_virtual_size(path)
+        return int(qcow2_virtual_size(path))
+    if kind == "vhd":
+        try:
+            from systemvm.formats.vhd import vhd_virtual_size
+        except ImportError:
+            return _qemu_img_virtual_size(path)
+        return int(vhd_virtual_size(path))
+    if kind == "ova":
+        try:
+            from systemvm.formats.ova import ova_virtual_size
+        except ImportError:
+            return _ova_capacity_by_qemu_img(path)
+        return int(ova_virtual_size(path))
+    return path.stat().st_size
+
+
+def _qemu_img_virtual_size(path: Path) -> int:
+    import json
+
+    require_tools("qemu-img")
+    done = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise UserError(
+            f"qemu-img cannot read {path.name}: {done.stderr.strip()[:200]}; the image is damaged"
+        )
+    return int(json.loads(done.stdout)["virtual-size"])
+
+
+def _ova_capacity_by_qemu_img(path: Path) -> int:
+    """Fallback: the sum of the virtual sizes of the VMDKs unpacked next to the OVA."""
+    disks = sorted(path.parent.glob("*.vmdk"))
+    if not disks:
+        raise UserError(f"{path.name} holds no VMDK disk: give a VMware OVA")
+    return sum(_qemu_img_virtual_size(disk) for disk in disks)
+
+
+def unpack_ova(ova: Path, into: Path) -> list[str]:
+    """Unpack the OVA's members (plain file names only) beside it, as CloudStack's ``tar xf``."""
+    names: list[str] = []
+    try:
+        with tarfile.open(ova, "r:") as archive:
+            for member in archive:
+                name = member.name
+                if not member.isfile() or "/" in name or name in (".", "..") or name.startswith("."):
+                    raise UserError(f"{ova.name} member '{name}' is not a plain file name: the OVA is unsafe")
+                if (into / name).exists():
+                    raise UserError(f"{ova.name} member '{name}' clashes with another file: repack the OVA")
+                source = archive.extractfile(member)
+                assert source is not None
+                with source, open(into / name, "wb") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
+                    target.flush()
+                    os.fsync(target.fileno())
+                os.chmod(into / name, 0o644)
+                names.append(name)
+    except tarfile.TarError as exc:
+        raise UserError(f"{ova.name} is not a readable OVA (tar: {exc}): export it again") from None
+    if not any(n.lower().endswith(".ovf") for n in names):
+        raise UserError(f"{ova.name} holds no .ovf descriptor: give a VMware OVA")
+    return names
+
+
+# ------------------------------------------------------------------------------------ directory handling
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where the filesystem cannot (e.g. NFS)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextlib.contextmanager
+def _parents_made(directory: Path) -> Iterator[None]:
+    """Create ``directory`` and missing parents; remove the ones made here if the block fails."""
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    made: list[Path] = []
+    try:
+        for path in reversed(missing):
+            try:
+                path.mkdir(mode=0o755)
+            except OSError as exc:
+                raise UserError(
+                    f"failed to write to {path.parent} ({exc.strerror}): "
+                    "is secondary storage mounted and writable?"
+                ) from None
+            made.append(path)
+        yield
+    except BaseException:
+        for path in reversed(made):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
+
+
+class _Installed:
+    """How a staged directory went into place, so it can be undone until the database commit."""
+
+    def __init__(self, staged: Path, dest: Path) -> None:
+        self.staged, self.dest, self.old, self.mode = staged, dest, None, ""
+        if not dest.exists():
+            os.rename(staged, dest)
+            self.mode = "new"
+        elif _exchange(staged, dest):
+            self.old, self.mode = staged, "exchanged"  # the staged name now holds the old directory
+        else:  # no atomic swap here (NFS): move the old one aside, then the new one in
+            aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+            aside.rmdir()
+            os.rename(dest, aside)
+            try:
+                os.rename(staged, dest)
+            except BaseException:
+                os.rename(aside, dest)
+                raise
+            self.old, self.mode = aside, "aside"
+
+    def undo(self) -> None:
+        if self.mode == "new":
+            os.rename(self.dest, self.staged)
+        elif self.mode == "exchanged":
+            _exchange(self.staged, self.dest)
+        elif self.mode == "aside" and self.old is not None:
+            os.rename(self.dest, self.staged)
+            os.rename(self.old, self.dest)
+        self.mode = "undone"
+
+    def remove_old(self) -> None:
+        if self.old is not None and self.mode in ("exchanged", "aside"):
+            shutil.rmtree(self.old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------- NFS
+
+_EXPORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(/\S*)$")
+
+
+def parse_nfs_export(export: str) -> tuple[str, str]:
+    match = _EXPORT.match(export.strip())
+    if not match:
+        raise UserError(
+            f"--nfs '{export}' is not server:/export: give e.g. --nfs nfs1.example.org:/export/secondary"
+        )
+    server, _, path = export.strip().rpartition(":")
+    return server, path
+
+
+@contextlib.contextmanager
+def nfs_mounted(export: str, mount_point: Path | None = None) -> Iterator[Path]:
+    """Mount ``server:/export`` (on ``mount_point`` or a fresh temporary directory), unmount afterwards."""
+    parse_nfs_export(export)
+    require_tools("mount.nfs")
+    made = mount_point is None
+    point = Path(tempfile.mkdtemp(prefix="systemvm-seed-nfs-")) if made else Path(mount_point)
+    try:
+        if not made and (not point.is_dir() or any(point.iterdir())):
+            raise UserError(f"mount point {point} must be an existing empty directory: create it or omit -m")
+        done = subprocess.run(["mount", "-t", "nfs", export, str(point)], capture_output=True, text=True)
+        if done.returncode != 0:
+            reason = (done.stderr.strip().splitlines() or ["mount failed"])[-1]
+            raise UserError(
+                f"cannot mount {export} on {point} ({reason}): check the export and its access list"
+            )
+        try:
+            yield point
+        finally:
+            undone = subprocess.run(["umount", str(point)], capture_output=True, text=True)
+            if undone.returncode != 0:
+                say(f"warning: could not unmount {point}: {undone.stderr.strip()}; run 'umount {point}'")
+                made = False  # leave the directory for the admin
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                point.rmdir()
+
+
+# --------------------------------------------------------------------------------------------- seeding
+
+
+def _wants_db(request: SeedRequest) -> bool:
+    if request.use_db is not None:
+        return request.use_db
+    if request.template_id is None or request.db is not None:
+        return True
+    return request.db_properties is not None and request.db_properties.is_file()
+
+
+def _progress_bar(total: int | None, name: str, enabled: bool):  # -> tqdm or a null object
+    if enabled:
+        try:
+            from tqdm import tqdm
+
+            return tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
+                disable=None, leave=False,
+            )  # fmt: skip
+        except ImportError:
+            pass
+    return contextlib.nullcontext(type("NoBar", (), {"update": lambda self, n: None})())
+
+
+def _free_space_needed(source: FileSource | HttpSource, ext: str) -> int:
+    """A floor for what the template takes: the artifact's size (twice for an OVA, unpacked beside itself)."""
+    base = source.size or 0
+    return base * (2 if ext == "ova" else 1) + MARGIN
+
+
+def _check_free_space(directory: Path, needed: int) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise UserError(
+            f"insufficient free space in {directory}: need at least {human_bytes(needed)}, "
+            f"have {human_bytes(free)}; "
+            "free some space on secondary storage"
+        )
+
+
+def _stream_to(source: FileSource | HttpSource, target: Path, expected: Expected | None, progress: bool):
+    """Copy the artifact into ``target``, decompressing on the fly; return (sha512 hex, digest ok)."""
+    import hashlib
+
+    sha512 = hashlib.sha512()
+    other = expected.new_hash() if expected is not None and expected.algorithm != "sha512" else None
+    decompressor: Decompressor | None = None
+    with open(target, "wb") as handle, _progress_bar(source.size, source.name, progress) as bar:
+        writer = SparseWriter(handle)
+        for chunk in source.chunks():
+            sha512.update(chunk)
+            if other is not None:
+                other.update(chunk)
+            bar.update(len(chunk))
+            if decompressor is None:
+                decompressor = Decompressor(compression_of(chunk[:8]))
+            for out in decompressor.feed(chunk):
+                writer.write(out)
+        if decompressor is None:
+            raise UserError(f"{source.display} is empty: give the exported template artifact")
+        for out in decompressor.finish():
+            writer.write(out)
+        writer.close()
+    digest = sha512.hexdigest()
+    if expected is None:
+        return digest, True
+    actual = digest if other is None else other.hexdigest()
+    return digest, actual == expected.hexdigest
+
+
+def seed(request: SeedRequest) -> SeedResult:
+    """Seed one template; see the module docstring for the order of work."""
+    ext = extension_for(request.hypervisor, request.extension)
+    if request.file and request.url:
+        raise UserError("give either -f FILE or -u URL, not both")
+    if not request.file and not request.url:
+        raise UserError("give -f FILE or -u URL: the template to seed")
+    if request.template_id is not None and request.template_id <= 0:
+        raise UserError(f"template id {request.template_id} must be a positive number: check -t")
+    if request.nfs:
+        parse_nfs_export(request.nfs)
+        with nfs_mounted(request.nfs, request.mount) as point:
+            return _seed_into(request, point, ext)
+    if request.mount is None:
+        raise UserError("give -m <secondary storage mount point> or --nfs server:/export")
+    mount = Path(str(request.mount).rstrip("/") or "/")
+    if not mount.is_dir():
+        raise UserError(f"mount point {mount} doesn't exist: mount secondary storage there or give --nfs")
+    return _seed_into(request, mount, ext)
+
+
+def _seed_into(request: SeedRequest, mount: Path, ext: str) -> SeedResult:
+    use_db = _wants_db(request)
+    if not use_db and request.template_id is None:
+        raise UserError("without the database the template id is unknown: give -t ID")
+    db_config = request.db
+    if use_db and db_config is None:
+        from systemvm.seed_db import db_config as make_config
+
+        db_config = make_config(properties=request.db_properties)
+
+    with contextlib.ExitStack() as stack:
+        connection = stack.enter_context(connect(db_config)) if use_db and db_config else None
+        template_id = request.template_id
+        if template_id is None:
+            template_id = newest_system_template(connection, request.hypervisor)
+            say(f"    template id {template_id}: newest SYSTEM template for {request.hypervisor}")
+        dest = template_dir(mount, template_id)
+        if dest.exists() and any(dest.iterdir()) and not request.force:
+            raise UserError(
+                f"data already exists at destination {dest}: use -F to replace it, or -t to seed another "
+                "template id (when upgrading, give the new template's id)"
+            )
+        source = open_source(
+            request.file, request.url, retries=request.retries, backoff=request.retry_backoff
+        )
+        expected = expected_checksum(source, request.sha512)
+        if expected is None and request.verify:
+            raise UserError(
+                f"no checksum for {source.name}: put sha512sum.txt or metadata.ini next to it, "
+                "give --sha512 HEX, or pass --no-checksum to seed it unchecked"
+            )
+        stack.enter_context(_parents_made(dest.parent))
+        _check_free_space(dest.parent, _free_space_needed(source, ext))
+        staged = Path(tempfile.mkdtemp(prefix=f".{template_id}.seed-", dir=dest.parent))
+        try:
+            result = _stage_and_install(request, source, expected, staged, dest, ext, template_id, connection)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(
+                    f"secondary storage {dest.parent} filled up while writing the template: free some space "
+                    "and run the command again (nothing was changed)"
+                ) from None
+            raise
+        finally:
+            if staged.exists():
+                shutil.rmtree(staged, ignore_errors=True)
+        return result
+    raise AssertionError("unreachable")
+
+
+def _stage_and_install(
+    request: SeedRequest,
+    source: FileSource | HttpSource,
+    expected: Expected | None,
+    staged: Path,
+    dest: Path,
+    ext: str,
+    template_id: int,
+    connection: object | None,
+) -> SeedResult:
+    part = staged / "image.part"
+    with phase(f"copy {source.name} into secondary storage"):
+        sha512, ok = _stream_to(source, part, expected, request.progress)
+    if not ok:
+        assert expected is not None
+        raise UserError(
+            f"checksum mismatch for {source.name}: {expected.algorithm} is not the one in {expected.origin}; "
+            "the download is corrupt or the checksum list is stale: fetch both again (nothing was written)"
+        )
+    kind = check_kind(part, ext, source.name)
+    uuid = request.template_uuid or template_uuid(request.hypervisor, template_id, sha512)
+    filename = f"{uuid}.{ext}"
+    image = staged / filename
+    os.rename(part, image)
+    os.chmod(image, 0o644)
+    if kind == "ova":
+        with phase(f"unpack {source.name}"):
+            unpack_ova(image, staged)
+    vsize = virtual_size(image, kind)
+    size = image.stat().st_size
+    properties = template_properties(
+        ext=ext, filename=filename, template_id=template_id, size=size, virtual_size=vsize, checksum=sha512
+    )
+    props = staged / "template.properties"
+    with open(props, "w") as handle:
+        handle.write(render_properties(properties))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(props, 0o644)
+    os.chmod(staged, 0o755)
+    _fsync_dir(staged)
+
+    if connection is not None:
+        update_template(connection, template_id, uuid, request.url)
+    installed = _Installed(staged, dest)
+    try:
+        if connection is not None:
+            connection.commit()  # type: ignore[attr-defined]
+    except BaseException:
+        installed.undo()
+        with contextlib.suppress(Exception):
+            connection.rollback()  # type: ignore[attr-defined]
+        raise
+    _fsync_dir(dest.parent)
+    installed.remove_old()
+    say(f"    seeded {dest} ({human_bytes(size)}, virtual size {human_bytes(vsize)})")
+    return SeedResult(
+        template_id=template_id,
+        uuid=uuid,
+        directory=dest,
+        filename=filename,
+        properties=properties,
+        sha512=sha512,
+        size=size,
+        virtual_size=vsize,
+        database_updated=connection is not None,
+        resumes=getattr(source, "resumes", 0),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+
+def bench_seed(size_mib: int = 64) -> list[tuple[str, str]]:
+    """Seed a ``size_mib`` MiB qcow2.bz2 from a file and over HTTP on 127.0.0.1; rows of (what, number)."""
+    import bz2
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    require_tools("qemu-img")
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-seed-") as tmp:
+        work = Path(tmp)
+        raw = work / "disk.raw"
+        with open(raw, "wb") as handle:  # half random, half zeros: a realistic mix for bzip2
+            block = os.urandom(1 << 20)
+            for index in range(size_mib):
+                handle.write(block if index % 2 else bytes(1 << 20))
+        qcow2 = work / "disk.qcow2"
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+        artifact = work / "pub" / "bench-kvm.qcow2.bz2"
+        artifact.parent.mkdir()
+        artifact.write_bytes(bz2.compress(qcow2.read_bytes(), 9))
+        digest = hashlib.sha512(artifact.read_bytes()).hexdigest()
+        (artifact.parent / "sha512sum.txt").write_text(f"{digest}  {artifact.name}\n")
+        rows.append(
+            ("seed bench artifact", f"{human_bytes(artifact.stat().st_size)} qcow2.bz2 of {size_mib} MiB raw")
+        )
+
+        def timed(label: str, **kwargs: object) -> None:
+            mount = work / f"mnt-{label.split()[-1]}"
+            mount.mkdir()
+            start = time.monotonic()
+            seed(
+                SeedRequest(
+                    mount=mount, hypervisor="kvm", template_id=1, use_db=False, progress=False, **kwargs
+                )
+            )
+            seconds = time.monotonic() - start
+            rows.append(
+                (
+                    f"seed {label}",
+                    f"{seconds:.2f} s ({artifact.stat().st_size / 2**20 / seconds:.1f} MiB/s in)",
+                )
+            )
+
+        timed("from file", file=str(artifact))
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(artifact.parent))
+        http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[method-assign]
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            timed("over http", url=f"http://127.0.0.1:{server.server_port}/{artifact.name}")
+        finally:
+            server.shutdown()
+            server.server_close()
+    return rows

@@ -1,0 +1,166 @@
+"""The CloudStack database side of seeding: connection settings and the ``cloud.vm_template`` row.
+
+Settings follow ``cloud-install-sys-tmplt``: defaults localhost:3306 user root, then the ``db.cloud.*`` keys
+of ``/etc/cloudstack/management/db.properties`` when that file exists, then the command-line options (which
+win).
+Encrypted passwords (``db.cloud.encryption.type`` = file/web, ``ENC(...)``) are not decrypted here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+from systemvm.errors import UserError
+
+DB_PROPERTIES = Path("/etc/cloudstack/management/db.properties")
+# our hypervisor name -> vm_template.hypervisor_type as CloudStack stores it
+HYPERVISOR_TYPE = {
+    "kvm": "KVM",
+    "xenserver": "XenServer",
+    "vmware": "VMware",
+    "hyperv": "Hyperv",
+    "lxc": "LXC",
+}
+
+
+@dataclasses.dataclass
+class DbConfig:
+    host: str = "localhost"
+    port: int = 3306
+    user: str = "root"
+    password: str = ""
+    name: str = "cloud"
+    unix_socket: str | None = None
+
+    def describe(self) -> str:
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        return f"{self.user}@{where}/{self.name}"
+
+
+def read_db_properties(path: Path) -> dict[str, str]:
+    """``key=value`` lines of a Java properties file (comments skipped; the last value of a key wins)."""
+    values: dict[str, str] = {}
+    for raw in path.read_text(errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def db_config(
+    host: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    properties: Path | None = DB_PROPERTIES,
+    unix_socket: str | None = None,
+) -> DbConfig:
+    config = DbConfig(unix_socket=unix_socket)
+    if properties is not None and properties.is_file():
+        values = read_db_properties(properties)
+        config.host = values.get("db.cloud.host", config.host) or config.host
+        port_text = values.get("db.cloud.port", "")
+        if port_text:
+            if not port_text.isdigit():
+                raise UserError(
+                    f"db.cloud.port '{port_text}' in {properties} is not a number: fix the file or give -p"
+                )
+            config.port = int(port_text)
+        config.user = values.get("db.cloud.username", config.user) or config.user
+        config.name = values.get("db.cloud.name", config.name) or config.name
+        encryption = values.get("db.cloud.encryption.type", "none").lower()
+        stored = values.get("db.cloud.password", "")
+        if password is None:
+            if encryption in ("file", "web") or stored.startswith("ENC("):
+                raise UserError(
+                    f"db.cloud.password in {properties} is encrypted ({encryption}), which systemvm-seed "
+                    "does not decrypt: give the database password with -d"
+                )
+            config.password = stored
+    if host is not None:
+        config.host = host
+    if port is not None:
+        config.port = port
+    if user is not None:
+        config.user = user
+    if password is not None:
+        config.password = password
+    return config
+
+
+@contextlib.contextmanager
+def connect(config: DbConfig) -> Iterator[object]:
+    import pymysql
+    from pymysql.constants import CLIENT
+
+    try:
+        connection = pymysql.connect(
+            host=config.host,
+            port=config.port,
+            user=config.user,
+            password=config.password,
+            database=config.name,
+            unix_socket=config.unix_socket,
+            connect_timeout=10,
+            autocommit=False,
+            client_flag=CLIENT.FOUND_ROWS,
+        )
+    except pymysql.MySQLError as exc:
+        raise UserError(
+            f"cannot connect to the CloudStack database {config.describe()} ({exc.args[-1]}): "
+            "check -o/-p/-r/-d or db.properties, or give -t and --no-db"
+        ) from None
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def newest_system_template(connection: object, hypervisor: str) -> int:
+    """The id CloudStack's script picks: largest id of a SYSTEM template of the hypervisor, not removed."""
+    import pymysql
+
+    try:
+        with connection.cursor() as cursor:  # type: ignore[attr-defined]
+            cursor.execute(
+                "SELECT MAX(id) FROM vm_template"
+                " WHERE type = 'SYSTEM' AND hypervisor_type = %s AND removed IS NULL",
+                (HYPERVISOR_TYPE[hypervisor],),
+            )
+            (found,) = cursor.fetchone()
+    except pymysql.MySQLError as exc:
+        raise UserError(
+            f"cannot read cloud.vm_template ({exc.args[-1]}): check the database, or give -t"
+        ) from None
+    if found is None:
+        raise UserError(
+            f"unable to get a template id from the database: no SYSTEM template for "
+            f"{HYPERVISOR_TYPE[hypervisor]} that is not removed; register one first or give -t"
+        )
+    return int(found)
+
+
+def update_template(connection: object, template_id: int, uuid: str, url: str | None) -> None:
+    """Set the row's ``uuid`` (and ``url`` when seeding from a URL) inside the open transaction."""
+    import pymysql
+
+    try:
+        with connection.cursor() as cursor:  # type: ignore[attr-defined]
+            if url is None:
+                count = cursor.execute("UPDATE vm_template SET uuid = %s WHERE id = %s", (uuid, template_id))
+            else:
+                count = cursor.execute(
+                    "UPDATE vm_template SET uuid = %s, url = %s WHERE id = %s", (uuid, url, template_id)
+                )
+    except pymysql.MySQLError as exc:
+        raise UserError(
+            f"cannot update template {template_id} in cloud.vm_template ({exc.args[-1]}): check it"
+        ) from None
+    if count != 1:
+        raise UserError(f"template id {template_id} is not in cloud.vm_template: give an existing id with -t")

@@ -1,0 +1,224 @@
+"""Run the appliance suite (tests/appliance) against one System VM booted through the harness.
+
+Boot (``systemvm.harness.boot_system_vm``), wait for the agent's startup message on agent roles, run
+pytest on ``tests/appliance`` with testinfra's paramiko backend on 3922 and the harness's key, keep the
+console log and ``/var/log/cloud.log`` when a check fails, tear the VM down (always), and write under
+``artifacts/<version>/reports/``::
+
+    <label>.xml           JUnit XML (pytest --junitxml)
+    <label>.md            the human report (systemvm.report)
+    <label>.params.json   what the suite was told
+    <label>.result.json   status and counts, read by the matrix
+    <label>.console.log   <label>.cloud.log   only when a check failed
+
+``python -m systemvm.suite --hypervisor kvm --flavour amd64 --role secstorage`` is what ``invoke test``
+and each matrix cell run; the exit status is 0 only when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from systemvm import naming
+from systemvm.atomic import atomic_path
+from systemvm.contract import AGENT_ROLES, ROLES
+from systemvm.errors import UserError
+from systemvm.progress import phase, say
+from systemvm.report import RunSummary, parse_junit, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE_DIR = REPO / "tests" / "appliance"
+PACKAGES_DIR = REPO / "elements" / "systemvm-packages"
+DEFAULT_VERSION = "4.20.0"
+DEFAULT_ARTIFACTS = REPO / "artifacts"
+AGENT_WAIT_SECONDS = 180.0
+PARAMS_ENV = "SYSTEMVM_APPLIANCE_PARAMS"
+
+
+@dataclasses.dataclass
+class SuiteOutcome:
+    label: str
+    status: str  # PASS | FAIL | ERROR
+    summary: RunSummary | None
+    report: Path | None
+    junit: Path | None
+    note: str = ""
+
+
+def cell_label(hypervisor: str, flavour: str, role: str) -> str:
+    return f"{hypervisor}-{flavour}-{role}"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def run_checks(
+    params: dict[str, Any], out_dir: Path, label: str, extra_args: list[str] | None = None
+) -> Path:
+    """Run pytest on the appliance suite with ``params``; return the JUnit XML path (pytest's exit is
+    read from the XML). Works for any target testinfra reaches: a VM, a chroot, the local host."""
+    params_file = out_dir / f"{label}.params.json"
+    _write_json(params_file, params)
+    junit = out_dir / f"{label}.xml"
+    junit.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(SUITE_DIR),
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "junit_family=xunit1",  # keeps record_property (the check names) without warnings
+        "-o",
+        "addopts=",
+        "-q",
+        "-rfE",
+        f"--junitxml={junit}",
+        *(extra_args or []),
+    ]
+    env = {**os.environ, PARAMS_ENV: str(params_file), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True)
+    (out_dir / f"{label}.pytest.log").write_text(proc.stdout + proc.stderr)
+    if not junit.is_file():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise UserError(
+            f"the appliance suite did not run (pytest exit {proc.returncode}): {' / '.join(tail)}"
+        )
+    return junit
+
+
+def _fetch_cloud_log(vm: Any) -> str:
+    from systemvm import sshwait
+
+    text = sshwait.try_ssh(
+        vm.target.host, vm.target.port, vm.key_file, command="cat /var/log/cloud.log 2>&1 || true"
+    )
+    return text if text is not None else "(SSH did not answer: no cloud.log)"
+
+
+def run_appliance_test(
+    hypervisor: str,
+    flavour: str,
+    role: str,
+    version: str = DEFAULT_VERSION,
+    artifacts: Path = DEFAULT_ARTIFACTS,
+    artifact: Path | None = None,
+) -> SuiteOutcome:
+    """Boot, check, collect, tear down, report. Never raises for failed checks; raises UserError for
+    bad input (unknown role, missing artifact)."""
+    from systemvm.harness import boot_system_vm
+
+    if role not in ROLES:
+        raise UserError(f"unknown role '{role}': use one of {', '.join(ROLES)}")
+    label = cell_label(hypervisor, flavour, role)
+    out_dir = naming.version_dir(Path(artifacts), version) / "reports"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = naming.manifest(Path(artifacts), version, flavour)
+    context = {"Hypervisor": hypervisor, "Flavour": flavour, "Role": role, "Version": version}
+    started = time.monotonic()
+    junit: Path | None = None
+    boot_numbers: dict[str, str] = {}
+    try:
+        with boot_system_vm(
+            hypervisor, flavour, role, version=version, artifacts=artifacts, artifact=artifact
+        ) as vm:
+            boot_numbers = {k: f"{v:.1f}" for k, v in vm.timings.items()}
+            if role in AGENT_ROLES:
+                with phase(f"wait for {vm.name}'s agent on the management listener"):
+                    if not vm.listener.wait_for(vm.name, AGENT_WAIT_SECONDS):
+                        say(f"    no startup message naming {vm.name} within {AGENT_WAIT_SECONDS:.0f} s")
+            params = {
+                **vm.suite_params(),
+                "version": version,
+                "manifest": str(manifest),
+                "packages_dir": str(PACKAGES_DIR),
+            }
+            with phase(f"appliance checks on {label}"):
+                junit = run_checks(params, out_dir, label)
+            summary = parse_junit(junit)
+            if summary.failed:
+                (out_dir / f"{label}.console.log").write_text(vm.console_log())
+                (out_dir / f"{label}.cloud.log").write_text(_fetch_cloud_log(vm))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a VM that does not boot is a result, reported as ERROR
+        note = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        _write_json(
+            out_dir / f"{label}.result.json",
+            {"status": "ERROR", "note": note, "seconds": round(time.monotonic() - started, 1)},
+        )
+        return SuiteOutcome(label, "ERROR", None, None, None, note)
+    for key, value in boot_numbers.items():
+        context[f"Harness: {key} (s)"] = value
+    report = out_dir / f"{label}.md"
+    summary = write_report(junit, report, f"Appliance checks: {flavour} {role} on {hypervisor}", context)
+    status = "FAIL" if summary.failed or not summary.checks else "PASS"
+    _write_json(
+        out_dir / f"{label}.result.json",
+        {
+            "status": status,
+            "passed": summary.count("passed"),
+            "failed": summary.count("failed"),
+            "errors": summary.count("error"),
+            "skipped": summary.count("skipped"),
+            "boot_seconds": summary.numbers.get("boot_seconds", ""),
+            "uptime_seconds": summary.numbers.get("uptime_seconds", ""),
+            "harness_seconds": boot_numbers,
+            "seconds": round(time.monotonic() - started, 1),
+            "report": str(report),
+        },
+    )
+    return SuiteOutcome(label, status, summary, report, junit)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m systemvm.suite", description=__doc__.splitlines()[0])
+    parser.add_argument("--hypervisor", default="kvm")
+    parser.add_argument("--flavour", default="amd64", choices=naming.FLAVOURS)
+    parser.add_argument("--role", default="secstorage", choices=ROLES)
+    parser.add_argument("--version", default=DEFAULT_VERSION)
+    parser.add_argument("--artifacts", default=str(DEFAULT_ARTIFACTS))
+    parser.add_argument("--artifact", default=None, help="boot this file instead of the exported artifact")
+    args = parser.parse_args(argv)
+    try:
+        outcome = run_appliance_test(
+            args.hypervisor,
+            args.flavour,
+            args.role,
+            args.version,
+            Path(args.artifacts),
+            Path(args.artifact) if args.artifact else None,
+        )
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; everything this run created was removed", file=sys.stderr)
+        return 130
+    if outcome.summary is not None:
+        s = outcome.summary
+        say(
+            f"{outcome.label}: {outcome.status}: {s.count('passed')} passed, {s.count('failed')} failed, "
+            f"{s.count('error')} errors, {s.count('skipped')} skipped; report {outcome.report}"
+        )
+        for check in s.checks:
+            if check.result in ("failed", "error"):
+                say(f"    FAIL {check.section}: {check.check}: {check.message}")
+    else:
+        say(f"{outcome.label}: {outcome.status}: {outcome.note}")
+    return 0 if outcome.status == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``invoke boot``, ``invoke destroy`` and ``invoke clean``: one System VM through a hypervisor's own API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import task
+
+from systemvm.tasks import user_errors
+
+HYPERVISORS = ("kvm", "xenserver", "vmware")
+
+
+@task(
+    help={
+        "hypervisor": "kvm, xenserver or vmware (default kvm)",
+        "flavour": "amd64 or i386 (default amd64)",
+        "role": "secstorage, consoleproxy or router (default secstorage)",
+        "version": "template version X.Y.Z (default 4.20.0)",
+        "artifact": "the exported artifact to boot (default artifacts/<version>/<export name>)",
+        "keep": "leave the VM running; end it with 'invoke destroy --name <prefix>'",
+        "no-patch": "do not deliver agent.zip/cloud-scripts.tgz/patch-sysvms.sh after SSH answers",
+        "timeout": "seconds to wait for SSH on 3922 (default 600)",
+        "domain-type": "KVM only: kvm or qemu (default: detected; env SYSTEMVM_DOMAIN_TYPE)",
+    }
+)
+def boot(
+    c,
+    hypervisor="kvm",
+    flavour="amd64",
+    role="secstorage",
+    version=None,
+    artifact=None,
+    keep=False,
+    no_patch=False,
+    timeout=600,
+    domain_type=None,
+):
+    """Boot a System VM and print how to reach it over SSH on 3922."""
+    with user_errors():
+        from systemvm.harness import DEFAULT_VERSION, boot_system_vm
+        from systemvm.progress import say
+
+        options = {"domain_type": domain_type} if domain_type and hypervisor == "kvm" else None
+        try:
+            with boot_system_vm(
+                hypervisor,
+                flavour,
+                role,
+                version=version or DEFAULT_VERSION,
+                artifact=Path(artifact) if artifact else None,
+                keep=keep,
+                with_patch=not no_patch,
+                ssh_timeout=float(timeout),
+                driver_options=options,
+            ) as vm:
+                print(f"{vm.run_prefix}-{vm.name}: SSH on 3922 answers")
+                print(f"  {vm.how_to_reach()}")
+                print(f"  testinfra: {vm.target.testinfra_url()}")
+                print(f"  command line: {vm.cmdline}")
+                if keep:
+                    print(f"  end it with: invoke destroy --name {vm.run_prefix}")
+                else:
+                    say("    destroying it now (use --keep to leave it running)")
+        except RuntimeError as exc:  # the VM did not come up: message and console tail, exit 1
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+@task(
+    help={
+        "name": "run prefix (e.g. svmt-3f9a1c) whose VMs and files are removed",
+        "hypervisor": "kvm, xenserver, vmware (default kvm)",
+    }
+)
+def destroy(c, name, hypervisor="kvm"):
+    """End a VM that 'invoke boot --keep' left running (everything named with the prefix)."""
+    with user_errors():
+        from systemvm.errors import UserError
+        from systemvm.harness import destroy_by_prefix
+
+        if not name.startswith("svmt-"):
+            raise UserError(
+                f"'{name}' is not a run prefix: give the svmt-xxxxxx prefix 'invoke boot' printed"
+            )
+        for item in destroy_by_prefix(name, (hypervisor,)) or ["nothing found"]:
+            print(f"removed {item}" if item != "nothing found" else f"{name}: nothing found")
+
+
+@task(
+    help={
+        "hypervisor": "kvm, xenserver or vmware (default kvm)",
+        "prefix": "name prefix of leftovers (default svmt-: everything this tool created)",
+    }
+)
+def clean(c, hypervisor="kvm", prefix="svmt-"):
+    """Remove leftovers of killed runs (VMs, disks, work directories) by name prefix."""
+    with user_errors():
+        from systemvm.errors import UserError
+        from systemvm.harness import destroy_by_prefix
+
+        if hypervisor not in HYPERVISORS:
+            raise UserError(f"unknown hypervisor '{hypervisor}': use one of {', '.join(HYPERVISORS)}")
+        removed = destroy_by_prefix(prefix, (hypervisor,))
+        for item in removed:
+            print(f"removed {item}")
+        print(f"{len(removed)} leftover(s) removed from {hypervisor}")

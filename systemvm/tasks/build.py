@@ -1,0 +1,61 @@
+"""``invoke build``: raw disks per flavour, then (by default) the exports."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from invoke import task
+
+from systemvm import naming
+from systemvm.tasks import user_errors
+
+DEFAULT_VERSION = "4.20.0"
+
+
+@task(
+    help={
+        "flavour": "amd64, i386 or all",
+        "version": "template version X.Y.Z (names the artifacts)",
+        "mirror": "Debian mirror URL (default: $SYSTEMVM_DEBIAN_MIRROR, else the host's apt mirror)",
+        "offline": "use only cached packages (fails if the cache is cold)",
+        "export": "also write QCOW2/VHD/OVA exports (default on; --no-export to skip)",
+        "formats": "exports to write, comma-separated",
+        "base_url": "download URL prefix written into metadata.ini",
+        "artifacts": "output directory",
+        "size_gib": "root filesystem size in GiB (the template's virtual disk size)",
+    }
+)
+def build(
+    c,
+    flavour="all",
+    version=DEFAULT_VERSION,
+    mirror=None,
+    offline=False,
+    export=True,
+    formats="qcow2,vhd,ova",
+    base_url="https://download.example.org/systemvm",
+    artifacts="artifacts",
+    size_gib=5,
+):
+    """Build the System VM template (Debian 12) from our diskimage-builder elements."""
+    from systemvm.build import build_flavour
+
+    with user_errors():
+        for one in naming.flavours(flavour):
+            build_flavour(
+                one, version, Path(artifacts), mirror_url=mirror, offline=offline, size_gib=int(size_gib)
+            )
+            if export and importlib.util.find_spec("systemvm.export") is not None:
+                from systemvm.build import source_date_epoch
+                from systemvm.export import export_flavour
+
+                export_flavour(
+                    naming.raw_disk(Path(artifacts), version, one),
+                    naming.version_dir(Path(artifacts), version),
+                    version,
+                    one,
+                    [f.strip() for f in formats.split(",") if f.strip()],
+                    epoch=source_date_epoch(),
+                    base_url=base_url,
+                )

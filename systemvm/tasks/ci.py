@@ -1,0 +1,56 @@
+"""``invoke ci``: what CI runs (README's test command): lint, build both flavours with exports, all tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from invoke import task
+
+from systemvm import naming
+from systemvm.tasks import user_errors
+from systemvm.tasks.build import DEFAULT_VERSION
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> int:
+    print("+ " + " ".join(args), flush=True)
+    return subprocess.run(args, env=env).returncode
+
+
+def test_environment(artifacts: Path, version: str) -> dict[str, str]:
+    """Point every e2e test at the built artifacts."""
+    out = naming.version_dir(artifacts, version).resolve()
+    env = dict(os.environ)
+    env["SYSTEMVM_ARTIFACTS"] = str(out)
+    raws = [str(naming.raw_disk(out.parent, version, f)) for f in naming.FLAVOURS]
+    env["SYSTEMVM_RAW_DISKS"] = ":".join(p for p in raws if Path(p).exists())
+    qcow2 = [str(out / naming.export_name(version, f, "qcow2")) for f in naming.FLAVOURS]
+    env["SYSTEMVM_KVM_QCOW2"] = ":".join(p for p in qcow2 if Path(p).exists())
+    vhd = out / naming.export_name(version, "amd64", "vhd")
+    if vhd.exists():
+        env["SYSTEMVM_XEN_VHD"] = str(vhd)
+    return env
+
+
+@task(
+    help={
+        "version": "template version to build and test",
+        "artifacts": "output directory",
+        "build": "build first (--no-build tests what artifacts/ holds)",
+        "pytest_args": "extra arguments for pytest",
+    }
+)
+def ci(c, version=DEFAULT_VERSION, artifacts="artifacts", build=True, pytest_args=""):
+    """Lint, build both flavours with all exports, then run every test (unit and e2e)."""
+    with user_errors():
+        if _run(["ruff", "check", "."]) != 0:
+            sys.exit(1)
+        if build:
+            from systemvm.tasks.build import build as build_task
+
+            build_task(c, flavour="all", version=version, artifacts=artifacts)
+        env = test_environment(Path(artifacts), version)
+        args = [sys.executable, "-m", "pytest", "-v", "--durations=25", "tests", *pytest_args.split()]
+        sys.exit(_run(args, env))

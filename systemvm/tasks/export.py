@@ -1,0 +1,44 @@
+"""``invoke export``: qcow2.bz2, vhd.bz2 and ova of the built raw disks, plus checksums and metadata.ini."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import task
+
+from systemvm.tasks import user_errors
+
+DEFAULT_ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+@task(
+    help={
+        "flavour": "amd64, i386 or all (default all)",
+        "formats": "comma-separated: qcow2,vhd,ova (default all three)",
+        "version": "template version X.Y.Z, e.g. 4.20.0",
+        "base-url": "URL of the directory the files will be published in (metadata.ini downloadurl)",
+        "artifacts": "artifacts directory holding <version>/ (default ./artifacts)",
+    }
+)
+def export(c, version, flavour="all", formats="qcow2,vhd,ova", base_url=None, artifacts=None):
+    """Export VERSION's raw disks as CloudStack publishes them (SOURCE_DATE_EPOCH: env, else manifest)."""
+    with user_errors():
+        from systemvm import naming
+        from systemvm.export import epoch_for, export_flavour, parse_formats
+
+        root = Path(artifacts) if artifacts else DEFAULT_ARTIFACTS
+        chosen = parse_formats(formats)
+        out_dir = naming.version_dir(root, version)
+        for name in naming.flavours(flavour):
+            epoch = epoch_for(naming.manifest(root, version, name))
+            results = export_flavour(
+                naming.raw_disk(root, version, name),
+                out_dir,
+                version,
+                name,
+                chosen,
+                epoch=epoch,
+                base_url=base_url,
+            )
+            for info in results.values():
+                print(f"{info['file']}  {info['size']} bytes  sha512 {info['sha512'][:16]}...")

@@ -1,0 +1,81 @@
+"""The harness's stand-in for CloudStack's patch: agent.zip, cloud-scripts.tgz and patch-sysvms.sh.
+
+``agent.zip`` holds ``_run.sh`` and ``agent.py`` (a small agent that reports to the harness's management
+listener, see :mod:`systemvm.mgmt_listener`); ``cloud-scripts.tgz`` holds one marker file that the image
+unpacks under /opt/cloud/ so a test can see that the scripts were applied. The archives are reproducible:
+the same payload id gives byte-identical files (fixed times, owners and order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+from systemvm.atomic import atomic_path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS_MARKER = "opt/cloud/testpayload/PAYLOAD"  # where cloud-scripts.tgz puts its marker, under /
+_FIXED_TIME = (2024, 1, 1, 0, 0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    agent_zip: Path
+    cloud_scripts: Path
+    patch_script: Path
+    payload_id: str
+
+    def files(self) -> dict[str, Path]:
+        """Name in /var/cache/cloud/ -> local file."""
+        return {"agent.zip": self.agent_zip, "cloud-scripts.tgz": self.cloud_scripts,
+                "patch-sysvms.sh": self.patch_script}  # fmt: skip
+
+
+def agent_zip_bytes() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, mode in (("_run.sh", 0o755), ("agent.py", 0o644)):
+            info = zipfile.ZipInfo(name, date_time=_FIXED_TIME)
+            info.external_attr = (0o100000 | mode) << 16
+            info.create_system = 3  # Unix, so the mode bits mean something
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, (HERE / name).read_bytes())
+        conf = zipfile.ZipInfo("conf/agent.properties", date_time=_FIXED_TIME)
+        conf.external_attr = 0o100644 << 16
+        conf.create_system = 3
+        archive.writestr(conf, "# filled from the boot command line by the image\nheartbeat=5\n")
+    return buffer.getvalue()
+
+
+def cloud_scripts_bytes(payload_id: str) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for directory in ("opt", "opt/cloud", "opt/cloud/testpayload"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1704067200
+            archive.addfile(info)
+        data = f"{payload_id}\n".encode()
+        info = tarfile.TarInfo(SCRIPTS_MARKER)
+        info.size, info.mode, info.mtime = len(data), 0o644, 1704067200
+        archive.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def build_payload(out_dir: str | Path, payload_id: str = "test-payload-1") -> Payload:
+    """Write the three files into ``out_dir`` (created if missing) and return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    contents = {
+        "agent.zip": agent_zip_bytes(),
+        "cloud-scripts.tgz": cloud_scripts_bytes(payload_id),
+        "patch-sysvms.sh": (HERE / "patch-sysvms.sh").read_bytes(),
+    }
+    for name, data in contents.items():
+        with atomic_path(out / name) as tmp:
+            tmp.write_bytes(data)
+            tmp.chmod(0o755 if name.endswith(".sh") else 0o644)
+    return Payload(out / "agent.zip", out / "cloud-scripts.tgz", out / "patch-sysvms.sh", payload_id)

@@ -1,0 +1,117 @@
+"""Test-mode networking: QEMU user networking laid out like CloudStack's NICs, reachable from 127.0.0.1.
+
+The control NIC sits on the link-local network 169.254.0.0/16 as on a real KVM host (``cloud0``), but it is a
+QEMU user-mode network: port 3922 of the guest is forwarded to a free port on 127.0.0.1, and the host side of
+the network answers at 169.254.0.1, where QEMU connects the guest to the host's 127.0.0.1 (the management
+listener). Routers get a guest network on eth0 first. Plain QEMU and the libvirt driver share these arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import socket
+
+from systemvm import contract
+
+
+@dataclasses.dataclass(frozen=True)
+class NicPlan:
+    index: int
+    network: str  # CIDR of the user-mode network
+    host_ip: str  # QEMU's address on it (reaches the host's 127.0.0.1)
+    guest_ip: str
+    netmask: str
+    mac: str
+    forward_ssh: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class TestNetwork:
+    role: str
+    ssh_host_port: int
+    nics: tuple[NicPlan, ...]
+
+    @property
+    def control(self) -> NicPlan:
+        return next(n for n in self.nics if n.forward_ssh)
+
+    @property
+    def mgmt_host(self) -> str:
+        """Where the guest reaches the management listener (the host's 127.0.0.1)."""
+        return self.control.host_ip
+
+    def boot_nics(self) -> list[tuple[str, str]]:
+        return [(n.guest_ip, n.netmask) for n in self.nics]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mac(seed: str, index: int) -> str:
+    digest = hashlib.sha256(f"{seed}/{index}".encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def plan_test_network(role: str, name: str = "s-1-VM", ssh_host_port: int | None = None) -> TestNetwork:
+    """NICs for ``role``: the control NIC forwards 3922; routers get a guest network on eth0 first."""
+    control = contract.control_nic(role)
+    port = ssh_host_port or free_port()
+    link_local = contract.LINK_LOCAL_NET
+    # A guest address derived from the name, as CloudStack hands out link-local addresses per VM.
+    offset = 256 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:2], "big") % 60000
+    nics = []
+    for index in range(contract.nic_count(role)):
+        if f"eth{index}" == control:
+            nics.append(
+                NicPlan(
+                    index=index,
+                    network=str(link_local),
+                    host_ip=contract.LINK_LOCAL_HOST,
+                    guest_ip=str(link_local.network_address + offset),
+                    netmask=str(link_local.netmask),
+                    mac=_mac(name, index),
+                    forward_ssh=True,
+                )
+            )
+        else:
+            guest = ipaddress.ip_network("10.1.1.0/24")
+            nics.append(
+                NicPlan(
+                    index=index,
+                    network=str(guest),
+                    host_ip=str(guest.network_address + 2),
+                    guest_ip=str(guest.network_address + 1),
+                    netmask=str(guest.netmask),
+                    mac=_mac(name, index),
+                    forward_ssh=False,
+                )
+            )
+    return TestNetwork(role=role, ssh_host_port=port, nics=tuple(nics))
+
+
+def qemu_netdev_args(plan: TestNetwork, device: str = "virtio-net-pci") -> list[str]:
+    """``-netdev user,...`` and ``-device ...`` arguments, one pair per NIC, in NIC order."""
+    args: list[str] = []
+    for nic in plan.nics:
+        netdev = f"user,id=svmnet{nic.index},net={nic.network},host={nic.host_ip},ipv6=off"
+        if nic.forward_ssh:
+            netdev += f",hostfwd=tcp:127.0.0.1:{plan.ssh_host_port}-{nic.guest_ip}:{contract.SSH_PORT}"
+        args += ["-netdev", netdev, "-device", f"{device},netdev=svmnet{nic.index},mac={nic.mac}"]
+    return args
+
+
+def boot_args(plan: TestNetwork, name: str, authorized_key: str, mgmt_port: int) -> contract.BootArgs:
+    """The command line the harness sends for this network plan."""
+    return contract.BootArgs(
+        role=plan.role,
+        name=name,
+        nics=plan.boot_nics(),
+        authorized_key=authorized_key,
+        mgmt_host=plan.mgmt_host,
+        mgmt_port=mgmt_port,
+    )

@@ -1,0 +1,43 @@
+"""HAProxy.
+
+Installed, the shipped configuration is accepted, and the service runs on router roles only.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+ROUTER_ROLES = ("router", "vpcrouter")
+
+
+def test_haproxy_is_installed(host) -> None:
+    """HAProxy is installed"""
+    package = host.package("haproxy")
+    assert package.is_installed, "package haproxy is not installed"
+    assert host.exists("haproxy"), "the haproxy binary is not on PATH"
+
+
+def test_haproxy_accepts_the_shipped_configuration(host) -> None:
+    """haproxy -c accepts /etc/haproxy/haproxy.cfg"""
+    result = host.run("haproxy -c -f /etc/haproxy/haproxy.cfg")
+    assert result.rc == 0, (
+        f"haproxy -c rejects the configuration: {(result.stderr or result.stdout).strip()[:400]}"
+    )
+
+
+@pytest.mark.live
+def test_haproxy_runs_only_on_router_roles(host, params) -> None:
+    """HAProxy is active on router roles and inactive elsewhere"""
+    state = host.run("systemctl is-active haproxy").stdout.strip()
+    if params["role"] in ROUTER_ROLES:
+        assert state == "active", f"haproxy is {state} on a {params['role']}; a router runs it"
+    else:
+        assert state != "active", f"haproxy is active on a {params['role']}; only routers run it"
+
+
+def test_haproxy_is_not_started_at_boot_by_the_image(host, params) -> None:
+    """HAProxy is not enabled in the image itself (the role enables it)"""
+    if params["kind"] == "vm" and params["role"] in ROUTER_ROLES:
+        pytest.skip("a router enables haproxy at boot")
+    state = host.run("systemctl is-enabled haproxy").stdout.strip()
+    assert state != "enabled", f"haproxy is {state} on a {params['role']}"

@@ -1,0 +1,87 @@
+"""IPsec.
+
+strongSwan's charon is present and answers, the plugins CloudStack's VPNs need load, and the service is
+enabled only where the role needs it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from systemvm.contract import ROLE_SERVICES
+from tests.appliance.target import parse_plugins, run_ok
+
+CHARON = "/usr/lib/ipsec/charon"
+PLUGIN_DIR = "/usr/lib/ipsec/plugins"
+# What site-to-site (IKEv1/IKEv2, PSK) and remote-access (L2TP/IPsec, XAuth) VPNs of a router use
+REQUIRED_PLUGINS = (
+    "aes",
+    "sha1",
+    "sha2",
+    "hmac",
+    "openssl",
+    "kernel-netlink",
+    "socket-default",
+    "stroke",
+    "updown",
+    "xauth-generic",
+)
+SERVICE = "strongswan-starter"
+
+
+def test_charon_is_present(host) -> None:
+    """strongSwan's charon daemon is present"""
+    charon = host.file(CHARON)
+    assert charon.exists, f"{CHARON} is missing"
+    assert charon.mode & 0o111, f"{CHARON} is not executable"
+
+
+def test_ipsec_version_answers(host) -> None:
+    """`ipsec version` answers"""
+    out = run_ok(host, "ipsec version")
+    assert "strongSwan" in out, f"`ipsec version` does not name strongSwan: {out.strip()[:200]}"
+
+
+def test_required_plugin_libraries_are_installed(host) -> None:
+    """The plugin libraries CloudStack's VPNs need are installed"""
+    present = set(run_ok(host, f"ls {PLUGIN_DIR}").split())
+    missing = [p for p in REQUIRED_PLUGINS if f"libstrongswan-{p}.so" not in present]
+    assert not missing, f"plugins missing from {PLUGIN_DIR}: {', '.join(missing)}"
+
+
+@pytest.mark.live
+def test_required_plugins_load(host) -> None:
+    """charon loads the plugins CloudStack's VPNs need"""
+    was_running = host.run("ipsec status").rc == 0
+    if not was_running:
+        run_ok(host, "ipsec start")
+    try:
+        listing = None
+        for _ in range(30):
+            result = host.run("ipsec listplugins")
+            if result.rc == 0 and result.stdout.strip():
+                listing = result.stdout
+                break
+            time.sleep(1)
+        assert listing is not None, "charon did not answer `ipsec listplugins` within 30 s"
+    finally:
+        if not was_running:
+            host.run("ipsec stop")
+    loaded = parse_plugins(listing)
+    missing = [p for p in REQUIRED_PLUGINS if p not in loaded]
+    assert not missing, (
+        f"plugins charon did not load: {', '.join(missing)} (loaded: {', '.join(sorted(loaded))})"
+    )
+
+
+def test_ipsec_service_is_enabled_only_where_the_role_needs_it(host, params) -> None:
+    """The IPsec service is enabled only where the role needs it"""
+    state = host.run(f"systemctl is-enabled {SERVICE}").stdout.strip()
+    needed = params["kind"] == "vm" and SERVICE in ROLE_SERVICES[params["role"]][0]
+    if needed:
+        assert state == "enabled", f"{SERVICE} is {state}; the {params['role']} role needs it"
+    else:
+        where = f"a {params['role']}" if params["kind"] == "vm" else "the image"
+        assert state != "enabled", f"{SERVICE} is enabled on {where}, which does not need it"

@@ -1,0 +1,280 @@
+"""Each hypervisor channel of the boot command line, fed with recorded inputs, and the early configuration
+run end to end on a temporary root (elements/systemvm-boot/static/opt/cloud/lib/cloud_boot.py)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from systemvm import contract
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "elements/systemvm-boot/static/opt/cloud/lib"))
+sys.path.insert(0, str(REPO / "elements/systemvm-firewall/static/opt/cloud/lib"))
+import cloud_boot  # noqa: E402
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFak test@harness"
+CMDLINE = contract.BootArgs(
+    role="secstorage", name="s-1-VM", nics=[("169.254.10.20", "255.255.0.0")], authorized_key=KEY
+).to_cmdline()
+# What the tools print on each hypervisor (virt-what prints one fact per line).
+VIRT_WHAT = {
+    "kvm": "kvm\n",
+    "tcg": "qemu\n",
+    "xen-hvm": "xen\nxen-hvm\n",
+    "xen-pv": "xen\nxen-domU\n",
+    "vmware": "vmware\n",
+    "hyperv": "hyperv\n",
+    "docker": "docker\n",
+}
+
+
+class Recorded:
+    """A command runner answering from recorded outputs; unknown commands fail like a missing tool."""
+
+    def __init__(self, outputs: dict[tuple[str, ...], str]) -> None:
+        self.outputs = outputs
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str]) -> str:
+        self.calls.append(argv)
+        for prefix, output in self.outputs.items():
+            if tuple(argv[: len(prefix)]) == prefix:
+                return output
+        raise FileNotFoundError(argv[0])
+
+
+def kvp_record(key: str, value: str) -> bytes:
+    return key.encode().ljust(contract.KVP_KEY_SIZE, b"\0") + value.encode().ljust(
+        contract.KVP_VALUE_SIZE, b"\0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("facts", "channel"),
+    [("kvm", "kvm"), ("tcg", "kvm"), ("xen-hvm", "xen-hvm"), ("xen-pv", "xen-pv"), ("vmware", "vmware"),
+     ("hyperv", "hyperv"), ("docker", None)],
+)  # fmt: skip
+def test_virt_what_facts_name_the_channel(facts, channel):
+    assert contract.parse_virt_what(VIRT_WHAT[facts]) == channel
+    assert contract.detect_hypervisor(Recorded({("virt-what",): VIRT_WHAT[facts]}), "/nonexistent") == channel
+
+
+@pytest.mark.parametrize(
+    ("vendor", "product", "channel"),
+    [("QEMU", "Standard PC (i440FX + PIIX, 1996)", "kvm"), ("Xen", "HVM domU", "xen-hvm"),
+     ("VMware, Inc.", "VMware Virtual Platform", "vmware"),
+     ("Microsoft Corporation", "Virtual Machine", "hyperv"), ("Dell Inc.", "PowerEdge R640", None)],
+)  # fmt: skip
+def test_dmi_answers_when_virt_what_is_missing(tmp_path, vendor, product, channel):
+    (tmp_path / "sys_vendor").write_text(vendor + "\n")
+    (tmp_path / "product_name").write_text(product + "\n")
+    assert contract.detect_hypervisor(Recorded({}), str(tmp_path), str(tmp_path / "no-xen")) == channel
+
+
+def test_xen_pv_has_no_dmi_but_proc_xen(tmp_path):
+    (tmp_path / "xen").mkdir()
+    assert contract.hypervisor_from_dmi(str(tmp_path / "no-dmi"), str(tmp_path / "xen")) == "xen-pv"
+
+
+def test_xenstore_percent_stands_for_space():
+    run = Recorded({("xenstore-read", contract.XENSTORE_KEY): contract.xenstore_value(CMDLINE) + "\n"})
+    assert contract.read_xenstore_cmdline(run) == CMDLINE
+
+
+def test_proc_cmdline_for_xen_pv(tmp_path):
+    proc = tmp_path / "cmdline"
+    proc.write_text(f"root=/dev/xvda1 ro console=hvc0 {CMDLINE}\n")
+    params = contract.parse_cmdline(contract.read_proc_cmdline(str(proc)))
+    assert params["type"] == "secstorage" and params["root"] == "/dev/xvda1"
+
+
+def test_vmware_machine_id():
+    run = Recorded({("vmtoolsd", "--cmd", "machine.id.get"): CMDLINE + "\n"})
+    assert contract.read_vmware_cmdline(run) == CMDLINE
+
+
+def test_hyperv_kvp_pool(tmp_path):
+    pool = tmp_path / ".kvp_pool_0"
+    pool.write_bytes(kvp_record("OtherKey", "x") + kvp_record("cmdline", CMDLINE))
+    assert contract.parse_kvp_pool(pool.read_bytes()) == {"OtherKey": "x", "cmdline": CMDLINE}
+    assert contract.read_hyperv_cmdline(str(pool)) == CMDLINE
+    # a pool without the cmdline key: the value that looks like one
+    pool.write_bytes(kvp_record("Something", CMDLINE) + b"\0" * 100)  # a torn trailing record is ignored
+    assert contract.read_hyperv_cmdline(str(pool)) == CMDLINE
+    pool.write_bytes(kvp_record("OtherKey", "x"))
+    with pytest.raises(ValueError, match="OtherKey"):
+        contract.read_hyperv_cmdline(str(pool))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_kvm_waits_for_the_file_the_host_writes(tmp_path):
+    path = tmp_path / "cmdline"
+    clock = FakeClock()
+    writes = {2.0: "type=secstorage name=", 2.5: CMDLINE + "\n"}  # the host writes in two chunks
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if clock.now in writes:
+            path.write_text(writes[clock.now])
+
+    assert contract.wait_for_cmdline_file(str(path), 60, 0, clock, sleep) == CMDLINE
+    assert 2.5 < clock.now < 4
+
+
+def test_kvm_wait_is_bounded_and_ignores_a_file_from_an_earlier_boot(tmp_path):
+    path = tmp_path / "cmdline"
+    path.write_text(CMDLINE)
+    os.utime(path, (1000, 1000))
+    clock = FakeClock()
+    assert contract.wait_for_cmdline_file(str(path), 60, 2000, clock, clock.sleep) is None
+    assert 60 <= clock.now <= 61
+
+
+def make_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    for d in ("etc/ssh/sshd_config.d", "var/cache/cloud", "var/log", "proc", "sys/class/net/eth0", "mnt"):
+        (root / d).mkdir(parents=True)
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 systemvm\n")
+    (root / "proc/stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
+    (root / "proc/cmdline").write_text("root=LABEL=cloudrootfs ro console=ttyS0\n")
+    return root
+
+
+def systemctl_show(states: dict[str, str]) -> dict[tuple[str, ...], str]:
+    outputs = {}
+    for service, state in states.items():
+        load = state if state in ("not-found", "masked") else "loaded"
+        unit_file = "" if state in ("not-found", "masked") else state
+        outputs[("systemctl", "show", "-p", "LoadState", "-p", "UnitFileState", f"{service}.service")] = (
+            f"LoadState={load}\nUnitFileState={unit_file}\n"
+        )
+    return outputs
+
+
+def guest_runner(virt_what: str, **more: str) -> Recorded:
+    states = {s: "disabled" for s in contract.ROLE_SERVICE_POOL}
+    states.update({"nfs-common": "masked", "frr": "not-found", "haproxy": "enabled"})
+    outputs = {("virt-what",): virt_what, **systemctl_show(states)}
+    outputs.update({("systemctl",): "", ("iptables-restore",): "", ("ip6tables-restore",): ""})
+    return Recorded(outputs)
+
+
+def test_early_config_from_mnt_cmdline_override(tmp_path):
+    root = make_root(tmp_path)
+    (root / "mnt/cmdline").write_text(CMDLINE + " gateway=10.9.9.9 mtu=oops\n")
+    run = guest_runner(VIRT_WHAT["kvm"])
+    clock = FakeClock()
+    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+
+    assert clock.now < 1, "an override must not wait for the guest agent"
+    assert (root / "var/cache/cloud/cmdline").read_text().startswith("template=domP type=secstorage")
+    assert (root / "etc/hostname").read_text() == "s-1-VM\n"
+    assert "127.0.1.1\ts-1-VM" in (root / "etc/hosts").read_text().splitlines()
+    keys = root / "root/.ssh/authorized_keys"
+    assert keys.read_text() == KEY + "\n"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "root/.ssh").stat().st_mode) == 0o700
+    interfaces = (root / "etc/network/interfaces").read_text()
+    assert (
+        "auto eth0\niface eth0 inet static\n    address 169.254.10.20\n    netmask 255.255.0.0" in interfaces
+    )
+    assert "gateway" not in interfaces  # 10.9.9.9 is on none of the NICs: logged, skipped
+    listen = (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    assert "ListenAddress 169.254.10.20:3922" in listen
+    rules = (root / "etc/iptables/rules.v4").read_text()
+    assert "-A INPUT -i eth0 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules
+    assert (root / "var/cache/cloud/enabled_svcs").read_text().split() == ["apache2", "nfs-common", "cloud"]
+    assert "haproxy" in (root / "var/cache/cloud/disabled_svcs").read_text().split()
+    # applied: enable the role's, skip the masked one, disable the enabled foreign one, start ssh
+    assert ["systemctl", "enable", "--now", "--no-block", "apache2.service"] in run.calls
+    assert ["systemctl", "enable", "--now", "--no-block", "cloud.service"] in run.calls
+    assert not any(c[:2] == ["systemctl", "enable"] and c[-1] == "nfs-common.service" for c in run.calls)
+    assert ["systemctl", "disable", "--now", "--no-block", "haproxy.service"] in run.calls
+    assert not any(c[:2] == ["systemctl", "disable"] and c[-1] == "dnsmasq.service" for c in run.calls)
+    assert ["systemctl", "start", "--no-block", "ssh.service"] in run.calls
+    assert ["iptables-restore", str(root / "etc/iptables/rules.v4")] in run.calls
+    log = (root / "var/log/cloud.log").read_text()
+    assert "mtu='oops' skipped" in log and "gateway 10.9.9.9 is on none" in log
+    assert config.role == "secstorage"
+
+
+def test_early_config_router_on_xen_hvm_with_missing_nic(tmp_path):
+    root = make_root(tmp_path)
+    cmdline = contract.BootArgs(
+        role="router", name="r-4-VM", nics=[("10.1.1.1", "255.255.255.0"), ("169.254.4.4", "255.255.0.0")],
+        authorized_key=KEY, gateway="10.1.1.254", dns=("10.1.1.53",),
+    ).to_cmdline()  # fmt: skip
+    run = guest_runner(VIRT_WHAT["xen-hvm"])
+    run.outputs = {("xenstore-read",): contract.xenstore_value(cmdline), **run.outputs}
+    clock = FakeClock()
+    cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+
+    assert (root / "var/cache/cloud/cmdline").read_text().strip() == cmdline
+    interfaces = (root / "etc/network/interfaces").read_text()
+    assert "auto eth0" in interfaces and "    gateway 10.1.1.254" in interfaces
+    assert "allow-hotplug eth1" in interfaces  # not present in /sys: hotplug, never a failed networking
+    assert 15 <= clock.now < 17  # waited for the NIC, with a bound
+    assert (root / "etc/resolv.conf").read_text() == "nameserver 10.1.1.53\n"
+    assert "ListenAddress 169.254.4.4:3922" in (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    rules = (root / "etc/iptables/rules.v4").read_text()
+    assert "-A INPUT -i eth1 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules
+    assert "-A INPUT ! -i eth1 -p udp -m udp --dport 67 -j ACCEPT" in rules
+    assert ["systemctl", "enable", "--now", "--no-block", "haproxy.service"] in run.calls
+
+
+def test_early_config_without_any_command_line_is_not_fatal(tmp_path):
+    root = make_root(tmp_path)
+    run = guest_runner("")  # virt-what finds nothing; no DMI either
+    clock = FakeClock()
+    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    assert config.role is None
+    assert 60 <= clock.now < 62  # the bounded KVM wait, then /proc/cmdline
+    assert not (root / "etc/network/interfaces").exists()
+    assert not (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).exists()
+    assert (root / "var/cache/cloud/enabled_svcs").read_text() == ""
+    assert ["systemctl", "start", "--no-block", "ssh.service"] in run.calls
+    assert "no authorized_key" in (root / "var/log/cloud.log").read_text()
+
+
+def test_a_failing_step_does_not_stop_the_others(tmp_path):
+    root = make_root(tmp_path)
+    (root / "mnt/cmdline").write_text(CMDLINE)
+    run = guest_runner(VIRT_WHAT["kvm"])
+    del run.outputs[("iptables-restore",)]  # the firewall step fails
+
+    cloud_boot.early_config(cloud_boot.Guest(root, run, echo=False))
+    assert ["systemctl", "start", "--no-block", "ssh.service"] in run.calls
+    assert "apply_firewall failed" in (root / "var/log/cloud.log").read_text()
+
+
+def test_boot_program_runs_under_the_image_layout(tmp_path):
+    """In the image cloud_boot imports a plain contract.py from /opt/cloud/lib, not the systemvm package."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "contract.py").write_bytes((REPO / "systemvm/contract.py").read_bytes())
+    (lib / "cloud_boot.py").write_bytes(Path(cloud_boot.__file__).read_bytes())
+    code = "import cloud_boot, contract; print(cloud_boot.contract is contract)"
+    argv = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(lib)!r}); {code}"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "True"
+
+
+def test_authorized_key_decoding_roundtrip():
+    assert contract.decode_authorized_key(base64.b64encode(KEY.encode()).decode()) == KEY

@@ -1,0 +1,91 @@
+"""The boot harness's planning, listener and front door (no VM: these run in a second)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from systemvm import contract, harness
+from systemvm.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHarnessTestKey harness"
+
+
+@pytest.mark.parametrize("role", ["secstorage", "consoleproxy", "router"])
+def test_kvm_plan_matches_the_test_network_and_the_contract(role: str) -> None:
+    plan = harness.plan_boot("kvm", role, harness.vm_name(role), KEY, 40123)
+    args = contract.parse_cmdline(plan.boot_args.to_cmdline())
+    assert plan.driver_options["network"] is plan.network
+    assert len(plan.boot_args.nics) == contract.nic_count(role)
+    control = contract.control_nic(role)
+    assert args[f"{control}ip"].startswith("169.254.")
+    assert (args["host"], args["port"], args["type"]) == ("169.254.0.1", "40123", role)
+
+
+def test_vmware_plan_puts_ssh_on_the_management_nic() -> None:
+    plan = harness.plan_boot("vmware", "secstorage", "s-1-VM", KEY, 8250)
+    args = contract.parse_cmdline(plan.boot_args.to_cmdline())
+    assert len(plan.boot_args.nics) == 2
+    assert not args["eth1ip"].startswith("169.254.")
+
+
+def test_xenserver_plan_puts_ssh_on_link_local_eth0() -> None:
+    plan = harness.plan_boot("xenserver", "consoleproxy", "v-1-VM", KEY, 8250)
+    args = contract.parse_cmdline(plan.boot_args.to_cmdline())
+    assert args["eth0ip"].startswith("169.254.") and args["host"] == contract.LINK_LOCAL_HOST
+
+
+def test_artifact_path_names_the_hypervisor_export(tmp_path: Path) -> None:
+    assert harness.artifact_path(tmp_path, "4.20.0", "i386", "kvm").name == (
+        "systemvmtemplate-4.20.0-i386-kvm.qcow2.bz2"
+    )
+    assert harness.artifact_path(tmp_path, "4.20.0", "amd64", "xenserver").name.endswith("x86_64-xen.vhd.bz2")
+    assert harness.flavour_of(Path("systemvmtemplate-4.20.0-i386-kvm.qcow2.bz2")) == "i386"
+
+
+def test_listener_records_what_an_agent_sends() -> None:
+    listener = harness.ManagementListener().start()
+    try:
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as agent:
+            agent.sendall(
+                json.dumps({"type": "startup", "name": "s-1-VM", "role": "secstorage"}).encode() + b"\n"
+            )
+            agent.sendall(b"heartbeat\n")
+        assert listener.wait_for('"name": "s-1-VM"', timeout=10)
+        assert listener.wait_for("heartbeat", timeout=10)
+        state = listener.state()
+        assert state["connections"] == 1
+        assert state["messages"][0] == {"type": "startup", "name": "s-1-VM", "role": "secstorage"}
+    finally:
+        listener.stop()
+
+
+def test_missing_artifact_fails_before_anything_is_created(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist: build and export it first"):
+        with harness.boot_system_vm("kvm", "amd64", "router", artifacts=tmp_path, work_dir=tmp_path):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["boot", "--hypervisor", "hyperv"], "unknown hypervisor 'hyperv'"),
+        (["boot", "--flavour", "arm64"], "unknown flavour 'arm64'"),
+        (["boot", "--artifact", "/nonexistent/x-kvm.qcow2.bz2"], "does not exist"),
+        (["destroy", "--name", "foo"], "is not a run prefix"),
+    ],
+)
+def test_boot_task_bad_input_is_one_line_and_exit_2(argv: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "invoke", *argv], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,115 @@
+"""Matrix planning, job sizing and the parallel runner (cells are plain functions here, no VMs)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from systemvm.errors import UserError
+from systemvm.matrix import (
+    Cell,
+    CellResult,
+    default_jobs,
+    jobs_for_host,
+    plan_matrix,
+    run_matrix,
+    summary_table,
+    write_summary,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_hypervisor_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SYSTEMVM_CONFIG", str(tmp_path / "absent.ini"))
+    for h in ("XENSERVER", "VMWARE"):
+        monkeypatch.delenv(f"SYSTEMVM_{h}_URL", raising=False)
+
+
+def test_kvm_only_when_nothing_else_is_configured() -> None:
+    cells = plan_matrix()
+    assert {c.hypervisor for c in cells} == {"kvm"}
+    assert len(cells) == 6  # 2 flavours x 3 roles
+    assert cells[0] == Cell("kvm", "amd64", "secstorage")
+    assert {(c.flavour, c.role) for c in cells} == {
+        (f, r) for f in ("amd64", "i386") for r in ("secstorage", "consoleproxy", "router")
+    }
+
+
+def test_configured_hypervisors_join(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SYSTEMVM_VMWARE_URL", "https://127.0.0.1:8989/sdk")
+    assert [c.hypervisor for c in plan_matrix()].count("vmware") == 6
+    assert "xenserver" not in {c.hypervisor for c in plan_matrix()}
+    config = tmp_path / "h.ini"
+    config.write_text("[xenserver]\nurl = http://127.0.0.1:8080\nuser = root\n")
+    monkeypatch.setenv("SYSTEMVM_CONFIG", str(config))
+    hypervisors = [c.hypervisor for c in plan_matrix()]
+    assert hypervisors[:6] == ["kvm"] * 6  # KVM first
+    assert set(hypervisors) == {"kvm", "xenserver", "vmware"} and len(hypervisors) == 18
+
+
+def test_choices_narrow_the_plan_and_bad_ones_fail() -> None:
+    assert plan_matrix("kvm", "i386", "router") == [Cell("kvm", "i386", "router")]
+    assert len(plan_matrix(roles="all")) == 10  # every role of the contract
+    with pytest.raises(UserError, match="no connection settings"):
+        plan_matrix("xenserver")
+    with pytest.raises(UserError, match="unknown role 'proxy'"):
+        plan_matrix(roles="router,proxy")
+    with pytest.raises(UserError, match="unknown flavour"):
+        plan_matrix(flavours="arm64")
+
+
+@pytest.mark.parametrize(
+    ("cores", "memory", "hw", "expected"),
+    [
+        (2, 24 * 1024, False, 2),  # this host: TCG, one VM per core
+        (2, 24 * 1024, True, 4),  # with KVM, two per core
+        (64, 24 * 1024, True, 16),  # memory bounds it: (24576 - 2048) // 1408
+        (8, 3 * 1024, False, 1),  # little memory: still one
+        (0, 0, False, 1),
+    ],
+)
+def test_default_jobs(cores: int, memory: int, hw: bool, expected: int) -> None:
+    assert default_jobs(cores, memory, hw) == expected
+
+
+def test_explicit_jobs_must_be_positive() -> None:
+    assert jobs_for_host(3) == 3
+    with pytest.raises(UserError, match="positive"):
+        jobs_for_host(0)
+    assert jobs_for_host() >= 1
+
+
+def test_runner_respects_the_limit_and_keeps_plan_order(tmp_path: Path) -> None:
+    lock = threading.Lock()
+    running = {"now": 0, "peak": 0}
+
+    def cell_runner(cell: Cell, version: str, artifacts: Path) -> CellResult:
+        with lock:
+            running["now"] += 1
+            running["peak"] = max(running["peak"], running["now"])
+        time.sleep(0.05)
+        with lock:
+            running["now"] -= 1
+        if cell.role == "router":
+            raise RuntimeError("router VM did not boot\nmore lines")
+        return CellResult(cell=cell, status="FAIL" if cell.flavour == "i386" else "PASS", passed=3)
+
+    cells = plan_matrix()
+    results = run_matrix(cells, "4.20.0", tmp_path, jobs=2, run_cell=cell_runner)
+    assert running["peak"] == 2
+    assert [r.cell for r in results] == cells
+    statuses = {r.cell.label: r.status for r in results}
+    assert statuses["kvm-amd64-secstorage"] == "PASS"
+    assert statuses["kvm-i386-consoleproxy"] == "FAIL"
+    router = next(r for r in results if r.cell.role == "router")
+    assert router.status == "ERROR" and router.note == "router VM did not boot"
+
+    text = write_summary(results, tmp_path / "matrix.md", 12.0, 2)
+    assert "**FAILED**: 2 of 6 cells passed in 12 s with 2 at once" in text
+    assert (tmp_path / "matrix.md").read_text() == text
+    table = summary_table(results).splitlines()
+    assert table[0].startswith("| hypervisor | flavour | role | result |")
+    assert len(table) == 8

@@ -1,0 +1,110 @@
+"""bzip2 choice, checksum lists and metadata.ini as CloudStack's templateConfig.sh writes them."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import subprocess
+
+import pytest
+
+from systemvm import naming, publish
+from systemvm.errors import UserError
+from tests.unit.conftest import pattern
+
+
+def test_lbzip2_is_deterministic_and_readable_by_bunzip2_and_python(tmp_path, need_tools):
+    need_tools("lbzip2", "bunzip2")
+    src = tmp_path / "data"
+    src.write_bytes(pattern(2 * 2**20) + bytes(3 * 2**20) + pattern(2**20, 9))
+    assert publish.lbzip2_usable() is True
+    outputs = []
+    for threads in ("1", "2"):
+        run = subprocess.run(["lbzip2", "-9", "-n", threads, "-c", str(src)], capture_output=True, check=True)
+        outputs.append(run.stdout)
+    assert outputs[0] == outputs[1]
+    publish.compress_bz2(src, tmp_path / "a.bz2")
+    assert (tmp_path / "a.bz2").read_bytes() == outputs[0]
+    plain = subprocess.run(["bunzip2", "-c", str(tmp_path / "a.bz2")], capture_output=True, check=True).stdout
+    assert plain == src.read_bytes()
+    assert bz2.decompress((tmp_path / "a.bz2").read_bytes()) == src.read_bytes()
+    publish.compress_bz2(src, tmp_path / "p.bz2", parallel=False)
+    assert bz2.decompress((tmp_path / "p.bz2").read_bytes()) == src.read_bytes()
+
+
+def _fake_artifacts(directory, version="4.20.0"):
+    names = []
+    for flavour in naming.FLAVOURS:
+        for fmt in ("qcow2", "vhd", "ova"):
+            name = naming.export_name(version, flavour, fmt)
+            (directory / name).write_bytes(f"{flavour}-{fmt}".encode())
+            names.append(name)
+    return names
+
+
+def test_checksum_lists_merge_sorted_and_verify_with_coreutils(tmp_path):
+    names = _fake_artifacts(tmp_path)
+    first = {n: publish.file_digests(tmp_path / n) for n in names[:3]}
+    second = {n: publish.file_digests(tmp_path / n) for n in names[3:]}
+    publish.update_checksums(tmp_path, first)
+    publish.update_checksums(tmp_path, second)
+    entries = publish.parse_checksums(tmp_path / "sha512sum.txt")
+    assert list(entries) == sorted(names)
+    for name in names:
+        assert entries[name] == hashlib.sha512((tmp_path / name).read_bytes()).hexdigest()
+    for tool, listing in (("sha512sum", "sha512sum.txt"), ("md5sum", "md5sum.txt")):
+        run = subprocess.run([tool, "-c", "--strict", listing], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+    # a vanished file drops out of the lists on the next refresh
+    (tmp_path / names[0]).unlink()
+    publish.update_checksums(tmp_path, {})
+    assert names[0] not in publish.parse_checksums(tmp_path / "md5sum.txt")
+    assert publish.verify_listing(tmp_path) == []
+
+
+def test_metadata_ini_round_trip(tmp_path):
+    names = _fake_artifacts(tmp_path)
+    publish.update_checksums(tmp_path, {n: publish.file_digests(tmp_path / n) for n in names})
+    publish.write_metadata(tmp_path, "4.20.0", "http://127.0.0.1:8080/systemvm/4.20/")
+    text = (tmp_path / "metadata.ini").read_text()
+    assert text.startswith("\n[default]\nversion = 4.20.0\n")
+    meta = publish.parse_metadata(tmp_path / "metadata.ini")
+    sha = publish.parse_checksums(tmp_path / "sha512sum.txt")
+    assert list(meta) == [
+        "default", "kvm-x86_64", "vmware", "xenserver", "lxc", "kvm-i386", "vmware-i386", "xenserver-i386",
+    ]  # fmt: skip
+    assert meta["default"] == {
+        "version": "4.20.0",
+        "downloadrepository": "http://127.0.0.1:8080/systemvm/4.20/",
+    }
+    kvm = meta["kvm-x86_64"]
+    assert kvm["templatename"] == "systemvm-kvm-4.20.0-x86_64"
+    assert kvm["filename"] == "systemvmtemplate-4.20.0-x86_64-kvm.qcow2.bz2"
+    assert kvm["downloadurl"] == "http://127.0.0.1:8080/systemvm/4.20/" + kvm["filename"]
+    assert kvm["checksum"] == sha[kvm["filename"]]
+    assert kvm["arch"] == "x86_64"
+    assert kvm["guestos"] == "Debian GNU/Linux 12 (64-bit)"
+    assert meta["xenserver"]["guestos"] == "Other Linux (64-bit)"
+    assert meta["vmware"]["filename"].endswith("-x86_64-vmware.ova")
+    assert meta["xenserver-i386"]["filename"] == "systemvmtemplate-4.20.0-i386-xen.vhd.bz2"
+    assert meta["xenserver-i386"]["guestos"] == "Other Linux (32-bit)"
+    assert meta["kvm-i386"]["guestos"] == "Debian GNU/Linux 12 (32-bit)"
+    for section, values in meta.items():
+        if section != "default":
+            assert values["checksum"] == sha[values["filename"]]
+
+
+def test_metadata_lists_only_present_artifacts(tmp_path):
+    name = naming.export_name("4.20.0", "amd64", "vhd")
+    (tmp_path / name).write_bytes(b"x")
+    publish.update_checksums(tmp_path, {name: publish.file_digests(tmp_path / name)})
+    publish.write_metadata(tmp_path, "4.20.0", publish.default_base_url("4.20.0"))
+    meta = publish.parse_metadata(tmp_path / "metadata.ini")
+    assert list(meta) == ["default", "xenserver"]
+    assert meta["xenserver"]["downloadurl"] == f"https://download.cloudstack.org/systemvm/4.20/{name}"
+
+
+def test_bad_checksum_line_is_one_clear_error(tmp_path):
+    (tmp_path / "sha512sum.txt").write_text("not a checksum line\n")
+    with pytest.raises(UserError, match="sha512sum.txt:1: not a checksum line"):
+        publish.parse_checksums(tmp_path / "sha512sum.txt")
