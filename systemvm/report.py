@@ -34,6 +34,7 @@ class CheckResult:
     seconds: float
     message: str = ""
     properties: dict[str, str] = dataclasses.field(default_factory=dict)
+    name: str = ""  # the test function (JUnit testcase name), e.g. test_nothing_listens_on_port_22
 
 
 @dataclasses.dataclass
@@ -104,6 +105,7 @@ def parse_junit(path: str | Path) -> RunSummary:
                 seconds=float(case.get("time") or 0.0),
                 message=message,
                 properties=props,
+                name=case.get("name", ""),
             )
         )
         for key in BOOT_NUMBERS:

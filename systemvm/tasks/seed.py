@@ -8,6 +8,7 @@ from systemvm.tasks import user_errors
 
 
 @task(
+    auto_shortflags=False,  # -h is the hypervisor in cloud-install-sys-tmplt; keep --help for invoke
     help={
         "mount": "secondary storage mount point or directory (-m)",
         "hypervisor": "kvm, xenserver, vmware, hyperv or lxc (-h)",
@@ -26,11 +27,11 @@ from systemvm.tasks import user_errors
         "db_properties": "CloudStack db.properties to read",
         "no_db": "do not touch the database (needs --template-id)",
         "quiet": "no progress bar",
-    }
+    },
 )
 def seed(
     c,
-    hypervisor,
+    hypervisor=None,
     mount=None,
     file=None,
     url=None,
@@ -52,7 +53,7 @@ def seed(
     from systemvm.seed import seed as seed_template
     from systemvm.seed_cli import build_parser, request_from_args
 
-    argv = ["-h", hypervisor, "--db-properties", db_properties or ""]
+    argv = ["-h", hypervisor or "", "--db-properties", db_properties or ""]
     for flag, value in (
         ("-m", mount),
         ("-f", file),

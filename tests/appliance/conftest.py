@@ -42,7 +42,10 @@ def host(params: Params) -> Any:
     """The testinfra host of the target (overrides testinfra's ``--hosts`` fixture)."""
     import testinfra
 
-    return testinfra.get_host(params["target"])
+    target = params["target"]
+    if target.startswith("chroot://"):  # testinfra takes a chroot as a bare path plus connection=chroot
+        return testinfra.get_host(target.removeprefix("chroot://"), connection="chroot")
+    return testinfra.get_host(target)
 
 
 @pytest.fixture(autouse=True)

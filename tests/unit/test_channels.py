@@ -154,6 +154,8 @@ def make_root(tmp_path: Path) -> Path:
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 systemvm\n")
     (root / "proc/stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
     (root / "proc/cmdline").write_text("root=LABEL=cloudrootfs ro console=ttyS0\n")
+    (root / "proc/sys/net/ipv4").mkdir(parents=True)
+    (root / "proc/sys/net/ipv4/ip_nonlocal_bind").write_text("0\n")
     return root
 
 
@@ -198,6 +200,8 @@ def test_early_config_from_mnt_cmdline_override(tmp_path):
     assert "gateway" not in interfaces  # 10.9.9.9 is on none of the NICs: logged, skipped
     listen = (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).read_text()
     assert "ListenAddress 169.254.10.20:3922" in listen
+    # sshd starts even when eth0 comes late
+    assert (root / "proc/sys/net/ipv4/ip_nonlocal_bind").read_text() == "1\n"
     rules = (root / "etc/iptables/rules.v4").read_text()
     assert "-A INPUT -i eth0 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules
     assert (root / "var/cache/cloud/enabled_svcs").read_text().split() == ["apache2", "nfs-common", "cloud"]

@@ -113,3 +113,14 @@ def test_runner_respects_the_limit_and_keeps_plan_order(tmp_path: Path) -> None:
     table = summary_table(results).splitlines()
     assert table[0].startswith("| hypervisor | flavour | role | result |")
     assert len(table) == 8
+
+
+def test_a_cell_that_cannot_boot_is_an_error_with_its_reason(tmp_path: Path) -> None:
+    """A real cell process (python -m systemvm.suite) on a version with no export."""
+    from systemvm.matrix import run_cell_process
+
+    (tmp_path / "9.9.9").mkdir()
+    result = run_cell_process(Cell("kvm", "amd64", "router"), "9.9.9", tmp_path)
+    assert result.status == "ERROR"
+    assert "systemvmtemplate-9.9.9-x86_64-kvm.qcow2.bz2 does not exist" in result.note
+    assert (tmp_path / "9.9.9" / "reports" / "kvm-amd64-router.log").is_file()

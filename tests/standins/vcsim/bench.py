@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -22,13 +23,14 @@ def bench_vmware(artifact: Path | None = None, flavour: str = "amd64") -> list[t
             raw = Path(work) / "disk.raw"
             with open(raw, "wb") as f:
                 f.truncate(256 << 20)
-                for i in range(0, 256, 4):  # 1 MiB of text every 4 MiB
+                for i in range(0, 256, 4):  # 1 MiB of text and 1 MiB of noise every 4 MiB
                     f.seek(i << 20)
-                    f.write(f"block {i} ".encode() * (1 << 20 // 10))
+                    f.write(f"block {i:08d} ".encode() * (1 << 16))
+                    f.write(random.Random(i).randbytes(1 << 20))
             artifact = Path(work) / "bench.ova"
             start = time.monotonic()
             write_ova(raw, artifact, name="svmt-bench", flavour=flavour, epoch=1_700_000_000)
-            rows.append(("ova export, 256 MiB disk (64 MiB data)", f"{time.monotonic() - start:.2f} s"))
+            rows.append(("ova export, 256 MiB disk (128 MiB data)", f"{time.monotonic() - start:.2f} s"))
         rows.append(("ova size", f"{artifact.stat().st_size / 2**20:.1f} MiB"))
         start = time.monotonic()
         server = start_vcsim()

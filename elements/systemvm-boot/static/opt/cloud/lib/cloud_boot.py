@@ -196,9 +196,16 @@ def install_authorized_key(guest: Guest, config: contract.BootConfig) -> None:
 
 
 def configure_ssh_listen(guest: Guest, config: contract.BootConfig) -> None:
-    """Bind sshd (port 3922 from systemvm-ssh) to the control NIC's address when the command line has it."""
+    """Bind sshd (port 3922 from systemvm-ssh) to the control NIC's address when the command line has it.
+
+    The address may not be up when sshd starts (a NIC that arrives late, an ifup that fails): non-local
+    binds let sshd start anyway and answer as soon as the address exists, instead of failing for good.
+    """
     ip = config.control_ip
     if ip:
+        nonlocal_bind = guest.path("/proc/sys/net/ipv4/ip_nonlocal_bind")
+        if nonlocal_bind.exists():
+            nonlocal_bind.write_text("1\n")
         guest.write(SSH_LISTEN_CONF, f"# {config.control_nic}, the control NIC of {config.role}\n"
                                      f"ListenAddress {ip}:{contract.SSH_PORT}\n")  # fmt: skip
     else:

@@ -1,0 +1,132 @@
+"""``invoke bench``: timings and sizes to compare between commits. It prints; it never asserts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from systemvm import aptcache, naming, sshwait
+from systemvm.build import build_flavour
+from systemvm.progress import human_bytes, say
+from systemvm.qemu_boot import QemuVM
+
+Rows = list[tuple[str, str]]
+
+
+@contextlib.contextmanager
+def cold_cache() -> Iterator[None]:
+    """Move the package/debootstrap cache aside so a build starts cold; put it back afterwards."""
+    root = aptcache.cache_root()
+    aside = root.with_name(root.name + ".bench-aside")
+    if root.exists():
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(root, aside)
+    try:
+        yield
+    finally:
+        if aside.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            os.replace(aside, root)
+
+
+def bench_build(flavours: list[str], version: str, artifacts: Path, cold: bool) -> Rows:
+    rows: Rows = []
+    if cold:
+        with cold_cache():
+            start = time.monotonic()
+            for flavour in flavours:
+                build_flavour(flavour, version, artifacts)
+            rows.append((f"build cold ({'+'.join(flavours)})", f"{time.monotonic() - start:.0f} s"))
+    start = time.monotonic()
+    for flavour in flavours:
+        manifest = build_flavour(flavour, version, artifacts)
+        sizes = manifest["sizes"]
+        rows += [
+            (f"{flavour}: build warm", f"{manifest['build_seconds']:.0f} s"),
+            (f"{flavour}: root filesystem used", human_bytes(sizes["rootfs_used_bytes"])),
+            (f"{flavour}: raw disk allocated", human_bytes(sizes["raw_disk_allocated_bytes"])),
+        ]
+    rows.append((f"build warm ({'+'.join(flavours)})", f"{time.monotonic() - start:.0f} s"))
+    return rows
+
+
+def bench_qemu_ssh(flavours: list[str], version: str, artifacts: Path) -> Rows:
+    rows: Rows = []
+    for flavour in flavours:
+        disk = naming.raw_disk(artifacts, version, flavour)
+        with tempfile.TemporaryDirectory(prefix="svmt-bench-") as tmp:
+            key, public = sshwait.make_keypair(Path(tmp))
+            with QemuVM(disk, role="secstorage", authorized_key=public, work_dir=Path(tmp)) as vm:
+                seconds = vm.wait_ssh(key, timeout=600)
+        rows.append((f"{flavour}: QEMU start -> SSH on 3922 (plain QEMU)", f"{seconds:.1f} s"))
+    return rows
+
+
+def run_section(name: str, fn: Callable[[], Rows]) -> Rows:
+    say(f"==> bench: {name}")
+    try:
+        return fn()
+    except Exception as exc:  # a failing section is reported, the others still run
+        return [(f"{name}", f"FAILED: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
+
+
+def print_table(rows: Rows) -> None:
+    width = max(len(k) for k, _ in rows) if rows else 10
+    print(f"\n{'measure':<{width}}  value")
+    print(f"{'-' * width}  {'-' * 20}")
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+
+
+def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str], cold: bool) -> Rows:
+    rows: Rows = []
+    vdir = naming.version_dir(artifacts, version)
+    if "build" in sections:
+        rows += run_section("build", lambda: bench_build(flavours, version, artifacts, cold))
+    if "boot" in sections:
+        rows += run_section("boot", lambda: bench_qemu_ssh(flavours, version, artifacts))
+    if "export" in sections:
+        from systemvm.export import bench_export
+
+        for flavour in flavours:
+            with tempfile.TemporaryDirectory(prefix="svmt-bench-", dir=vdir) as tmp:
+                raw = naming.raw_disk(artifacts, version, flavour)
+                rows += [
+                    (f"{flavour}: {k}", v)
+                    for k, v in run_section("export", lambda raw=raw, tmp=tmp: bench_export(raw, Path(tmp)))
+                ]
+    if "kvm" in sections:
+        from systemvm.harness import bench_kvm
+
+        qcow2 = [vdir / naming.export_name(version, f, "qcow2") for f in flavours]
+        rows += run_section("kvm", lambda: bench_kvm([p for p in qcow2 if p.exists()]))
+    if "xenserver" in sections:
+        from tests.standins.xapi import bench_xenserver
+
+        rows += run_section(
+            "xenserver", lambda: bench_xenserver(vdir / naming.export_name(version, "amd64", "vhd"))
+        )
+    if "vmware" in sections:
+        from tests.standins.vcsim.bench import bench_vmware
+
+        rows += run_section(
+            "vmware", lambda: bench_vmware(vdir / naming.export_name(version, "amd64", "ova"))
+        )
+    if "seed" in sections:
+        from systemvm.seed import bench_seed
+
+        rows += run_section("seed", bench_seed)
+    if "matrix" in sections:
+        from systemvm.matrix import bench_matrix
+
+        rows += run_section("matrix", lambda: bench_matrix(version=version, artifacts=artifacts))
+    print_table(rows)
+    (vdir / "reports").mkdir(parents=True, exist_ok=True)
+    (vdir / "reports" / "bench.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows

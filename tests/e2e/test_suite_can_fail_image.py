@@ -1,0 +1,198 @@
+"""Each appliance check that needs no running system fails on an image broken for it.
+
+The built raw disk (``SYSTEMVM_ARTIFACTS`` = artifacts/<version>) is mounted read-only; every case gets
+its own overlay on it, breaks one thing inside (a package removed, a foreign apt source, haproxy's
+configuration garbled, charon deleted, sshd opened to passwords...) and runs the suite through testinfra's
+chroot backend. The unbroken image must pass the same checks, so each failure comes from its break.
+Needs root (loop device, mounts); skips only when ``SYSTEMVM_ARTIFACTS`` is unset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from systemvm import naming
+from systemvm.report import parse_junit
+from systemvm.suite import PACKAGES_DIR, run_checks
+from tests.e2e import artifacts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+FLAVOUR = "amd64"
+RAW = artifacts.raw_disks().get(FLAVOUR)
+
+# Checks that run against an image (the others need a running VM and skip there)
+IMAGE_CHECKS = {
+    "test_every_listed_package_is_installed_at_the_recorded_version",
+    "test_no_package_from_outside_debian",
+    "test_installed_kernel_is_the_flavours",
+    "test_haproxy_is_installed",
+    "test_haproxy_accepts_the_shipped_configuration",
+    "test_haproxy_is_not_started_at_boot_by_the_image",
+    "test_charon_is_present",
+    "test_ipsec_version_answers",
+    "test_required_plugin_libraries_are_installed",
+    "test_ipsec_service_is_enabled_only_where_the_role_needs_it",
+    "test_sshd_is_configured_for_3922_and_keys_only",
+}
+
+FAKE_PACKAGE = (
+    "mkdir -p /tmp/fake/DEBIAN && printf 'Package: vendor-tool\\nVersion: 1.0\\nArchitecture: all\\n"
+    "Maintainer: someone <a@example.com>\\nDescription: not from Debian\\n' > /tmp/fake/DEBIAN/control && "
+    "dpkg-deb --build /tmp/fake /tmp/vendor-tool.deb >/dev/null && dpkg -i /tmp/vendor-tool.deb >/dev/null "
+    "&& rm -rf /tmp/fake /tmp/vendor-tool.deb"
+)
+
+# case -> (command run in the chroot to break it, params overrides, checks expected to fail)
+CASES: dict[str, tuple[str, dict, set[str]]] = {
+    "package removed": (
+        "dpkg -r --force-depends tcpdump >/dev/null 2>&1",
+        {},
+        {"test_every_listed_package_is_installed_at_the_recorded_version"},
+    ),
+    "foreign apt source": (
+        "echo 'deb http://packages.example.com/debian bookworm main' > /etc/apt/sources.list.d/vendor.list",
+        {},
+        {"test_no_package_from_outside_debian"},
+    ),
+    "package not from the build": (FAKE_PACKAGE, {}, {"test_no_package_from_outside_debian"}),
+    "kernel of the other flavour": ("true", {"flavour": "i386"}, {"test_installed_kernel_is_the_flavours"}),
+    "haproxy removed": (
+        "dpkg -r --force-depends haproxy >/dev/null 2>&1",
+        {},
+        {
+            "test_haproxy_is_installed",
+            "test_haproxy_accepts_the_shipped_configuration",
+            "test_every_listed_package_is_installed_at_the_recorded_version",
+        },
+    ),
+    "haproxy configuration garbled": (
+        "echo 'frontend broken\\n    bind :notaport\\n    no-such-keyword 1' >> /etc/haproxy/haproxy.cfg",
+        {},
+        {"test_haproxy_accepts_the_shipped_configuration"},
+    ),
+    "haproxy enabled in the image": (
+        "systemctl enable haproxy >/dev/null 2>&1",
+        {},
+        {"test_haproxy_is_not_started_at_boot_by_the_image"},
+    ),
+    "charon deleted": ("rm -f /usr/lib/ipsec/charon", {}, {"test_charon_is_present"}),
+    "ipsec command broken": ("chmod a-x /usr/sbin/ipsec", {}, {"test_ipsec_version_answers"}),
+    "MODP plugin deleted": (
+        "rm -f /usr/lib/ipsec/plugins/libstrongswan-gmp.so",
+        {},
+        {"test_required_plugin_libraries_are_installed"},
+    ),
+    "ipsec enabled in the image": (
+        "systemctl enable strongswan-starter >/dev/null 2>&1",
+        {},
+        {"test_ipsec_service_is_enabled_only_where_the_role_needs_it"},
+    ),
+    "sshd on 22 with passwords": (
+        "printf 'Port 22\\nPasswordAuthentication yes\\n' > /etc/ssh/sshd_config.d/00-broken.conf",
+        {},
+        {"test_sshd_is_configured_for_3922_and_keys_only"},
+    ),
+}
+
+
+def _run(*command: str) -> str:
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+def _root_partition_offset(raw: Path) -> int:
+    table = json.loads(_run("sfdisk", "-J", str(raw)))["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    partition = max(table["partitions"], key=lambda p: int(p["size"]))
+    return int(partition["start"]) * sector
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if RAW is None:
+        pytest.skip("SYSTEMVM_ARTIFACTS is not set (or holds no amd64 raw disk)")
+    if os.geteuid() != 0:
+        pytest.fail("needs root: loop devices and mounts")
+    lower = tmp_path_factory.mktemp("lower")
+    loop = _run(
+        "losetup", "--find", "--show", "--read-only", "--offset", str(_root_partition_offset(RAW)), str(RAW)
+    ).strip()
+    try:
+        _run("mount", "-o", "ro,noload", loop, str(lower))
+        try:
+            yield lower
+        finally:
+            subprocess.run(["umount", str(lower)], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+
+
+@contextlib.contextmanager
+def overlay(lower: Path, work: Path) -> Iterator[Path]:
+    """A writable copy-on-write view of the image; /proc and /dev mounted inside for the tools."""
+    upper, workdir, merged = work / "upper", work / "work", work / "merged"
+    for d in (upper, workdir, merged):
+        d.mkdir()
+    _run(
+        "mount",
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        f"lowerdir={lower},upperdir={upper},workdir={workdir}",
+        str(merged),
+    )
+    mounted = [merged]
+    try:
+        _run("mount", "-t", "proc", "proc", str(merged / "proc"))
+        mounted.append(merged / "proc")
+        _run("mount", "--bind", "/dev", str(merged / "dev"))
+        mounted.append(merged / "dev")
+        yield merged
+    finally:
+        for path in reversed(mounted):
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _check_image(root: Path, work: Path, label: str, overrides: dict) -> dict[str, str]:
+    version_dir = artifacts.version_dir()
+    assert version_dir is not None
+    params = {
+        "target": f"chroot://{root}",
+        "kind": "image",
+        "role": "secstorage",
+        "hypervisor": "kvm",
+        "flavour": FLAVOUR,
+        "version": version_dir.name,
+        "manifest": str(naming.manifest(version_dir.parent, version_dir.name, FLAVOUR)),
+        "packages_dir": str(PACKAGES_DIR),
+        **overrides,
+    }
+    junit = run_checks(params, work, label)
+    summary = parse_junit(junit)
+    return {c.name: c.result for c in summary.checks if c.result != "skipped"}
+
+
+def test_the_unbroken_image_passes_every_image_check(image_root: Path, tmp_path: Path) -> None:
+    with overlay(image_root, tmp_path) as root:
+        results = _check_image(root, tmp_path, "unbroken", {})
+    assert set(results) == IMAGE_CHECKS
+    failed = {name for name, result in results.items() if result != "passed"}
+    assert not failed, f"the unbroken image fails: {sorted(failed)} (see {tmp_path})"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_broken_image_fails_the_check(case: str, image_root: Path, tmp_path: Path) -> None:
+    command, overrides, expected = CASES[case]
+    with overlay(image_root, tmp_path) as root:
+        subprocess.run(["chroot", str(root), "/bin/sh", "-c", command], check=True)
+        results = _check_image(root, tmp_path, case.replace(" ", "-"), overrides)
+    failed = {name for name, result in results.items() if result != "passed"}
+    assert failed == expected, f"{case}: expected {sorted(expected)} to fail, got {sorted(failed)}"

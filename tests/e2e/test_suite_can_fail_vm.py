@@ -1,0 +1,273 @@
+"""Each appliance check that needs a running system fails on a VM broken for it.
+
+One secstorage VM (amd64) boots through the harness with the patch and the test agent. The whole suite
+must pass on it first; then each case breaks one thing over SSH (a listener on 22, policy ACCEPT, the agent
+stopped, a failed unit...), runs the checks it targets, expects them to fail, and repairs the VM for the
+next case. Artifacts: the amd64 qcow2 export under ``SYSTEMVM_ARTIFACTS`` or in ``SYSTEMVM_KVM_QCOW2``;
+skips only when neither is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from systemvm import naming
+from systemvm.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
+from systemvm.report import parse_junit
+from systemvm.suite import PACKAGES_DIR, run_checks
+from tests.e2e import artifacts
+
+pytestmark = pytest.mark.e2e
+
+FLAVOUR = "amd64"
+ARTIFACT = artifacts.export(FLAVOUR, "qcow2") or next(
+    (p for p in kvm_artifacts_from_env() if flavour_of(p) == FLAVOUR), None
+)
+OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc9nVdpL2Tb5o0Xn5zWbq2S0bXyJ3mLh1Q9T1y0aZkK intruder@x"
+LISTEN = "nohup setsid python3 -c 'import socket,time;s=socket.socket();s.bind((\"{addr}\",{port}));s.listen();time.sleep(3600)' >/dev/null 2>&1 & echo $! > /root/{name}.pid"  # noqa: E501
+KILL = "kill $(cat /root/{name}.pid); rm -f /root/{name}.pid"
+SSHD_HUP = "kill -HUP $(ss -Htlnp 'sport = :3922' | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
+SAVE_LIVE = "iptables-save > /root/live.rules"
+RESTORE_LIVE = "iptables-restore < /root/live.rules"
+REMOVE_ESTABLISHED = (
+    "iptables -S INPUT | grep ESTABLISHED | sed 's/^-A /-D /' | while read -r r; do iptables $r; done"
+)
+REMOVE_443 = "iptables -S INPUT | grep -E 'dports? [0-9,]*443' | sed 's/^-A /-D /' | while read -r r; do iptables $r; done"  # noqa: E501
+PLUGIN = "/usr/lib/ipsec/plugins/libstrongswan-gmp.so"
+
+S = "tests/appliance/test_ssh_access.py::"
+P = "tests/appliance/test_packages.py::"
+H = "tests/appliance/test_haproxy.py::"
+F = "tests/appliance/test_iptables.py::"
+I = "tests/appliance/test_ipsec.py::"  # noqa: E741
+A = "tests/appliance/test_agent.py::"
+B = "tests/appliance/test_boot_health.py::"
+
+# case -> (break, repair, params overrides, checks expected to fail). Cases run in this order on one VM.
+CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
+    "something listens on 22": (
+        LISTEN.format(addr="0.0.0.0", port=22, name="l22"),
+        KILL.format(name="l22"),
+        {},
+        [S + "test_nothing_listens_on_port_22"],
+    ),
+    "3922 open beyond the control NIC": (
+        LISTEN.format(addr="127.0.0.1", port=3922, name="l3922"),
+        KILL.format(name="l3922"),
+        {},
+        [S + "test_sshd_listens_on_3922_on_the_control_interface_only"],
+    ),
+    "sshd offers passwords": (
+        "printf 'PasswordAuthentication yes\\nKbdInteractiveAuthentication yes\\n'"
+        f" > /etc/ssh/sshd_config.d/00-broken.conf && {SSHD_HUP}",
+        f"rm -f /etc/ssh/sshd_config.d/00-broken.conf && {SSHD_HUP}",
+        {},
+        [S + "test_password_login_is_refused", S + "test_sshd_is_configured_for_3922_and_keys_only"],
+    ),
+    "root has a second key": (
+        f"cp -p /root/.ssh/authorized_keys /root/ak.bak && echo '{OTHER_KEY}' >> /root/.ssh/authorized_keys",
+        "cp -p /root/ak.bak /root/.ssh/authorized_keys",
+        {},
+        [S + "test_root_has_exactly_the_injected_key"],
+    ),
+    "injected key replaced": (
+        f"cp -p /root/.ssh/authorized_keys /root/ak.bak && echo '{OTHER_KEY}' > /root/.ssh/authorized_keys",
+        "cp -p /root/ak.bak /root/.ssh/authorized_keys",
+        {},
+        [S + "test_key_login_works"],  # the only check that runs without logging in
+    ),
+    "host keys from an old image": (
+        "touch -d 2020-01-01 /etc/ssh/ssh_host_*_key",
+        "true",
+        {},
+        [S + "test_host_keys_were_generated_on_this_boot"],
+    ),
+    "package removed": (
+        "dpkg -r --force-depends tcpdump >/dev/null 2>&1",
+        "true",
+        {},
+        [P + "test_every_listed_package_is_installed_at_the_recorded_version"],
+    ),
+    "kernel of the other flavour": (
+        "true",
+        "true",
+        {"flavour": "i386"},
+        [P + "test_running_kernel_is_the_flavours", P + "test_installed_kernel_is_the_flavours"],
+    ),
+    "haproxy started on a secstorage": (
+        "systemctl start haproxy",
+        "systemctl stop haproxy",
+        {},
+        [H + "test_haproxy_runs_only_on_router_roles"],
+    ),
+    "policy ACCEPT": (
+        f"{SAVE_LIVE} && iptables -P INPUT ACCEPT && iptables -P FORWARD ACCEPT",
+        RESTORE_LIVE,
+        {},
+        [F + "test_input_and_forward_policies_are_drop"],
+    ),
+    "3922 accepted on every interface": (
+        f"{SAVE_LIVE} && iptables -I INPUT 1 -p tcp --dport 3922 -j ACCEPT",
+        RESTORE_LIVE,
+        {},
+        [F + "test_3922_is_accepted_on_the_control_interface_only"],
+    ),
+    "established traffic not accepted": (
+        f"{SAVE_LIVE} && {REMOVE_ESTABLISHED}",
+        RESTORE_LIVE,
+        {},
+        [F + "test_established_traffic_is_accepted", F + "test_the_rules_are_persisted_in_rules_v4"],
+    ),
+    "443 closed": (f"{SAVE_LIVE} && {REMOVE_443}", RESTORE_LIVE, {}, [F + "test_the_roles_ports_are_open"]),
+    "rules.v4 says ACCEPT": (
+        "cp -p /etc/iptables/rules.v4 /root/rules.v4.bak && sed -i 's/^:INPUT DROP/:INPUT ACCEPT/' "
+        "/etc/iptables/rules.v4",
+        "cp -p /root/rules.v4.bak /etc/iptables/rules.v4",
+        {},
+        [F + "test_the_rules_are_persisted_in_rules_v4"],
+    ),
+    "ipsec plugin missing": (
+        f"mv {PLUGIN} /root/",
+        f"mv /root/{Path(PLUGIN).name} {PLUGIN}",
+        {},
+        [I + "test_required_plugins_load", I + "test_required_plugin_libraries_are_installed"],
+    ),
+    "ipsec enabled on a secstorage": (
+        "systemctl enable strongswan-starter >/dev/null 2>&1",
+        "systemctl disable strongswan-starter >/dev/null 2>&1",
+        {},
+        [I + "test_ipsec_service_is_enabled_only_where_the_role_needs_it"],
+    ),
+    "agent stopped": (
+        "systemctl stop cloud",
+        "systemctl start cloud",
+        {},
+        [A + "test_cloud_service_is_active"],
+    ),
+    "cloud.log lost": (": > /var/log/cloud.log", "true", {}, [A + "test_cloud_log_says_agent_started"]),
+    "listener heard nothing": (
+        "true",
+        "true",
+        {"listener": {"messages": []}},
+        [A + "test_management_listener_received_the_startup_message"],
+    ),
+    "listener heard another VM": (
+        "true",
+        "true",
+        {"listener": {"messages": [{"type": "startup", "name": "v-9-VM", "role": "consoleproxy"}]}},
+        [A + "test_management_listener_received_the_startup_message"],
+    ),
+    "a unit failed": (
+        "systemd-run --unit=svmt-broken --no-block /bin/false && sleep 2",
+        "systemctl reset-failed",
+        {},
+        [B + "test_no_failed_systemd_units"],
+    ),
+    "boot not finished": (
+        "mv /var/cache/cloud/boot_up_done /root/",
+        "mv /root/boot_up_done /var/cache/cloud/",
+        {},
+        [B + "test_boot_finished", B + "test_boot_time_and_uptime"],
+    ),
+    "command line not delivered": (
+        "cp -p /var/cache/cloud/cmdline /root/cmdline.bak && echo 'template=domP type=secstorage' "
+        "> /var/cache/cloud/cmdline",
+        "cp -p /root/cmdline.bak /var/cache/cloud/cmdline",
+        {},
+        [B + "test_cmdline_is_the_one_the_harness_sent"],
+    ),
+    "hostname differs": (
+        "hostname not-the-name",
+        "hostname {name}",
+        {},
+        [B + "test_hostname_is_the_name_sent"],
+    ),
+    "release names another version": (
+        "cp -p /etc/cloudstack-release /root/release.bak && "
+        "echo 'Cloudstack Release 0.0.1' > /etc/cloudstack-release",
+        "cp -p /root/release.bak /etc/cloudstack-release",
+        {},
+        [B + "test_release_file_names_our_version"],
+    ),
+}
+
+
+class Shell:
+    """One SSH session kept open for the whole module: breaking the key must not lock the test out."""
+
+    def __init__(self, host: str, port: int, key_file: Path) -> None:
+        self.client = paramiko.SSHClient()
+        self.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        self.client.connect(
+            host,
+            port=port,
+            username="root",
+            key_filename=str(key_file),
+            allow_agent=False,
+            look_for_keys=False,
+        )
+
+    def run(self, command: str) -> None:
+        _, stdout, stderr = self.client.exec_command(command, timeout=120)
+        status = stdout.channel.recv_exit_status()
+        assert status == 0, f"`{command}` exited {status}: {stderr.read().decode()[-500:]}"
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
+    if ARTIFACT is None:
+        pytest.skip("no amd64 qcow2: set SYSTEMVM_ARTIFACTS or SYSTEMVM_KVM_QCOW2")
+    version_dir = artifacts.version_dir()
+    version = version_dir.name if version_dir else "4.20.0"
+    manifest = naming.manifest(version_dir.parent, version, FLAVOUR) if version_dir else None
+    work = tmp_path_factory.mktemp("vm")
+    with boot_system_vm(
+        "kvm", FLAVOUR, "secstorage", artifact=ARTIFACT, work_dir=work, version=version
+    ) as booted:
+        booted.listener.wait_for(booted.name, 180)
+        params = {
+            **booted.suite_params(),
+            "version": version,
+            "manifest": str(manifest) if manifest else None,
+            "packages_dir": str(PACKAGES_DIR),
+        }
+        shell = Shell(booted.target.host, booted.target.port, booted.key_file)
+        try:
+            yield booted, params, shell
+        finally:
+            shell.client.close()
+
+
+def _results(params: dict[str, Any], work: Path, label: str, select: list[str] | None) -> dict[str, str]:
+    junit = run_checks(params, work, label, select)
+    return {c.name: c.result for c in parse_junit(junit).checks}
+
+
+def test_the_healthy_vm_passes_every_check(vm: tuple[Any, dict[str, Any], Shell], tmp_path: Path) -> None:
+    _, params, _ = vm
+    results = _results(params, tmp_path, "healthy", None)
+    bad = {name: r for name, r in results.items() if r in ("failed", "error")}
+    assert not bad, f"the healthy VM fails: {bad} (see {tmp_path})"
+    assert sum(r == "passed" for r in results.values()) >= 30
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_broken_vm_fails_the_check(
+    case: str, vm: tuple[Any, dict[str, Any], Shell], tmp_path: Path
+) -> None:
+    booted, params, shell = vm
+    break_it, repair, overrides, expected = CASES[case]
+    shell.run(break_it)
+    try:
+        results = _results({**params, **overrides}, tmp_path, case.replace(" ", "-"), expected)
+    finally:
+        shell.run(repair.format(name=booted.name))
+    names = {node.split("::")[1] for node in expected}
+    assert set(results) == names, f"{case}: ran {sorted(results)}"
+    not_failed = sorted(n for n in names if results[n] not in ("failed", "error"))
+    assert not not_failed, f"{case}: these checks did not fail: {not_failed} (see {tmp_path})"

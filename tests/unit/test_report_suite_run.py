@@ -1,0 +1,86 @@
+"""The suite's plumbing end to end on this host (testinfra's local backend, image mode): the guard lets
+the suite in when a target is given, every check is named for a release engineer, checks that need a
+running VM skip, and the JUnit XML becomes a report. Pass/fail of the checks depends on this host and is
+not asserted here (tests/e2e/test_suite_can_fail_* do that on real targets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from systemvm.report import parse_junit, write_report
+from systemvm.suite import PACKAGES_DIR, REPO, run_checks
+
+LIVE_ONLY = {
+    "test_sshd_listens_on_3922_on_the_control_interface_only",
+    "test_nothing_listens_on_port_22",
+    "test_key_login_works",
+    "test_password_login_is_refused",
+    "test_root_has_exactly_the_injected_key",
+    "test_host_keys_were_generated_on_this_boot",
+    "test_running_kernel_is_the_flavours",
+    "test_haproxy_runs_only_on_router_roles",
+    "test_input_and_forward_policies_are_drop",
+    "test_3922_is_accepted_on_the_control_interface_only",
+    "test_established_traffic_is_accepted",
+    "test_the_roles_ports_are_open",
+    "test_the_rules_are_persisted_in_rules_v4",
+    "test_required_plugins_load",
+    "test_cloud_service_is_active",
+    "test_cloud_log_says_agent_started",
+    "test_management_listener_received_the_startup_message",
+    "test_no_failed_systemd_units",
+    "test_boot_finished",
+    "test_cmdline_is_the_one_the_harness_sent",
+    "test_hostname_is_the_name_sent",
+    "test_release_file_names_our_version",
+    "test_boot_time_and_uptime",
+}
+SECTIONS = {"3922 access", "Packages", "HAProxy", "iptables", "IPsec", "Agent start", "Boot health"}
+
+
+def test_plain_pytest_does_not_collect_the_appliance_suite() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/appliance"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "SYSTEMVM_APPLIANCE_PARAMS"},
+    )
+    assert "no tests collected" in proc.stdout, proc.stdout[-500:]
+
+
+def test_suite_runs_against_a_target_and_reports(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"packages": {"bash": "5.2.15-2+b2"}}))
+    params = {
+        "target": "local://",
+        "kind": "image",
+        "role": "secstorage",
+        "flavour": "amd64",
+        "version": "4.20.0",
+        "manifest": str(manifest),
+        "packages_dir": str(PACKAGES_DIR),
+    }
+    junit = run_checks(params, tmp_path, "local")
+    summary = parse_junit(junit)
+    names = {c.name for c in summary.checks}
+    assert LIVE_ONLY < names
+    assert len(names) == len(summary.checks) >= len(LIVE_ONLY) + 10
+    for check in summary.checks:
+        assert check.properties.get("check"), f"{check.name} has no release-engineer name (docstring)"
+        assert check.section in SECTIONS, f"{check.name}: section {check.section!r}"
+        if check.name in LIVE_ONLY:
+            assert check.result == "skipped", f"{check.name} ran without a VM"
+        else:
+            assert check.result in ("passed", "failed"), f"{check.name}: {check.result} {check.message}"
+    assert json.loads((tmp_path / "local.params.json").read_text())["target"] == "local://"
+    out = tmp_path / "local.md"
+    write_report(junit, out, "local")
+    rows = [
+        line for line in out.read_text().splitlines() if line.startswith("| ") and "| Section |" not in line
+    ]
+    assert len(rows) == len(summary.checks)
