@@ -45,6 +45,7 @@ class BootRequest:
     memory_mib: int = 1024
     cpus: int = 1
     ssh_timeout: float = 300.0
+    ssh_key_file: Path | None = None  # the harness's private key: drivers wait for a real key login
 
 
 class Driver(abc.ABC):

@@ -11,13 +11,16 @@ Flow (one code path on every host, device-mapper or not):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from systemvm import aptcache, disk, mirror, naming
@@ -94,6 +97,28 @@ def git_commit() -> str:
 def available_elements() -> list[str]:
     """Our elements that exist in this checkout (debian-minimal comes with diskimage-builder)."""
     return [e for e in ELEMENTS if not e.startswith("systemvm-") or (ELEMENTS_DIR / e).is_dir()]
+
+
+@contextlib.contextmanager
+def host_devices_kept() -> Iterator[None]:
+    """Restore owner, group and mode of host device nodes that package scripts in the chroot may change.
+
+    diskimage-builder bind-mounts the host's /dev into the chroot; a package's postinst there ran
+    ``chgrp kvm /dev/kvm`` with the *image's* kvm gid, which makes libvirt on the host re-probe QEMU on
+    every call. We put such nodes back as they were.
+    """
+    nodes = [Path("/dev/kvm"), Path("/dev/net/tun"), Path("/dev/vhost-net")]
+    before = {n: n.stat() for n in nodes if n.exists()}
+    try:
+        yield
+    finally:
+        for node, st in before.items():
+            with contextlib.suppress(OSError):
+                now = node.stat()
+                if (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid):
+                    os.chown(node, st.st_uid, st.st_gid)
+                if stat.S_IMODE(now.st_mode) != stat.S_IMODE(st.st_mode):
+                    os.chmod(node, stat.S_IMODE(st.st_mode))
 
 
 def _run_dib(env: dict[str, str], args: list[str], log_path: Path) -> None:
@@ -189,12 +214,16 @@ def build_flavour(
     (cache / "dib").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     timings: dict[str, float] = {}
+    sources, skipped = "", []
     work = Path(tempfile.mkdtemp(prefix=f".build-{flavour}-", dir=out_dir))
     try:
         with (
             aptcache.apt_proxy(offline=offline) as proxy,
             phase(f"{flavour}: root filesystem (diskimage-builder)"),
         ):
+            sources, skipped = mirror.apt_sources(debian, DEBIAN_RELEASE, flavour, proxy)
+            for suite in skipped:
+                say(f"    WARNING: {suite} is inconsistent on the mirror for {flavour}; building without it")
             env = dict(os.environ)
             env.update(
                 {
@@ -202,6 +231,7 @@ def build_flavour(
                     "DIB_RELEASE": DEBIAN_RELEASE,
                     "DIB_DISTRIBUTION_MIRROR": debian,
                     "DIB_DEBIAN_SECURITY_MIRROR": mirror.security_mirror(debian),
+                    "DIB_APT_SOURCES_CONF": sources,
                     "DIB_BLOCK_DEVICE_CONFIG": block_device_config(size_gib),
                     "DIB_IMAGE_CACHE": str(cache / "dib"),
                     "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
@@ -219,7 +249,8 @@ def build_flavour(
                 env["DIB_OFFLINE"] = "1"
             args = ["disk-image-create", "-a", flavour, "-t", "raw", "-o", str(work / "rootfs"), "--no-tmpfs",
                     *available_elements()]  # fmt: skip
-            _run_dib(env, args, log_path)
+            with host_devices_kept():
+                _run_dib(env, args, log_path)
         timings["rootfs_seconds"] = round(time.monotonic() - started, 1)
         fs_image = work / "rootfs.raw"
         raw_tmp = work / "disk.raw"
@@ -240,6 +271,8 @@ def build_flavour(
             "version": version,
             "debian_release": DEBIAN_RELEASE,
             "debian_mirror": debian,
+            "apt_sources": sources.splitlines(),
+            "apt_suites_skipped": skipped,
             "kernel": kernel,
             "elements": available_elements(),
             "package_list": requested_packages(flavour),

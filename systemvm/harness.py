@@ -14,11 +14,8 @@ import contextlib
 import dataclasses
 import hashlib
 import ipaddress
-import json
 import shutil
-import socketserver
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ from pathlib import Path
 from hypervisors.base import BootRequest, Driver, SshTarget, new_run_prefix
 from systemvm import contract, naming, sshwait, testnet
 from systemvm.errors import UserError
+from systemvm.mgmt_listener import ManagementListener
 from systemvm.progress import phase, say
 
 DEFAULT_VERSION = "4.20.0"
@@ -35,70 +33,6 @@ FORMAT_OF = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova"}
 NAME_LETTER = {"secstorage": "s", "consoleproxy": "v", "router": "r", "vpcrouter": "r", "dhcpsrvr": "r"}
 # VMware has no link-local network: its management NIC gets an address of this test network.
 VMWARE_MGMT_NET = ipaddress.ip_network("192.168.122.0/24")
-
-
-# ---------------------------------------------------------------------------------------- listener
-
-
-class ManagementListener:
-    """The management server's agent port, played on 127.0.0.1: records every line agents send.
-
-    Lines that parse as JSON are kept as objects, others as text; ``messages`` is what the appliance
-    suite checks (the agent's startup message names the VM and its role).
-    """
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.messages: list[object] = []
-        self.connections = 0
-        self._lock = threading.Lock()
-        listener = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                with listener._lock:
-                    listener.connections += 1
-                for raw in self.rfile:
-                    text = raw.decode(errors="replace").strip()
-                    if not text:
-                        continue
-                    try:
-                        message: object = json.loads(text)
-                    except ValueError:
-                        message = text
-                    with listener._lock:
-                        listener.messages.append(message)
-
-        class Server(socketserver.ThreadingTCPServer):
-            allow_reuse_address = True
-            daemon_threads = True
-
-        self._server = Server((host, port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mgmt-listener", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    def start(self) -> ManagementListener:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def state(self) -> dict[str, object]:
-        with self._lock:
-            return {"port": self.port, "connections": self.connections, "messages": list(self.messages)}
-
-    def wait_for(self, text: str, timeout: float) -> bool:
-        """True once a message containing ``text`` arrived (bounded by ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in json.dumps(m) for m in self.state()["messages"]):
-                return True
-            time.sleep(0.5)
-        return False
 
 
 # ---------------------------------------------------------------------------------------- planning
@@ -199,15 +133,16 @@ class BootedVM:
             "name": self.name,
             "cmdline": self.cmdline,
             "ssh": {"host": self.target.host, "port": self.target.port, "key_file": str(self.key_file)},
-            "listener": self.listener.state(),
+            "listener": {"messages": list(self.listener.messages)},
         }
 
 
-def deliver_patch(vm: BootedVM, timeout: float) -> None:
-    """Copy the patch over SSH and wait for boot_up_done (:mod:`systemvm.patch`)."""
-    from systemvm import patch
+def deliver_patch(vm: BootedVM, timeout: float) -> float:
+    """Copy the test payload (:mod:`systemvm.testagent`) over SSH and wait for boot_up_done."""
+    from systemvm import patch, testagent
 
-    patch.deliver_patch(vm.target, role=vm.role, timeout=timeout)
+    payload = testagent.build_payload(vm.work_dir / "payload", payload_id=vm.run_prefix)
+    return patch.deliver_patch(vm.target.host, vm.target.port, vm.key_file, payload, timeout)
 
 
 @contextlib.contextmanager

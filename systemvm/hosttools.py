@@ -33,6 +33,8 @@ PACKAGE_OF: dict[str, str] = {
     "go": "golang-go",
     "mariadbd": "mariadb-server",
     "mount.nfs": "nfs-common",
+    "virtlogd": "libvirt-daemon-system",
+    "qemu-ga": "qemu-guest-agent",
 }
 
 

@@ -7,6 +7,7 @@ for the socket to accept a connection.
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from systemvm.progress import say
 SYSTEM_URI = "qemu:///system"
 LIBVIRTD_SOCKET = Path("/run/libvirt/libvirt-sock")
 VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
+DEV_KVM = Path("/dev/kvm")
 
 
 def _quiet_libvirt_errors() -> None:
@@ -67,8 +69,29 @@ def _start_daemon(tool: str, socket: Path, timeout: float) -> None:
         raise UserError(f"{tool} started but {socket} did not appear within {timeout:.0f} s: check its logs")
 
 
+def restore_dev_kvm_group(dev_kvm: Path = DEV_KVM, group: str = "kvm") -> bool:
+    """Give ``/dev/kvm`` back to group ``kvm`` (Debian's udev rule) when something changed it.
+
+    A package script run in an image build chroot with the host's /dev bind-mounted can ``chgrp`` the
+    host's /dev/kvm to the chroot's kvm group id. libvirtd then finds KVM "not usable" by its QEMU user,
+    throws its capability cache away and probes QEMU again on every call (tens of seconds per
+    ``defineXML`` on a busy host). Returns True when it repaired the group.
+    """
+    try:
+        wanted = grp.getgrnam(group).gr_gid
+        current = dev_kvm.stat().st_gid
+    except (KeyError, OSError):
+        return False
+    if current == wanted or os.geteuid() != 0:
+        return False
+    os.chown(dev_kvm, -1, wanted)
+    say(f"    {dev_kvm} belonged to group id {current}: gave it back to group {group} ({wanted})")
+    return True
+
+
 def ensure_libvirtd(timeout: float = 30.0) -> None:
     """Make sure virtlogd and libvirtd run; start them (daemonised) when they do not."""
+    restore_dev_kvm_group()
     if os.geteuid() != 0 and not LIBVIRTD_SOCKET.is_socket():
         raise UserError("libvirtd is not running and only root can start it: start it or run as root")
     if not (VIRTLOGD_SOCKET.is_socket() and _pid_running("virtlogd")):

@@ -18,9 +18,9 @@ def _source_uris(apt_dir: Path) -> list[str]:
     for path in files:
         if path.is_file():
             for line in path.read_text(errors="replace").splitlines():
-                words = line.split("#", 1)[0].split()
+                words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
                 if len(words) >= 3 and words[0] == "deb":
-                    uris.append(next(w for w in words[1:] if not w.startswith("[")))
+                    uris.append(words[1])
     for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
         text = path.read_text(errors="replace")
         for stanza in re.split(r"\n\s*\n", text):
@@ -56,3 +56,63 @@ def security_mirror(mirror: str) -> str:
     path = parts.path.rstrip("/")
     parent = path.rsplit("/", 1)[0]  # drop the last element, normally "debian"
     return urlunsplit((parts.scheme, parts.netloc, f"{parent}/debian-security", "", ""))
+
+
+def _index_entry(inrelease: str, path: str) -> int | None:
+    """Size recorded for ``path`` in the SHA256 section of a Release/InRelease file."""
+    in_sha256 = False
+    for line in inrelease.splitlines():
+        if not line.startswith(" "):
+            in_sha256 = line.startswith("SHA256:")
+            continue
+        parts = line.split()
+        if in_sha256 and len(parts) == 3 and parts[2] == path:
+            return int(parts[1])
+    return None
+
+
+def suite_is_consistent(base: str, suite: str, arch: str, proxy: str | None, timeout: float = 30.0) -> bool:
+    """True when the suite's Packages.xz for ``arch`` has the size its InRelease announces.
+
+    A mirror caught mid-sync (or a stale cache in front of it) serves an index apt rejects ("File has
+    unexpected size"), which fails the whole build; checking first lets the build say so in one line.
+    """
+    import urllib.request
+
+    handlers = [urllib.request.ProxyHandler({"http": proxy, "https": proxy} if proxy else {})]
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(f"{base}/dists/{suite}/InRelease", timeout=timeout) as response:
+            inrelease = response.read().decode(errors="replace")
+        expected = _index_entry(inrelease, f"main/binary-{arch}/Packages.xz")
+        if expected is None:
+            return False
+        request = urllib.request.Request(f"{base}/dists/{suite}/main/binary-{arch}/Packages.xz", method="GET")
+        with opener.open(request, timeout=timeout) as response:
+            actual = len(response.read())
+    except OSError:
+        return False
+    return actual == expected
+
+
+def apt_sources(debian: str, release: str, arch: str, proxy: str | None) -> tuple[str, list[str]]:
+    """diskimage-builder's DIB_APT_SOURCES_CONF for ``release``, and the suites left out (with reason).
+
+    The main suite must be consistent; ``-updates`` and ``-security`` are left out, with a warning the
+    build prints and records, when the mirror serves them inconsistently for this architecture.
+    """
+    security = security_mirror(debian)
+    suites = [("default", debian, release), ("updates", debian, f"{release}-updates"),
+              ("security", security, f"{release}-security")]  # fmt: skip
+    lines, skipped = [], []
+    for name, base, suite in suites:
+        if suite_is_consistent(base, suite, arch, proxy):
+            lines.append(f"{name}:deb {base} {suite} main")
+        elif name == "default":
+            raise UserError(
+                f"the mirror {base} serves an inconsistent or missing {suite} index for {arch}: "
+                "retry later or pass another --mirror"
+            )
+        else:
+            skipped.append(f"{base} {suite}")
+    return "\n".join(lines) + "\n", skipped

@@ -60,6 +60,7 @@ def booted(request, tmp_path_factory):
     if disk is None:
         pytest.skip(f"no {flavour} raw disk (SYSTEMVM_ARTIFACTS is not set or the build did not make it)")
     work = tmp_path_factory.mktemp(f"{flavour}-{role}")
+    (work / "vm").mkdir()
     key, public = sshwait.make_keypair(work / "keys")
     payload = testagent.build_payload(work / "payload", payload_id=f"e2e-{flavour}-{role}")
     with ManagementListener() as listener:
@@ -115,12 +116,11 @@ def test_role_services_and_no_failed_units(booted):
     state = booted.sh("systemctl is-system-running --wait", check=False).strip()
     failed = booted.sh("systemctl --failed --no-legend --plain").strip()
     assert failed == "" and state == "running", f"{state}: {failed}\n{booted.diagnostics()}"
-    for service in enabled:
-        if service == "nfs-common":  # masked by Debian; its parts start on demand
-            continue
-        assert booted.sh(f"systemctl is-active {service}", check=False).strip() == "active", service
-    for service in disabled:
-        assert booted.sh(f"systemctl is-active {service}", check=False).strip() != "active", service
+    active = {s: booted.sh(f"systemctl is-active {s}", check=False).strip() for s in enabled + disabled}
+    # nfs-common is masked by Debian: its parts start on demand
+    wrong = [s for s in enabled if s != "nfs-common" and active[s] != "active"]
+    wrong += [s for s in disabled if active[s] == "active"]
+    assert not wrong, f"services in the wrong state: {wrong}\n{booted.diagnostics()}"
     assert booted.sh("systemctl is-enabled ssh", check=False).strip() == "disabled"
 
 

@@ -68,3 +68,20 @@ def test_this_host_is_detected_without_error() -> None:
     probe = accel.probe_domain_type()
     assert probe.domain_type in accel.DOMAIN_TYPES
     assert probe.reason
+
+
+def test_dev_kvm_group_is_given_back_to_kvm(tmp_path: Path) -> None:
+    import grp
+    import os
+
+    from systemvm import libvirtd
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can chgrp")
+    device = tmp_path / "kvm"
+    device.write_bytes(b"")
+    kvm_gid = grp.getgrnam("kvm").gr_gid
+    os.chown(device, -1, 0)
+    assert libvirtd.restore_dev_kvm_group(device) is True
+    assert device.stat().st_gid == kvm_gid
+    assert libvirtd.restore_dev_kvm_group(device) is False  # nothing to do the second time

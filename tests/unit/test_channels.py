@@ -172,9 +172,10 @@ def systemctl_show(states: dict[str, str]) -> dict[tuple[str, ...], str]:
 
 def guest_runner(virt_what: str, **more: str) -> Recorded:
     states = {s: "disabled" for s in contract.ROLE_SERVICE_POOL}
-    states.update({"nfs-common": "masked", "frr": "not-found", "haproxy": "enabled"})
+    states.update({"nfs-common": "masked", "frr": "not-found", "haproxy": "enabled", "xl2tpd": "generated"})
     outputs = {("virt-what",): virt_what, **systemctl_show(states)}
     outputs.update({("systemctl",): "", ("iptables-restore",): "", ("ip6tables-restore",): ""})
+    outputs[("/lib/systemd/systemd-sysv-install",)] = ""
     return Recorded(outputs)
 
 
@@ -210,8 +211,12 @@ def test_early_config_from_mnt_cmdline_override(tmp_path):
     assert ["systemctl", "enable", "--now", "--no-block", "apache2.service"] in run.calls
     assert ["systemctl", "enable", "--now", "--no-block", "cloud.service"] in run.calls
     assert not any(c[:2] == ["systemctl", "enable"] and c[-1] == "nfs-common.service" for c in run.calls)
-    assert ["systemctl", "disable", "--now", "--no-block", "haproxy.service"] in run.calls
+    assert ["systemctl", "disable", "haproxy.service"] in run.calls
+    assert ["systemctl", "stop", "--no-block", "haproxy.service"] in run.calls
     assert not any(c[:2] == ["systemctl", "disable"] and c[-1] == "dnsmasq.service" for c in run.calls)
+    # a SysV script's generated unit: disabled through its rc links, stopped
+    assert ["/lib/systemd/systemd-sysv-install", "disable", "xl2tpd"] in run.calls
+    assert ["systemctl", "stop", "--no-block", "xl2tpd.service"] in run.calls
     assert ["systemctl", "start", "--no-block", "ssh.service"] in run.calls
     assert ["iptables-restore", str(root / "etc/iptables/rules.v4")] in run.calls
     log = (root / "var/log/cloud.log").read_text()
@@ -282,3 +287,50 @@ def test_boot_program_runs_under_the_image_layout(tmp_path):
 
 def test_authorized_key_decoding_roundtrip():
     assert contract.decode_authorized_key(base64.b64encode(KEY.encode()).decode()) == KEY
+
+
+def test_one_failing_service_does_not_stop_the_rest(tmp_path):
+    root = make_root(tmp_path)
+    (root / "mnt/cmdline").write_text(CMDLINE)
+    run = guest_runner(VIRT_WHAT["kvm"])
+
+    def runner(argv: list[str]) -> str:
+        if argv == ["systemctl", "disable", "haproxy.service"]:
+            run.calls.append(argv)
+            raise subprocess.CalledProcessError(1, argv)
+        return run(argv)
+
+    cloud_boot.early_config(cloud_boot.Guest(root, runner, echo=False))
+    assert ["systemctl", "enable", "--now", "--no-block", "apache2.service"] in run.calls
+    assert ["systemctl", "stop", "--no-block", "xl2tpd.service"] in run.calls
+    assert "disabling haproxy failed" in (root / "var/log/cloud.log").read_text()
+
+
+def test_ssh_listens_everywhere_when_non_local_binds_cannot_be_allowed(tmp_path):
+    root = make_root(tmp_path)
+    (root / "proc/sys/net/ipv4/ip_nonlocal_bind").unlink()
+    (root / "proc/sys/net/ipv4").rmdir()
+    (root / "mnt/cmdline").write_text(CMDLINE)
+    cloud_boot.early_config(cloud_boot.Guest(root, guest_runner(VIRT_WHAT["kvm"]), echo=False))
+    assert not (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).exists()
+    rules = (root / "etc/iptables/rules.v4").read_text()
+    assert "-A INPUT -i eth0 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules  # still only the control NIC
+
+
+def test_hyperv_waits_for_the_kvp_daemon_to_fill_the_pool(tmp_path):
+    root = make_root(tmp_path)
+    pool = root / contract.HYPERV_KVP_POOL.lstrip("/")
+    pool.parent.mkdir(parents=True)
+    run = guest_runner(VIRT_WHAT["hyperv"])
+    clock = FakeClock()
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if clock.now >= 5 and not pool.exists():
+            pool.write_bytes(kvp_record("cmdline", CMDLINE))
+
+    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, sleep, echo=False))
+    assert ["systemctl", "start", "--no-block", "hv-kvp-daemon.service"] in run.calls
+    assert config.role == "secstorage" and config.hypervisor == "hyperv"
+    assert config.control_nic == "eth1"  # no link-local network on Hyper-V
+    assert (root / "var/cache/cloud/cmdline").read_text().strip() == CMDLINE

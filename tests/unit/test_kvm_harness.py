@@ -49,21 +49,22 @@ def test_artifact_path_names_the_hypervisor_export(tmp_path: Path) -> None:
     assert harness.flavour_of(Path("systemvmtemplate-4.20.0-i386-kvm.qcow2.bz2")) == "i386"
 
 
-def test_listener_records_what_an_agent_sends() -> None:
-    listener = harness.ManagementListener().start()
-    try:
+def test_suite_params_carry_what_the_listener_received(tmp_path: Path) -> None:
+    from hypervisors.base import SshTarget
+    from systemvm.mgmt_listener import ManagementListener
+
+    with ManagementListener() as listener:
         with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as agent:
-            agent.sendall(
-                json.dumps({"type": "startup", "name": "s-1-VM", "role": "secstorage"}).encode() + b"\n"
-            )
-            agent.sendall(b"heartbeat\n")
-        assert listener.wait_for('"name": "s-1-VM"', timeout=10)
-        assert listener.wait_for("heartbeat", timeout=10)
-        state = listener.state()
-        assert state["connections"] == 1
-        assert state["messages"][0] == {"type": "startup", "name": "s-1-VM", "role": "secstorage"}
-    finally:
-        listener.stop()
+            startup = {"kind": "startup", "name": "s-1-VM", "role": "secstorage"}
+            agent.sendall(json.dumps(startup).encode() + b"\n")
+            listener.wait_for_startup("s-1-VM", timeout=10)
+        target = SshTarget("127.0.0.1", 40022, key_file=tmp_path / "id")
+        vm = harness.BootedVM("kvm", "amd64", "secstorage", "s-1-VM", "svmt-000000", target, tmp_path / "id",
+                              listener, "type=secstorage", driver=None, work_dir=tmp_path)  # fmt: skip
+        params = vm.suite_params()
+    assert params["listener"]["messages"][0]["name"] == "s-1-VM"
+    assert params["target"] == f"paramiko://root@127.0.0.1:40022?ssh_identity_file={tmp_path / 'id'}"
+    assert "-p 40022" in vm.how_to_reach() and "root@127.0.0.1" in vm.how_to_reach()
 
 
 def test_missing_artifact_fails_before_anything_is_created(tmp_path: Path) -> None:

@@ -110,8 +110,7 @@ def obtain_cmdline(guest: Guest) -> tuple[str, str, str]:
         if hypervisor == "vmware":
             return contract.read_vmware_cmdline(guest.run), "vmtoolsd", hypervisor_name
         if hypervisor == "hyperv":
-            pool = str(guest.path(contract.HYPERV_KVP_POOL))
-            return contract.read_hyperv_cmdline(pool), "kvp", hypervisor_name
+            return read_hyperv_when_ready(guest), "kvp", hypervisor_name
     except Exception as exc:  # noqa: BLE001 - a broken channel must not stop the boot
         guest.log(f"reading the command line from {hypervisor} failed: {exc}")
     # KVM (and unknown): the host writes the file through qemu-guest-agent, which udev starts.
@@ -125,6 +124,24 @@ def obtain_cmdline(guest: Guest) -> tuple[str, str, str]:
         guest.log("no command line from the host this boot; using the one from the previous boot")
         return cached.read_text(errors="replace").strip(), "previous boot", hypervisor_name
     return contract.read_proc_cmdline(str(guest.path("/proc/cmdline"))), "/proc/cmdline", hypervisor_name
+
+
+def read_hyperv_when_ready(guest: Guest) -> str:
+    """hv_kvp_daemon fills the pool from the host after it starts (normally after this unit): start it
+    now and wait, with the KVM bound, for the command line to show up in the pool."""
+    try:
+        guest.run(["systemctl", "start", "--no-block", "hv-kvp-daemon.service"])
+    except Exception as exc:  # noqa: BLE001 - the pool may be filled already
+        guest.log(f"starting hv-kvp-daemon failed: {exc}")
+    pool = str(guest.path(contract.HYPERV_KVP_POOL))
+    deadline = guest.clock() + contract.KVM_CMDLINE_WAIT
+    while True:
+        try:
+            return contract.read_hyperv_cmdline(pool)
+        except (OSError, ValueError):
+            if guest.clock() >= deadline:
+                raise
+            guest.sleep(1.0)
 
 
 def configure_hostname(guest: Guest, config: contract.BootConfig) -> None:
@@ -200,12 +217,16 @@ def configure_ssh_listen(guest: Guest, config: contract.BootConfig) -> None:
 
     The address may not be up when sshd starts (a NIC that arrives late, an ifup that fails): non-local
     binds let sshd start anyway and answer as soon as the address exists, instead of failing for good.
+    Where they cannot be allowed, sshd listens on every address and the firewall keeps 3922 to the
+    control NIC.
     """
     ip = config.control_ip
+    try:
+        guest.path("/proc/sys/net/ipv4/ip_nonlocal_bind").write_text("1\n")
+    except OSError as exc:
+        guest.log(f"cannot allow non-local binds ({exc}); sshd listens on all addresses")
+        ip = None
     if ip:
-        nonlocal_bind = guest.path("/proc/sys/net/ipv4/ip_nonlocal_bind")
-        if nonlocal_bind.exists():
-            nonlocal_bind.write_text("1\n")
         guest.write(SSH_LISTEN_CONF, f"# {config.control_nic}, the control NIC of {config.role}\n"
                                      f"ListenAddress {ip}:{contract.SSH_PORT}\n")  # fmt: skip
     else:
@@ -227,16 +248,32 @@ def apply_services(guest: Guest, config: contract.BootConfig) -> None:
     guest.write(contract.ENABLED_SVCS_PATH, "".join(f"{s}\n" for s in enabled))
     guest.write(contract.DISABLED_SVCS_PATH, "".join(f"{s}\n" for s in disabled))
     for service in disabled:
-        state = unit_state(guest, service)
-        if state not in ("not-found", "masked", "disabled"):
-            guest.run(["systemctl", "disable", "--now", "--no-block", f"{service}.service"])
+        _apply_one(guest, service, enable=False)
     for service in enabled:
+        _apply_one(guest, service, enable=True)
+
+
+def _apply_one(guest: Guest, service: str, enable: bool) -> None:
+    """One service; a failure is logged and the next service still gets its turn."""
+    unit = f"{service}.service"
+    try:
         state = unit_state(guest, service)
         if state in ("not-found", "masked"):
-            # e.g. nfs-common: Debian masks it and starts its parts on demand.
-            guest.log(f"service {service} is {state}; nothing to start")
-            continue
-        guest.run(["systemctl", "enable", "--now", "--no-block", f"{service}.service"])
+            if enable:  # e.g. nfs-common: Debian masks it and starts its parts on demand
+                guest.log(f"service {service} is {state}; nothing to start")
+            return
+        if enable:
+            guest.run(["systemctl", "enable", "--now", "--no-block", unit])
+            return
+        # Stop separately: `disable --now` refuses units generated from SysV scripts (xl2tpd) before it
+        # stops anything. The queued stop replaces a start the boot may have queued for the unit.
+        if state not in ("disabled", "static", "generated"):
+            guest.run(["systemctl", "disable", unit])
+        elif state == "generated":
+            guest.run(["/lib/systemd/systemd-sysv-install", "disable", service])
+        guest.run(["systemctl", "stop", "--no-block", unit])
+    except Exception as exc:  # noqa: BLE001 - one service must not stop the others
+        guest.log(f"{'enabling' if enable else 'disabling'} {service} failed: {exc}")
 
 
 def apply_firewall(guest: Guest, config: contract.BootConfig) -> None:
