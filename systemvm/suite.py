@@ -65,7 +65,8 @@ def _write_json(path: Path, data: Any) -> None:
 def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[str] | None = None) -> Path:
     """Run pytest on the appliance suite with ``params``; return the JUnit XML path (pytest's exit is
     read from the XML). Works for any target testinfra reaches: a VM, a chroot, the local host.
-    ``select``: pytest node ids or -k expression words (``["-k", "haproxy"]``) to run part of the suite."""
+    ``select``: node ids (``tests/appliance/test_haproxy.py::test_haproxy_is_installed``) to run instead of
+    the whole suite."""
     params_file = out_dir / f"{label}.params.json"
     _write_json(params_file, params)
     junit = out_dir / f"{label}.xml"
@@ -74,8 +75,7 @@ def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[s
         sys.executable,
         "-m",
         "pytest",
-        str(SUITE_DIR),
-        *(select or []),
+        *(select or [str(SUITE_DIR)]),
         "-p",
         "no:cacheprovider",
         "-o",
@@ -138,8 +138,10 @@ def run_appliance_test(
             boot_numbers = {k: f"{v:.1f}" for k, v in vm.timings.items()}
             if role in AGENT_ROLES:
                 with phase(f"wait for {vm.name}'s agent on the management listener"):
-                    if not vm.listener.wait_for(vm.name, AGENT_WAIT_SECONDS):
-                        say(f"    no startup message naming {vm.name} within {AGENT_WAIT_SECONDS:.0f} s")
+                    try:
+                        vm.listener.wait_for_startup(vm.name, timeout=AGENT_WAIT_SECONDS)
+                    except TimeoutError as exc:  # the agent check reports it
+                        say(f"    {exc}")
             params = {
                 **vm.suite_params(),
                 "version": version,

@@ -32,10 +32,10 @@ from pathlib import Path, PurePosixPath
 
 import cloud_boot
 
-try:  # in the repository
-    from systemvm import contract
-except ImportError:  # in the image: /opt/cloud/lib/contract.py
-    import contract  # type: ignore[no-redef]
+try:  # in the image: /opt/cloud/lib/contract.py, a copy of systemvm/contract.py
+    import contract
+except ImportError:  # in the repository (unit tests)
+    from systemvm import contract  # type: ignore[no-redef]
 
 PATCH_WAIT = 900.0  # seconds; CloudStack patches a VM within a few minutes of SSH answering
 VERSION_FILE = "/opt/cloud/lib/VERSION"

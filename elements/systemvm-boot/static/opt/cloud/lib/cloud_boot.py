@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-try:  # in the repository
-    from systemvm import contract
-except ImportError:  # in the image: /opt/cloud/lib/contract.py
-    import contract  # type: ignore[no-redef]
+try:  # in the image: /opt/cloud/lib/contract.py, a copy of systemvm/contract.py
+    import contract
+except ImportError:  # in the repository (unit tests)
+    from systemvm import contract  # type: ignore[no-redef]
 
 SSH_LISTEN_CONF = "/etc/ssh/sshd_config.d/60-cloud-listen.conf"
 NIC_WAIT = 15.0  # seconds to wait for the command line's NICs to appear before writing the config

@@ -6,10 +6,10 @@ Called by cloud-early-config (cloud_boot.apply_firewall) with the checked comman
 
 from __future__ import annotations
 
-try:  # in the repository
-    from systemvm import contract
-except ImportError:  # in the image: /opt/cloud/lib/contract.py
-    import contract  # type: ignore[no-redef]
+try:  # in the image: /opt/cloud/lib/contract.py, a copy of systemvm/contract.py
+    import contract
+except ImportError:  # in the repository (unit tests)
+    from systemvm import contract  # type: ignore[no-redef]
 
 
 def nic_names(config: contract.BootConfig) -> tuple[str, ...]:
