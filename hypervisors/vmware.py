@@ -35,7 +35,7 @@ from pyVmomi import vim, vmodl
 
 from hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
 from systemvm import settings as settings_mod
-from systemvm.contract import SSH_PORT, control_nic
+from systemvm.contract import SSH_PORT, control_nic, nic_count
 from systemvm.errors import UserError
 from systemvm.progress import phase, say
 
@@ -54,9 +54,8 @@ def _fault_text(exc: BaseException) -> str:
 
 
 def nics_for(request: BootRequest) -> int:
-    """NICs the VM gets on VMware: up to the control NIC, and one per address on the command line."""
-    control_index = int(control_nic(request.boot_args.role, "vmware")[3:])
-    return max(control_index + 1, len(request.boot_args.nics))
+    """NICs the VM gets on VMware: the role's layout there, and one per address on the command line."""
+    return max(nic_count(request.boot_args.role, "vmware"), len(request.boot_args.nics))
 
 
 def control_address(request: BootRequest) -> str:

@@ -53,9 +53,9 @@ def control_nic(role: str, hypervisor: str = "kvm") -> str:
     return "eth0"
 
 
-def nic_count(role: str) -> int:
+def nic_count(role: str, hypervisor: str = "kvm") -> int:
     """How many NICs the harness gives a VM of ``role`` (control NIC + the ones it needs before it)."""
-    return 2 if control_nic(role) == "eth1" else 1
+    return 2 if control_nic(role, hypervisor) == "eth1" else 1
 
 
 @dataclasses.dataclass

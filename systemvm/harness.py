@@ -65,7 +65,7 @@ def plan_boot(hypervisor: str, role: str, name: str, authorized_key: str, mgmt_p
         args = testnet.boot_args(network, name, authorized_key, mgmt_port)
         return BootPlan(args, {"network": network}, network)
     control = int(contract.control_nic(role, hypervisor)[3:])
-    count = max(contract.nic_count(role), control + 1)
+    count = contract.nic_count(role, hypervisor)
     nics: list[tuple[str, str]] = []
     for index in range(count):
         if index == control and hypervisor != "vmware":

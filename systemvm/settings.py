@@ -11,7 +11,9 @@ File: ``$SYSTEMVM_CONFIG`` or ``~/.config/systemvm/hypervisors.ini``, one sectio
     verify_tls = true
 
 Environment variables override the file: ``SYSTEMVM_<HYPERVISOR>_<KEY>`` (e.g. ``SYSTEMVM_VMWARE_URL``,
-``SYSTEMVM_VMWARE_DATASTORE``). TLS verification is on unless ``verify_tls = false`` is given explicitly.
+``SYSTEMVM_VMWARE_DATASTORE``). TLS verification is on unless ``verify_tls = false`` is given explicitly;
+``ca_file`` names a CA bundle to trust. ``api_only = true`` marks an endpoint that boots no guest (the XAPI
+stand-in, vcsim): the matrix then runs the driver's API flow there instead of the appliance suite.
 """
 
 from __future__ import annotations

@@ -149,7 +149,12 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         {},
         [A + "test_cloud_service_is_active"],
     ),
-    "cloud.log lost": (": > /var/log/cloud.log", "true", {}, [A + "test_cloud_log_says_agent_started"]),
+    "cloud.log lost": (
+        "systemctl stop cloud && : > /var/log/cloud.log",  # stopped first: a starting agent logs again
+        "systemctl start cloud",
+        {},
+        [A + "test_cloud_log_says_agent_started"],
+    ),
     "listener heard nothing": (
         "true",
         "true",
