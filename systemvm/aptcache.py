@@ -57,8 +57,8 @@ def apt_proxy(offline: bool = False) -> Iterator[str]:
         ],
         check=True,
     )
-    _wait_listening(port)
     try:
+        _wait_listening(port)  # inside the try: a daemon that never listens is stopped too
         yield f"http://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
