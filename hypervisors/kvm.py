@@ -37,6 +37,7 @@ from lxml import etree
 
 from hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
 from systemvm import accel, contract, testnet
+from systemvm.aptcache import cache_root
 from systemvm.atomic import atomic_path
 from systemvm.errors import UserError
 from systemvm.hosttools import require_tools
@@ -205,11 +206,11 @@ def domain_xml(spec: DomainSpec) -> str:
 
 
 def cache_dir() -> Path:
+    """Decompressed artifacts: ``$SYSTEMVM_CACHE_DIR``, else ``kvm/`` under the project's one cache root."""
     explicit = os.environ.get("SYSTEMVM_CACHE_DIR")
     if explicit:
         return Path(explicit)
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "systemvm" / "kvm"
+    return cache_root() / "kvm"
 
 
 def _sha512(path: Path) -> str:
