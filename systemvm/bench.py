@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from systemvm import aptcache, naming, sshwait
-from systemvm.build import build_flavour
+from systemvm.build import build_flavours
 from systemvm.progress import human_bytes, say
 from systemvm.qemu_boot import QemuVM
 
@@ -21,7 +21,11 @@ Rows = list[tuple[str, str]]
 
 @contextlib.contextmanager
 def cold_cache() -> Iterator[None]:
-    """Move the package/debootstrap cache aside so a build starts cold; put it back afterwards."""
+    """Move the package/bootstrap cache aside so a build starts cold.
+
+    After a successful cold build its fresh cache stays (the warm build that follows uses it) and the old
+    one is deleted; after a failure the old cache is put back.
+    """
     root = aptcache.cache_root()
     aside = root.with_name(root.name + ".bench-aside")
     if root.exists():
@@ -29,10 +33,16 @@ def cold_cache() -> Iterator[None]:
         os.replace(root, aside)
     try:
         yield
-    finally:
+    except BaseException:
         if aside.exists():
             shutil.rmtree(root, ignore_errors=True)
             os.replace(aside, root)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def flavour_of(manifest: dict) -> str:
+    return str(manifest["flavour"])
 
 
 def bench_build(flavours: list[str], version: str, artifacts: Path, cold: bool) -> Rows:
@@ -40,12 +50,12 @@ def bench_build(flavours: list[str], version: str, artifacts: Path, cold: bool) 
     if cold:
         with cold_cache():
             start = time.monotonic()
-            for flavour in flavours:
-                build_flavour(flavour, version, artifacts)
+            for manifest in build_flavours(flavours, version, artifacts):
+                rows.append((f"{flavour_of(manifest)}: build cold", f"{manifest['build_seconds']:.0f} s"))
             rows.append((f"build cold ({'+'.join(flavours)})", f"{time.monotonic() - start:.0f} s"))
     start = time.monotonic()
-    for flavour in flavours:
-        manifest = build_flavour(flavour, version, artifacts)
+    for manifest in build_flavours(flavours, version, artifacts):
+        flavour = flavour_of(manifest)
         sizes = manifest["sizes"]
         rows += [
             (f"{flavour}: build warm", f"{manifest['build_seconds']:.0f} s"),

@@ -12,6 +12,7 @@ Flow (one code path on every host, device-mapper or not):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from systemvm import aptcache, disk, mirror, naming
@@ -43,8 +45,18 @@ ELEMENTS = (
     "systemvm-firewall",
     "systemvm-agent",
 )
-HOST_TOOLS = ("disk-image-create", "debootstrap", "qemu-img", "sfdisk", "mkfs.ext4", "debugfs", "losetup",
-              "apt-cacher-ng")  # fmt: skip
+HOST_TOOLS = ("disk-image-create", "debootstrap", "mmdebstrap", "qemu-img", "sfdisk", "mkfs.ext4", "debugfs",
+              "losetup", "apt-cacher-ng")  # fmt: skip
+# What debian-minimal's root.d/75-debian-minimal-baseinstall installs right after the bootstrap, with the
+# Recommends its `apt-get install` adds (mmdebstrap installs none), and usr-is-merged, which apt picks
+# for init-system-helpers' "usrmerge | usr-is-merged" when the tree is already merged (mmdebstrap would
+# pick usrmerge and three Perl libraries). Listing them keeps the image's package set what it was.
+DIB_BASE_PACKAGES = ("systemd-sysv", "busybox", "sudo", "gnupg2", "python3", "dbus-user-session",
+                     "krb5-locales", "libgpm2", "libldap-common", "libnss-systemd", "libsasl2-modules",
+                     "systemd-timesyncd", "usr-is-merged")  # fmt: skip
+# These ask debconf questions that elements/systemvm-packages answers before installing them.
+NOT_BOOTSTRAPPED = frozenset({"iptables-persistent", "netfilter-persistent"})
+BOOTSTRAP_CACHES_KEPT = 2  # per flavour: the current package set and the one before
 
 
 def block_device_config(size_gib: int) -> str:
@@ -121,7 +133,7 @@ def host_devices_kept() -> Iterator[None]:
                     os.chmod(node, stat.S_IMODE(st.st_mode))
 
 
-def _run_dib(env: dict[str, str], args: list[str], log_path: Path) -> None:
+def _run_dib(env: dict[str, str], args: list[str], log_path: Path, label: str = "") -> None:
     """Run disk-image-create; print one line per DIB phase with elapsed time, everything else to the log."""
     start = time.monotonic()
     current = None
@@ -135,7 +147,7 @@ def _run_dib(env: dict[str, str], args: list[str], log_path: Path) -> None:
                 match = pattern.search(raw.decode(errors="replace"))
                 if match and match.group(1) != current:
                     current = match.group(1)
-                    say(f"    [{time.monotonic() - start:6.1f} s] diskimage-builder {current}")
+                    say(f"    [{time.monotonic() - start:6.1f} s] {label}diskimage-builder {current}")
             rc = proc.wait()
         except BaseException:
             proc.terminate()
@@ -190,6 +202,75 @@ def requested_packages(flavour: str) -> list[str]:
     return sorted(names)
 
 
+def element_packages(flavour: str) -> list[str]:
+    """Packages our elements' package-installs.yaml files install for ``flavour``."""
+    import yaml
+
+    names: set[str] = set()
+    for path in sorted(ELEMENTS_DIR.glob("systemvm-*/package-installs.yaml")):
+        for name, spec in (yaml.safe_load(path.read_text()) or {}).items():
+            arch = (spec or {}).get("arch")
+            if spec and spec.get("uninstall"):
+                continue
+            if arch is None or flavour in str(arch).split(","):
+                names.add(name)
+    return sorted(names)
+
+
+def bootstrap_packages(flavour: str) -> list[str]:
+    """Everything the elements install, for mmdebstrap to put into diskimage-builder's cached bootstrap."""
+    wanted = set(DIB_BASE_PACKAGES) | set(element_packages(flavour)) | set(requested_packages(flavour))
+    return sorted(wanted - NOT_BOOTSTRAPPED)
+
+
+def bootstrap_cache(flavour: str, include: list[str], sources: str, indexes: dict[str, str]) -> Path:
+    """diskimage-builder's image cache directory for this package set and this state of the mirror.
+
+    diskimage-builder caches the bootstrapped tree as a tarball and reuses it whenever it exists. We make
+    mmdebstrap install every package of the image into that tree (``--include``), so an unchanged rebuild
+    unpacks it and apt finds nothing left to install. The directory is keyed by the package list, the
+    apt sources and the SHA256 of each suite's package index: a changed list or a mirror update (a
+    security fix, a new kernel) makes a fresh bootstrap instead of upgrading a stale one.
+    """
+    key_text = json.dumps(
+        {"flavour": flavour, "include": include, "sources": sources, "indexes": indexes, "layout": 1},
+        indent=1,
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    root = aptcache.cache_root() / "dib"
+    directory = root / f"bootstrap-{flavour}-{key}"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "key.json").write_text(key_text + "\n")
+    os.utime(directory)
+    older = sorted(root.glob(f"bootstrap-{flavour}-*"), key=lambda d: d.stat().st_mtime, reverse=True)
+    for stale in older[BOOTSTRAP_CACHES_KEPT:]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return directory
+
+
+def mmdebstrap_args(include: list[str], sources: str, work: Path) -> str:
+    """DIB_MMDEBSTRAP_EXTRA_ARGS: our packages, and the -updates/-security suites next to the main one.
+
+    diskimage-builder gives mmdebstrap only the main suite; without the others the cached tree would hold
+    older versions that every build then upgrades (a second kernel among them).
+    """
+    args = f"--include={','.join(include)}"
+    extra = [
+        line.split(":", 1)[1] for line in sources.splitlines() if line and not line.startswith("default:")
+    ]
+    if extra:
+        listing = work / "bootstrap-suites.list"
+        listing.write_text("\n".join(extra) + "\n")
+        args += f" --setup-hook='copy-in {listing} /etc/apt/sources.list.d/'"
+    return args
+
+
+def check_version(version: str) -> None:
+    if not re.fullmatch(r"\d+\.\d+\.\d+(?:[-.+][0-9A-Za-z.-]+)?", version):
+        raise UserError(f"version '{version}' is not X.Y.Z: pass e.g. --version 4.20.0")
+
+
 def build_flavour(
     flavour: str,
     version: str,
@@ -198,11 +279,15 @@ def build_flavour(
     mirror_url: str | None = None,
     offline: bool = False,
     size_gib: int = 5,
+    proxy: str | None = None,
 ) -> dict:
-    """Build one flavour's raw disk and manifest into ``artifacts/<version>/``; return the manifest."""
+    """Build one flavour's raw disk and manifest into ``artifacts/<version>/``; return the manifest.
+
+    ``proxy``: the URL of an apt-cacher-ng already running (:func:`build_flavours` shares one between
+    parallel builds); without it this build runs its own.
+    """
     require_tools(*HOST_TOOLS)
-    if not re.fullmatch(r"\d+\.\d+\.\d+(?:[-.+][0-9A-Za-z.-]+)?", version):
-        raise UserError(f"version '{version}' is not X.Y.Z: pass e.g. --version 4.20.0")
+    check_version(version)
     out_dir = naming.version_dir(artifacts, version)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "logs").mkdir(exist_ok=True)
@@ -218,10 +303,23 @@ def build_flavour(
     work = Path(tempfile.mkdtemp(prefix=f".build-{flavour}-", dir=out_dir))
     try:
         with (
-            aptcache.apt_proxy(offline=offline) as proxy,
+            contextlib.nullcontext(proxy) if proxy else aptcache.apt_proxy(offline=offline) as proxy,
             phase(f"{flavour}: root filesystem (diskimage-builder)"),
         ):
-            sources, skipped = mirror.apt_sources(debian, DEBIAN_RELEASE, flavour, proxy)
+            indexes: dict[str, str] = {}
+            sources, skipped = mirror.apt_sources(debian, DEBIAN_RELEASE, flavour, proxy, indexes)
+            include = bootstrap_packages(flavour)
+            image_cache = bootstrap_cache(flavour, include, sources, indexes)
+            tarball = image_cache / f"debootstrap-debian-{DEBIAN_RELEASE}-{flavour}.tar.gz"
+            bootstrap = {"cache": image_cache.name, "reused": tarball.exists(), "packages": len(include)}
+            say(
+                f"    {flavour}: bootstrap with {len(include)} packages: "
+                + (
+                    "cached tree reused"
+                    if bootstrap["reused"]
+                    else f"mmdebstrap, then cached in {image_cache}"
+                )
+            )
             for suite in skipped:
                 say(f"    WARNING: {suite} is inconsistent on the mirror for {flavour}; building without it")
             env = dict(os.environ)
@@ -233,7 +331,8 @@ def build_flavour(
                     "DIB_DEBIAN_SECURITY_MIRROR": mirror.security_mirror(debian),
                     "DIB_APT_SOURCES_CONF": sources,
                     "DIB_BLOCK_DEVICE_CONFIG": block_device_config(size_gib),
-                    "DIB_IMAGE_CACHE": str(cache / "dib"),
+                    "DIB_IMAGE_CACHE": str(image_cache),
+                    "DIB_MMDEBSTRAP_EXTRA_ARGS": mmdebstrap_args(include, sources, work),
                     "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
                     "DIB_DEBOOTSTRAP_CACHE": "1",
                     "DIB_APT_LOCAL_CACHE": "0",  # the proxy caches instead (see systemvm/aptcache.py)
@@ -247,10 +346,10 @@ def build_flavour(
             )
             if offline:
                 env["DIB_OFFLINE"] = "1"
-            args = ["disk-image-create", "-a", flavour, "-t", "raw", "-o", str(work / "rootfs"), "--no-tmpfs",
+            args = ["disk-image-create", "-a", flavour, "-t", "raw", "-o", str(work / "rootfs"),
                     *available_elements()]  # fmt: skip
             with host_devices_kept():
-                _run_dib(env, args, log_path)
+                _run_dib(env, args, log_path, label=f"{flavour}: ")
         timings["rootfs_seconds"] = round(time.monotonic() - started, 1)
         fs_image = work / "rootfs.raw"
         raw_tmp = work / "disk.raw"
@@ -288,6 +387,7 @@ def build_flavour(
                 "core_img_sectors": layout.core_sectors,
             },
             "timings": timings,
+            "bootstrap": bootstrap,
             "build_seconds": round(time.monotonic() - started, 1),
             "offline": offline,
             "git_commit": git_commit(),
@@ -308,3 +408,48 @@ def build_flavour(
         return manifest
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def build_jobs(flavours: list[str], jobs: int | str | None = None) -> int:
+    """How many flavours to build at once: one per core by default (each build is mostly one process)."""
+    if isinstance(jobs, str):
+        if not jobs.isdigit():
+            raise UserError(f"--jobs {jobs} is not a positive number: pass e.g. --jobs 2")
+        jobs = int(jobs)
+    if jobs is not None and jobs < 1:
+        raise UserError(f"--jobs {jobs} is not a positive number: pass e.g. --jobs 2")
+    return max(1, min(len(flavours), jobs or os.cpu_count() or 1))
+
+
+def build_flavours(
+    flavours: list[str],
+    version: str,
+    artifacts: Path,
+    *,
+    mirror_url: str | None = None,
+    offline: bool = False,
+    size_gib: int = 5,
+    jobs: int | str | None = None,
+) -> list[dict]:
+    """Build several flavours, in parallel up to ``jobs``, sharing one package cache proxy.
+
+    The builds share nothing else (each has its own diskimage-builder work dir, loop device and temp
+    output dir), so one failing leaves the other to finish; the first failure is raised afterwards.
+    """
+    require_tools(*HOST_TOOLS)
+    check_version(version)
+    workers = build_jobs(flavours, jobs)
+    with aptcache.apt_proxy(offline=offline) as proxy:
+        kwargs = {"mirror_url": mirror_url, "offline": offline, "size_gib": size_gib, "proxy": proxy}
+        if workers == 1:
+            return [build_flavour(f, version, artifacts, **kwargs) for f in flavours]
+        say(f"==> building {', '.join(flavours)} in parallel ({workers} at once)")
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build") as pool:
+            futures = [pool.submit(build_flavour, f, version, artifacts, **kwargs) for f in flavours]
+            wait(futures)
+        failed = [(f, fut.exception()) for f, fut in zip(flavours, futures, strict=True) if fut.exception()]
+        if failed:
+            if len(failed) > 1:
+                say(f"    also failed: {', '.join(f'{f} ({e})' for f, e in failed[1:])}")
+            raise failed[0][1]  # type: ignore[misc]
+        return [fut.result() for fut in futures]

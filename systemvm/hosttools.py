@@ -9,6 +9,7 @@ from systemvm.errors import UserError
 # tool -> Debian package that ships it
 PACKAGE_OF: dict[str, str] = {
     "debootstrap": "debootstrap",
+    "mmdebstrap": "mmdebstrap",
     "disk-image-create": "diskimage-builder (pip install diskimage-builder)",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",

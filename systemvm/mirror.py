@@ -58,8 +58,8 @@ def security_mirror(mirror: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"{parent}/debian-security", "", ""))
 
 
-def _index_entry(inrelease: str, path: str) -> int | None:
-    """Size recorded for ``path`` in the SHA256 section of a Release/InRelease file."""
+def _index_record(inrelease: str, path: str) -> tuple[str, int] | None:
+    """(SHA256, size) recorded for ``path`` in the SHA256 section of a Release/InRelease file."""
     in_sha256 = False
     for line in inrelease.splitlines():
         if not line.startswith(" "):
@@ -67,15 +67,27 @@ def _index_entry(inrelease: str, path: str) -> int | None:
             continue
         parts = line.split()
         if in_sha256 and len(parts) == 3 and parts[2] == path:
-            return int(parts[1])
+            return parts[0], int(parts[1])
     return None
 
 
+def _index_entry(inrelease: str, path: str) -> int | None:
+    """Size recorded for ``path`` in the SHA256 section of a Release/InRelease file."""
+    record = _index_record(inrelease, path)
+    return record[1] if record else None
+
+
 def suite_is_consistent(base: str, suite: str, arch: str, proxy: str | None, timeout: float = 30.0) -> bool:
-    """True when the suite's Packages.xz for ``arch`` has the size its InRelease announces.
+    """True when the suite's Packages.xz for ``arch`` has the size its InRelease announces."""
+    return suite_index(base, suite, arch, proxy, timeout) is not None
+
+
+def suite_index(base: str, suite: str, arch: str, proxy: str | None, timeout: float = 30.0) -> str | None:
+    """The SHA256 of the suite's Packages.xz for ``arch`` when the mirror serves it consistently, else None.
 
     A mirror caught mid-sync (or a stale cache in front of it) serves an index apt rejects ("File has
     unexpected size"), which fails the whole build; checking first lets the build say so in one line.
+    The digest names the suite's package set: the build's bootstrap cache is keyed by it.
     """
     import urllib.request
 
@@ -84,30 +96,36 @@ def suite_is_consistent(base: str, suite: str, arch: str, proxy: str | None, tim
     try:
         with opener.open(f"{base}/dists/{suite}/InRelease", timeout=timeout) as response:
             inrelease = response.read().decode(errors="replace")
-        expected = _index_entry(inrelease, f"main/binary-{arch}/Packages.xz")
-        if expected is None:
-            return False
+        record = _index_record(inrelease, f"main/binary-{arch}/Packages.xz")
+        if record is None:
+            return None
         request = urllib.request.Request(f"{base}/dists/{suite}/main/binary-{arch}/Packages.xz", method="GET")
         with opener.open(request, timeout=timeout) as response:
             actual = len(response.read())
     except OSError:
-        return False
-    return actual == expected
+        return None
+    return record[0] if actual == record[1] else None
 
 
-def apt_sources(debian: str, release: str, arch: str, proxy: str | None) -> tuple[str, list[str]]:
+def apt_sources(
+    debian: str, release: str, arch: str, proxy: str | None, indexes: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
     """diskimage-builder's DIB_APT_SOURCES_CONF for ``release``, and the suites left out (with reason).
 
     The main suite must be consistent; ``-updates`` and ``-security`` are left out, with a warning the
     build prints and records, when the mirror serves them inconsistently for this architecture.
+    ``indexes``, when given, receives each used suite's Packages.xz SHA256 (``"<base> <suite>"`` keys).
     """
     security = security_mirror(debian)
     suites = [("default", debian, release), ("updates", debian, f"{release}-updates"),
               ("security", security, f"{release}-security")]  # fmt: skip
     lines, skipped = [], []
     for name, base, suite in suites:
-        if suite_is_consistent(base, suite, arch, proxy):
+        digest = suite_index(base, suite, arch, proxy)
+        if digest is not None:
             lines.append(f"{name}:deb {base} {suite} main")
+            if indexes is not None:
+                indexes[f"{base} {suite}"] = digest
         elif name == "default":
             raise UserError(
                 f"the mirror {base} serves an inconsistent or missing {suite} index for {arch}: "

@@ -24,6 +24,7 @@ DEFAULT_VERSION = "4.20.0"
         "base_url": "download URL prefix written into metadata.ini",
         "artifacts": "output directory",
         "size_gib": "root filesystem size in GiB (the template's virtual disk size)",
+        "jobs": "flavours built at once (default: one per core, at most the number of flavours)",
     }
 )
 def build(
@@ -37,15 +38,23 @@ def build(
     base_url="https://download.example.org/systemvm",
     artifacts="artifacts",
     size_gib=5,
+    jobs=None,
 ):
     """Build the System VM template (Debian 12) from our diskimage-builder elements."""
-    from systemvm.build import build_flavour
+    from systemvm.build import build_flavours
 
     with user_errors():
-        for one in naming.flavours(flavour):
-            build_flavour(
-                one, version, Path(artifacts), mirror_url=mirror, offline=offline, size_gib=int(size_gib)
-            )
+        flavours = naming.flavours(flavour)
+        build_flavours(
+            flavours,
+            version,
+            Path(artifacts),
+            mirror_url=mirror,
+            offline=offline,
+            size_gib=int(size_gib),
+            jobs=jobs,
+        )
+        for one in flavours:
             if export and importlib.util.find_spec("systemvm.export") is not None:
                 from systemvm.build import source_date_epoch
                 from systemvm.export import export_flavour

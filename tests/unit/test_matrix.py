@@ -64,10 +64,11 @@ def test_choices_narrow_the_plan_and_bad_ones_fail() -> None:
 @pytest.mark.parametrize(
     ("cores", "memory", "hw", "expected"),
     [
-        (2, 24 * 1024, False, 2),  # this host: TCG, one VM per core
+        (2, 24 * 1024, False, 3),  # this host: TCG, one VM per core and one more
         (2, 24 * 1024, True, 4),  # with KVM, two per core
         (64, 24 * 1024, True, 16),  # memory bounds it: (24576 - 2048) // 1408
         (8, 3 * 1024, False, 1),  # little memory: still one
+        (1, 24 * 1024, False, 2),
         (0, 0, False, 1),
     ],
 )
