@@ -96,10 +96,15 @@ def suite_index(base: str, suite: str, arch: str, proxy: str | None, timeout: fl
     try:
         with opener.open(f"{base}/dists/{suite}/InRelease", timeout=timeout) as response:
             inrelease = response.read().decode(errors="replace")
-        record = _index_record(inrelease, f"main/binary-{arch}/Packages.xz")
+        index = f"main/binary-{arch}/Packages.xz"
+        record = _index_record(inrelease, index)
         if record is None:
             return None
-        request = urllib.request.Request(f"{base}/dists/{suite}/main/binary-{arch}/Packages.xz", method="GET")
+        # The path apt itself fetches: by hash when the suite offers it. A by-hash file never changes, so
+        # the package cache keeps it and an unchanged rebuild does not download the index again.
+        if re.search(r"^Acquire-By-Hash:\s*yes\s*$", inrelease, re.MULTILINE | re.IGNORECASE):
+            index = f"main/binary-{arch}/by-hash/SHA256/{record[0]}"
+        request = urllib.request.Request(f"{base}/dists/{suite}/{index}", method="GET")
         with opener.open(request, timeout=timeout) as response:
             actual = len(response.read())
     except OSError:

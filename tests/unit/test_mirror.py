@@ -72,3 +72,53 @@ def test_release_index_sizes_are_read_from_the_sha256_section() -> None:
     )
     assert mirror._index_entry(release, "main/binary-i386/Packages.xz") == 364028
     assert mirror._index_entry(release, "main/binary-arm64/Packages.xz") is None
+
+
+def _serve(root: Path):
+    """A plain HTTP server for ``root`` on 127.0.0.1 (a mirror with only the files a test writes)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None  # type: ignore[method-assign]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _suite(root: Path, by_hash: bool, body: bytes, announced: bytes) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(announced).hexdigest()
+    dists = root / "debian/dists/bookworm"
+    (dists / "main/binary-amd64/by-hash/SHA256").mkdir(parents=True)
+    (dists / "InRelease").write_text(
+        "Origin: Debian\n" + ("Acquire-By-Hash: yes\n" if by_hash else "")
+        + f"SHA256:\n {digest} {len(announced)} main/binary-amd64/Packages.xz\n"
+    )  # fmt: skip
+    target = dists / "main/binary-amd64" / (f"by-hash/SHA256/{digest}" if by_hash else "Packages.xz")
+    target.write_bytes(body)
+    return digest
+
+
+@pytest.mark.parametrize("by_hash", [True, False])
+def test_suite_index_names_the_package_set_and_catches_a_stale_index(tmp_path: Path, by_hash: bool) -> None:
+    good = tmp_path / "good"
+    digest = _suite(good, by_hash, b"x" * 100, b"x" * 100)
+    server = _serve(good)
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/debian"
+        assert mirror.suite_index(base, "bookworm", "amd64", None) == digest
+        assert mirror.suite_index(base, "bookworm", "i386", None) is None  # not announced
+        assert mirror.suite_index(base, "bookworm-security", "amd64", None) is None  # no such suite
+    finally:
+        server.shutdown()
+    stale = tmp_path / "stale"
+    _suite(stale, by_hash, b"x" * 90, b"x" * 100)  # the file is not what InRelease announces
+    server = _serve(stale)
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/debian"
+        assert mirror.suite_index(base, "bookworm", "amd64", None) is None
+    finally:
+        server.shutdown()
