@@ -48,9 +48,9 @@ ELEMENTS = (
 HOST_TOOLS = ("disk-image-create", "debootstrap", "mmdebstrap", "qemu-img", "sfdisk", "mkfs.ext4", "debugfs",
               "losetup", "apt-cacher-ng")  # fmt: skip
 # What debian-minimal's root.d/75-debian-minimal-baseinstall installs right after the bootstrap, with the
-# Recommends its `apt-get install` adds (mmdebstrap installs none), and usr-is-merged, which apt picks
-# for init-system-helpers' "usrmerge | usr-is-merged" when the tree is already merged (mmdebstrap would
-# pick usrmerge and three Perl libraries). Listing them keeps the image's package set what it was.
+# Recommends its `apt-get install` adds (mmdebstrap installs none), so that the image's package set stays
+# what the apt-only build made; and usr-is-merged, which that build had. (mmdebstrap's essential stage
+# still adds usrmerge and three small Perl libraries for init-system-helpers' "usrmerge | usr-is-merged".)
 DIB_BASE_PACKAGES = ("systemd-sysv", "busybox", "sudo", "gnupg2", "python3", "dbus-user-session",
                      "krb5-locales", "libgpm2", "libldap-common", "libnss-systemd", "libsasl2-modules",
                      "systemd-timesyncd", "usr-is-merged")  # fmt: skip
@@ -295,8 +295,6 @@ def build_flavour(
     log_path.write_bytes(b"")
     debian = mirror.debian_mirror(mirror_url)
     epoch = source_date_epoch()
-    cache = aptcache.cache_root()
-    (cache / "dib").mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     timings: dict[str, float] = {}
     sources, skipped = "", []
@@ -311,6 +309,10 @@ def build_flavour(
             include = bootstrap_packages(flavour)
             image_cache = bootstrap_cache(flavour, include, sources, indexes)
             tarball = image_cache / f"debootstrap-debian-{DEBIAN_RELEASE}-{flavour}.tar.gz"
+            complete = image_cache / "complete"
+            if tarball.exists() and not complete.exists():
+                # diskimage-builder writes the tarball in place: one without our marker may be cut short
+                tarball.unlink()
             bootstrap = {"cache": image_cache.name, "reused": tarball.exists(), "packages": len(include)}
             say(
                 f"    {flavour}: bootstrap with {len(include)} packages: "
@@ -350,6 +352,8 @@ def build_flavour(
                     *available_elements()]  # fmt: skip
             with host_devices_kept():
                 _run_dib(env, args, log_path, label=f"{flavour}: ")
+            if tarball.exists():
+                complete.touch()  # the build that wrote (or read) it went through
         timings["rootfs_seconds"] = round(time.monotonic() - started, 1)
         fs_image = work / "rootfs.raw"
         raw_tmp = work / "disk.raw"

@@ -71,17 +71,6 @@ def _index_record(inrelease: str, path: str) -> tuple[str, int] | None:
     return None
 
 
-def _index_entry(inrelease: str, path: str) -> int | None:
-    """Size recorded for ``path`` in the SHA256 section of a Release/InRelease file."""
-    record = _index_record(inrelease, path)
-    return record[1] if record else None
-
-
-def suite_is_consistent(base: str, suite: str, arch: str, proxy: str | None, timeout: float = 30.0) -> bool:
-    """True when the suite's Packages.xz for ``arch`` has the size its InRelease announces."""
-    return suite_index(base, suite, arch, proxy, timeout) is not None
-
-
 def suite_index(base: str, suite: str, arch: str, proxy: str | None, timeout: float = 30.0) -> str | None:
     """The SHA256 of the suite's Packages.xz for ``arch`` when the mirror serves it consistently, else None.
 

@@ -70,8 +70,8 @@ def test_release_index_sizes_are_read_from_the_sha256_section() -> None:
         "Origin: Debian\nMD5Sum:\n 00 111 main/binary-i386/Packages.xz\n"
         "SHA256:\n aa 364028 main/binary-i386/Packages.xz\n bb 9 main/binary-amd64/Packages.xz\n"
     )
-    assert mirror._index_entry(release, "main/binary-i386/Packages.xz") == 364028
-    assert mirror._index_entry(release, "main/binary-arm64/Packages.xz") is None
+    assert mirror._index_record(release, "main/binary-i386/Packages.xz") == ("aa", 364028)
+    assert mirror._index_record(release, "main/binary-arm64/Packages.xz") is None
 
 
 def _serve(root: Path):
