@@ -89,8 +89,6 @@ def guest_root(tmp_path: Path, cmdline: str) -> tuple[Path, cloud_boot.Guest, Ru
         (root / d).mkdir(parents=True)
     (root / "var/cache/cloud/cmdline").write_text(cmdline + "\n")
     (root / "opt/cloud/lib/VERSION").write_text("4.20.0\n")
-    (root / cloud_patch.HOST_KEYS_DONE.lstrip("/")).parent.mkdir(parents=True)
-    (root / cloud_patch.HOST_KEYS_DONE.lstrip("/")).touch()
     run, clock = Runner(), Clock()
     return (
         root,
@@ -145,33 +143,6 @@ def test_patch_wait_is_bounded(tmp_path):
     assert 120 <= clock.now <= 122
     assert not (root / contract.BOOT_DONE_PATH.lstrip("/")).exists()
     assert "no patch arrived in time" in (root / "var/log/cloud.log").read_text()
-
-
-def test_boot_is_done_only_after_the_background_host_key(tmp_path):
-    root, guest, run, clock = guest_root(tmp_path, "type=router name=r-1-VM")
-    marker = root / cloud_patch.HOST_KEYS_DONE.lstrip("/")
-    marker.unlink()
-    deliver(testagent.build_payload(tmp_path / "payload"), root)
-
-    def key_made_after_40_s(seconds: float) -> None:
-        clock.sleep(seconds)
-        if clock.now >= 40:
-            marker.touch()
-
-    guest.sleep = key_made_after_40_s
-    assert cloud_patch.patch(guest, timeout=30)
-    assert 40 <= clock.now < 42
-    assert (root / contract.BOOT_DONE_PATH.lstrip("/")).exists()
-
-    # never made: bounded, logged, and the boot is still marked done
-    marker.unlink()
-    (root / contract.BOOT_DONE_PATH.lstrip("/")).unlink()
-    guest.sleep = clock.sleep
-    start = clock.now
-    cloud_patch.finish(guest)
-    assert cloud_patch.HOST_KEYS_WAIT <= clock.now - start <= cloud_patch.HOST_KEYS_WAIT + 2
-    assert (root / contract.BOOT_DONE_PATH.lstrip("/")).exists()
-    assert "SSH host keys not all made" in (root / "var/log/cloud.log").read_text()
 
 
 def test_unsafe_scripts_archive_is_refused(tmp_path):

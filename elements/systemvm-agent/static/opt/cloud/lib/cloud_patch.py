@@ -39,9 +39,6 @@ except ImportError:  # in the repository (unit tests)
 
 PATCH_WAIT = 900.0  # seconds; CloudStack patches a VM within a few minutes of SSH answering
 VERSION_FILE = "/opt/cloud/lib/VERSION"
-# Written by ssh-host-key-rsa.service (elements/systemvm-ssh) once every host key exists and sshd offers it.
-HOST_KEYS_DONE = "/run/systemvm/ssh-host-keys-done"
-HOST_KEYS_WAIT = 600.0  # seconds; RSA-3072 takes up to ~2 min on an emulated i386 CPU
 
 
 def patch_files_ready(guest: cloud_boot.Guest, seen: dict[str, int]) -> bool:
@@ -155,19 +152,7 @@ def install_agent(guest: cloud_boot.Guest, config: contract.BootConfig) -> None:
     guest.run(["systemctl", "restart", "--no-block", "cloud.service"])
 
 
-def wait_for_host_keys(guest: cloud_boot.Guest, timeout: float = HOST_KEYS_WAIT) -> bool:
-    """Wait (bounded) until the background RSA host key is made and sshd reloaded to offer it."""
-    deadline = guest.clock() + timeout
-    while not guest.path(HOST_KEYS_DONE).exists():
-        if guest.clock() >= deadline:
-            guest.log(f"SSH host keys not all made after {timeout:.0f}s; marking the boot done anyway")
-            return False
-        guest.sleep(1.0)
-    return True
-
-
 def finish(guest: cloud_boot.Guest) -> None:
-    wait_for_host_keys(guest)
     version_file = guest.path(VERSION_FILE)
     version = version_file.read_text().strip() if version_file.exists() else "unknown"
     guest.write(contract.RELEASE_PATH, f"Cloudstack Release {version} {time.strftime('%a %b %d %Y')}\n")
