@@ -23,6 +23,7 @@ import base64
 import bz2
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lxml import etree
@@ -236,6 +237,26 @@ def _decompress_bz2(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, out, 1 << 20)
 
 
+DECOMPRESS_LOCK = ".decompress.lock"
+
+
+@contextlib.contextmanager
+def _decompress_lock(cache: Path) -> Iterator[None]:
+    """One decompression at a time per cache: matrix cells of one flavour start together, and each used to
+    decompress the same artifact (three lbzip2 runs of a 330 MB export on 2 cores, measured). The others
+    wait, then find the file made."""
+    with open(cache / DECOMPRESS_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with phase("wait for another run decompressing into the same cache"):
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def prepare_artifact(artifact: Path, cache: Path | None = None) -> Path:
     """The qcow2 to use as a read-only backing file: ``artifact`` itself, or its decompressed cache copy.
 
@@ -251,12 +272,14 @@ def prepare_artifact(artifact: Path, cache: Path | None = None) -> Path:
         cache.mkdir(parents=True, exist_ok=True)
         target = cache / f"{_sha512(artifact)}.qcow2"
         if not target.is_file():
-            with phase(f"decompress {artifact.name} to {target}"), atomic_path(target) as tmp:
-                _decompress_bz2(artifact, tmp)
-                if _magic(tmp) != QCOW2_MAGIC:
-                    raise UserError(
-                        f"{artifact} does not hold a qcow2 disk: give KVM the *-kvm.qcow2.bz2 export"
-                    )
+            with _decompress_lock(cache):
+                if not target.is_file():  # another run may have made it while we waited
+                    with phase(f"decompress {artifact.name} to {target}"), atomic_path(target) as tmp:
+                        _decompress_bz2(artifact, tmp)
+                        if _magic(tmp) != QCOW2_MAGIC:
+                            raise UserError(
+                                f"{artifact} does not hold a qcow2 disk: give KVM the *-kvm.qcow2.bz2 export"
+                            )
         return target
     if magic != QCOW2_MAGIC:
         raise UserError(

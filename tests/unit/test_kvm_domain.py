@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import bz2
+import concurrent.futures
 import hashlib
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -147,7 +149,32 @@ def test_bz2_artifact_is_decompressed_once_into_a_cache_named_by_its_sha512(tmp_
     assert first.read_bytes() == plain.read_bytes()
     mtime = first.stat().st_mtime_ns
     assert kvm.prepare_artifact(packed, cache) == first and first.stat().st_mtime_ns == mtime
-    assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary left behind
+    # no temporary left behind (the lock file stays: removing a lock others may wait on is a race)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, kvm.DECOMPRESS_LOCK])
+
+
+def test_runs_starting_together_decompress_an_artifact_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Matrix cells of one flavour start at the same moment: one decompresses, the others wait for it."""
+    plain = make_qcow2(tmp_path / "plain.qcow2")
+    packed = tmp_path / "t-kvm.qcow2.bz2"
+    packed.write_bytes(bz2.compress(plain.read_bytes()))
+    cache = tmp_path / "cache"
+    calls: list[Path] = []
+    real = kvm._decompress_bz2
+
+    def slow_decompress(source: Path, target: Path) -> None:
+        calls.append(target)
+        time.sleep(0.3)  # long enough for the other threads to reach the lock
+        real(source, target)
+
+    monkeypatch.setattr(kvm, "_decompress_bz2", slow_decompress)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        paths = list(pool.map(lambda _: kvm.prepare_artifact(packed, cache), range(3)))
+    assert len(calls) == 1
+    assert paths == [cache / f"{sha(packed)}.qcow2"] * 3
+    assert paths[0].read_bytes() == plain.read_bytes()
 
 
 def test_plain_qcow2_is_used_in_place(tmp_path: Path) -> None:
@@ -162,7 +189,7 @@ def test_artifact_of_the_wrong_format_is_one_line_error(tmp_path: Path, content:
     with pytest.raises(UserError, match="qcow2") as info:
         kvm.prepare_artifact(wrong, tmp_path / "cache")
     assert "\n" not in str(info.value)
-    assert not list((tmp_path / "cache").glob("*"))
+    assert [p.name for p in (tmp_path / "cache").glob("*")] in ([], [kvm.DECOMPRESS_LOCK])
 
 
 def test_missing_artifact_is_one_line_error(tmp_path: Path) -> None:

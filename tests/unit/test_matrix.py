@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ from systemvm.matrix import (
     default_jobs,
     jobs_for_host,
     plan_matrix,
+    previous_seconds,
     run_matrix,
+    start_order,
     summary_table,
     write_summary,
 )
@@ -125,3 +128,39 @@ def test_a_cell_that_cannot_boot_is_an_error_with_its_reason(tmp_path: Path) -> 
     assert result.status == "ERROR"
     assert "systemvmtemplate-9.9.9-x86_64-kvm.qcow2.bz2 does not exist" in result.note
     assert (tmp_path / "9.9.9" / "reports" / "kvm-amd64-router.log").is_file()
+
+
+def test_cells_start_longest_first_by_flavour_without_history() -> None:
+    cells = plan_matrix("kvm")
+    order = start_order(cells, {})
+    assert [c.flavour for c in order] == ["i386"] * 3 + ["amd64"] * 3
+    assert [c.role for c in order[:3]] == ["secstorage", "consoleproxy", "router"]  # ties keep plan order
+
+
+def test_cells_start_longest_first_by_their_last_run(tmp_path: Path) -> None:
+    cells = plan_matrix("kvm")
+    reports = tmp_path / "4.20.0" / "reports"
+    reports.mkdir(parents=True)
+    seconds = {c: 100.0 + i for i, c in enumerate(cells)}
+    seconds[Cell("kvm", "amd64", "router")] = 500.0
+    for cell, value in seconds.items():
+        (reports / f"{cell.label}.result.json").write_text(json.dumps({"status": "PASS", "seconds": value}))
+    (reports / "kvm-i386-router.result.json").write_text("{not json")  # unreadable: ignored
+    previous = previous_seconds(cells, "4.20.0", tmp_path)
+    assert Cell("kvm", "i386", "router") not in previous and len(previous) == 5
+    # one cell without history: the flavour weights decide
+    assert start_order(cells, previous)[0].flavour == "i386"
+    (reports / "kvm-i386-router.result.json").write_text(json.dumps({"status": "PASS", "seconds": 50}))
+    order = start_order(cells, previous_seconds(cells, "4.20.0", tmp_path))
+    assert order[0] == Cell("kvm", "amd64", "router")
+    assert order[-1] == Cell("kvm", "i386", "router")
+
+    started: list[Cell] = []
+
+    def cell_runner(cell: Cell, version: str, artifacts: Path) -> CellResult:
+        started.append(cell)
+        return CellResult(cell=cell, status="PASS")
+
+    results = run_matrix(cells, "4.20.0", tmp_path, jobs=1, run_cell=cell_runner)
+    assert started == order
+    assert [r.cell for r in results] == cells
