@@ -3,8 +3,9 @@
 KVM is always in the matrix; XenServer and VMware join when their connection settings exist
 (:func:`systemvm.settings.is_configured`). Each cell runs ``python -m systemvm.suite`` in its own process
 (its own harness, its own VM, always torn down), so cells cannot disturb each other and Ctrl-C reaches
-every VM's teardown. The parallel limit is sized to the host: one VM per core under TCG (a TCG guest keeps
-a core busy while it boots), two with hardware virtualisation, and never more than memory allows.
+every VM's teardown. The parallel limit is sized to the host: one VM more than cores under TCG (a TCG guest
+keeps a core busy while it boots), two per core with hardware virtualisation, and never more than memory
+allows. Cells start longest first (:func:`start_order`), so the run does not end on one long cell.
 """
 
 from __future__ import annotations
