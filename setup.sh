@@ -14,7 +14,9 @@ apt-get update -q
 # shellcheck disable=SC2046
 apt-get install -y -q --no-install-recommends $(sed -e 's/#.*//' host-packages.txt)
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# Debian's own python3 marks its site-packages as system-managed (PEP 668): this host is set up for the
+# project, so its requirements go beside Debian's packages (pip installs them under /usr/local).
+python3 -m pip install -q --disable-pip-version-check --break-system-packages -e '.[test]'
 
 # apt-cacher-ng's package starts a system instance where systemd runs; builds run their own.
 if pgrep -x apt-cacher-ng >/dev/null && [ -f /run/apt-cacher-ng/pid ]; then

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,17 +35,20 @@ def apt_proxy(offline: bool = False) -> Iterator[str]:
     """Run apt-cacher-ng for the duration of a build; yield its proxy URL."""
     require_tools("apt-cacher-ng")
     root = cache_root() / "apt-cacher-ng"
-    conf, cache, logs = root / "conf", root / "cache", root / "log"
+    cache, logs = root / "cache", root / "log"
+    port = _free_low_port()
+    # Config, pid file and socket per instance: a build and a clean-room check may each run one at once
+    # (sharing the cache), and one must never stop or reconfigure the other's.
+    conf = root / f"conf.{port}"
     for directory in (conf, cache, logs):
         directory.mkdir(parents=True, exist_ok=True)
-    port = _free_low_port()
     # A config of our own: no distribution remapping (requests go to the mirror they name) and no
     # expiry of package files.
     (conf / "acng.conf").write_text(
         f"CacheDir: {cache}\nLogDir: {logs}\nPort: {port}\nBindAddress: 127.0.0.1\n"
         f"ExThreshold: 0\nOfflinemode: {1 if offline else 0}\nPassThroughPattern: ^$\n"
     )
-    pid_file = root / "acng.pid"
+    pid_file = root / f"acng.{port}.pid"
     pid_file.unlink(missing_ok=True)
     subprocess.run(
         [
@@ -53,7 +57,7 @@ def apt_proxy(offline: bool = False) -> Iterator[str]:
             str(conf),
             "ForeGround=0",
             f"PidFile={pid_file}",
-            f"SocketPath={root}/acng.sock",
+            f"SocketPath={root}/acng.{port}.sock",
         ],
         check=True,
     )
@@ -64,6 +68,7 @@ def apt_proxy(offline: bool = False) -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
         pid_file.unlink(missing_ok=True)
+        shutil.rmtree(conf, ignore_errors=True)
 
 
 def _free_low_port() -> int:

@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from systemvm import aptcache, disk, mirror, naming
-from systemvm.errors import UserError
-from systemvm.hosttools import require_tools
+from systemvm import aptcache, disk, hosttools, mirror, naming
+from systemvm.errors import UserError, tool_failed
 from systemvm.progress import human_bytes, phase, say
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,8 +44,6 @@ ELEMENTS = (
     "systemvm-firewall",
     "systemvm-agent",
 )
-HOST_TOOLS = ("disk-image-create", "debootstrap", "mmdebstrap", "qemu-img", "sfdisk", "mkfs.ext4", "debugfs",
-              "losetup", "apt-cacher-ng")  # fmt: skip
 # What debian-minimal's root.d/75-debian-minimal-baseinstall installs right after the bootstrap, with the
 # Recommends its `apt-get install` adds (mmdebstrap installs none), so that the image's package set stays
 # what the apt-only build made; and usr-is-merged, which that build had. (mmdebstrap's essential stage
@@ -154,10 +151,7 @@ def _run_dib(env: dict[str, str], args: list[str], log_path: Path, label: str = 
             proc.wait()
             raise
     if rc != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise UserError(
-            f"diskimage-builder failed (exit {rc}); see {log_path}; last line: {tail[-1] if tail else ''}"
-        )
+        raise tool_failed("diskimage-builder", rc, log_path.read_text(errors="replace"), log_path)
 
 
 def _debugfs_read(fs_image: Path, path: str) -> bytes:
@@ -271,6 +265,14 @@ def check_version(version: str) -> None:
         raise UserError(f"version '{version}' is not X.Y.Z: pass e.g. --version 4.20.0")
 
 
+def check_host(*flavours: str) -> None:
+    """Before anything is started or written: every build tool, and what a foreign flavour needs."""
+    archs = list(flavours)  # a flavour is named by its Debian architecture
+    hosttools.check_phase("build", archs)
+    for arch in sorted(set(archs)):
+        hosttools.check_foreign_arch(arch)
+
+
 def build_flavour(
     flavour: str,
     version: str,
@@ -286,7 +288,7 @@ def build_flavour(
     ``proxy``: the URL of an apt-cacher-ng already running (:func:`build_flavours` shares one between
     parallel builds); without it this build runs its own.
     """
-    require_tools(*HOST_TOOLS)
+    check_host(flavour)
     check_version(version)
     out_dir = naming.version_dir(artifacts, version)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -440,7 +442,7 @@ def build_flavours(
     The builds share nothing else (each has its own diskimage-builder work dir, loop device and temp
     output dir), so one failing leaves the other to finish; the first failure is raised afterwards.
     """
-    require_tools(*HOST_TOOLS)
+    check_host(*flavours)
     check_version(version)
     workers = build_jobs(flavours, jobs)
     with aptcache.apt_proxy(offline=offline) as proxy:

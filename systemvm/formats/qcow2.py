@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from systemvm.atomic import atomic_path
-from systemvm.errors import UserError
+from systemvm.errors import UserError, first_error_line
 from systemvm.hosttools import require_tools
 
 
@@ -26,7 +26,7 @@ def write_qcow2(raw: Path, out: Path) -> None:
         cmd += ["-o", "compat=0.10", str(raw), str(tmp)]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            message = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+            message = first_error_line(result.stderr) or result.stderr.strip() or "unknown error"
             raise UserError(f"qemu-img could not write {out.name}: {message}; check source disk and space")
 
 
@@ -36,7 +36,7 @@ def image_info(path: Path) -> dict:
         ["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
-        message = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        message = first_error_line(result.stderr) or result.stderr.strip() or "unknown error"
         raise UserError(f"qemu-img cannot read {path}: {message}")
     return json.loads(result.stdout)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from invoke import task
 
-from systemvm import naming
+from systemvm import hosttools, naming
 from systemvm.tasks import user_errors
 
 DEFAULT_VERSION = "4.20.0"
@@ -41,10 +41,13 @@ def build(
     jobs=None,
 ):
     """Build the System VM template (Debian 12) from our diskimage-builder elements."""
-    from systemvm.build import build_flavours
+    from systemvm.build import build_flavours, check_host
 
     with user_errors():
         flavours = naming.flavours(flavour)
+        check_host(*flavours)  # before anything starts: a missing tool fails now, naming its package
+        if export:
+            hosttools.check_phase("export")
         build_flavours(
             flavours,
             version,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from invoke import task
 
-from systemvm import naming
+from systemvm import hosttools, naming
 from systemvm.tasks import user_errors
 from systemvm.tasks.build import DEFAULT_VERSION
 
@@ -46,6 +46,11 @@ def ci(c, version=DEFAULT_VERSION, artifacts="artifacts", build=True, pytest_arg
     """Lint, build both flavours with all exports, then run every test (unit and e2e)."""
     with user_errors():
         if _run(["ruff", "check", "."]) != 0:
+            sys.exit(1)
+        from systemvm.tasks.doctor import report
+
+        print("+ invoke doctor", flush=True)
+        if report(list(hosttools.PHASES), naming.flavours("all")) != 0:  # every phase runs below
             sys.exit(1)
         if build:
             from systemvm.tasks.build import build as build_task

@@ -90,3 +90,28 @@ def test_self_hosted_jobs_select_by_label_and_use_secrets(hypervisor: str) -> No
         value = env[f"SYSTEMVM_{hypervisor.upper()}_{key}"]
         assert value.replace(" ", "").startswith("${{secrets."), f"{key} must come from a repository secret"
     assert f"invoke matrix --hypervisors {hypervisor}" in _steps_text(job)
+
+
+@pytest.mark.parametrize("name", ["lint", "build", "kvm"])
+def test_hosted_jobs_set_up_debian_12_with_setup_sh_and_run_doctor(name: str) -> None:
+    """The hosted runner is Ubuntu: the jobs run our own setup.sh in Debian 12, as a user's host would."""
+    job = _jobs()[name]
+    assert job["container"]["image"] == "debian:12"
+    assert "--privileged" in job["container"]["options"]
+    runs = [str(step.get("run", "")) for step in job["steps"]]
+    setup = next(i for i, run in enumerate(runs) if run.strip() == "./setup.sh")
+    doctor = next(i for i, run in enumerate(runs) if run.startswith("invoke doctor"))
+    assert setup < doctor
+    work = next(
+        i for i, run in enumerate(runs) if "invoke build" in run or "invoke matrix" in run or "pytest" in run
+    )
+    assert doctor < work
+    assert "apt-get install" not in "\n".join(runs[setup:]), "only setup.sh installs packages"
+
+
+def test_build_job_caches_the_project_cache_and_passes_the_mirror() -> None:
+    build = _jobs()["build"]
+    cache = next(s for s in build["steps"] if str(s.get("uses", "")).startswith("actions/cache"))
+    assert cache["with"]["path"] == "~/.cache/systemvm"
+    assert "matrix.flavour" in cache["with"]["key"] and "hashFiles(" in cache["with"]["key"]
+    assert "SYSTEMVM_DEBIAN_MIRROR" in build["env"]
