@@ -134,6 +134,8 @@ class BootedVM:
             "cmdline": self.cmdline,
             "ssh": {"host": self.target.host, "port": self.target.port, "key_file": str(self.key_file)},
             "listener": {"messages": list(self.listener.messages)},
+            "mgmt_port": self.listener.port,
+            "payload_id": self.run_prefix,  # deliver_patch's payload writes it where the patch check reads it
         }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -54,3 +55,11 @@ def test_invoke_matrix_passes_on_every_hypervisor(standins: None) -> None:
                 assert (hypervisor, flavour, role, "PASS") in rows, (
                     f"{hypervisor}-{flavour}-{role}:\n{summary}"
                 )
+    # Each clone of the template made its own machine ID (the image ships none)
+    machine_ids = {}
+    for junit in sorted((vdir / "reports").glob("kvm-*.xml")):
+        for prop in ElementTree.parse(junit).iter("property"):
+            if prop.get("name") == "machine_id":
+                machine_ids[junit.stem] = prop.get("value")
+    assert len(machine_ids) == 6, f"machine IDs recorded: {machine_ids}"
+    assert len(set(machine_ids.values())) == 6, f"two clones share a machine ID: {machine_ids}"

@@ -16,7 +16,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from systemvm import naming
+from systemvm import naming, testagent
 from systemvm.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
 from systemvm.report import parse_junit
 from systemvm.suite import PACKAGES_DIR, run_checks
@@ -47,6 +47,7 @@ F = "tests/appliance/test_iptables.py::"
 I = "tests/appliance/test_ipsec.py::"  # noqa: E741
 A = "tests/appliance/test_agent.py::"
 B = "tests/appliance/test_boot_health.py::"
+R = "tests/appliance/test_role_contract.py::"
 
 # case -> (break, repair, params overrides, checks expected to fail). Cases run in this order on one VM.
 CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
@@ -103,7 +104,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         "systemctl start haproxy",
         "systemctl stop haproxy",
         {},
-        [H + "test_haproxy_runs_only_on_router_roles"],
+        [H + "test_haproxy_runs_only_on_router_roles", R + "test_role_services_are_in_their_state"],
     ),
     "policy ACCEPT": (
         f"{SAVE_LIVE} && iptables -P INPUT ACCEPT && iptables -P FORWARD ACCEPT",
@@ -129,7 +130,13 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         "/etc/iptables/rules.v4",
         "cp -p /root/rules.v4.bak /etc/iptables/rules.v4",
         {},
-        [F + "test_the_rules_are_persisted_in_rules_v4"],
+        [F + "test_the_rules_are_persisted_in_rules_v4", R + "test_saved_rules_are_the_roles_contract"],
+    ),
+    "rules.v4 has an extra rule": (
+        "cp -p /etc/iptables/rules.v4 /root/rules.v4.bak && echo '# edited' >> /etc/iptables/rules.v4",
+        "cp -p /root/rules.v4.bak /etc/iptables/rules.v4",
+        {},
+        [R + "test_saved_rules_are_the_roles_contract"],
     ),
     "ipsec plugin missing": (
         f"mv {PLUGIN} /root/",
@@ -191,6 +198,36 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         "hostname {name}",
         {},
         [B + "test_hostname_is_the_name_sent"],
+    ),
+    "enabled_svcs lists another role's services": (
+        "cp -p /var/cache/cloud/enabled_svcs /root/es.bak && echo haproxy >/var/cache/cloud/enabled_svcs",
+        "cp -p /root/es.bak /var/cache/cloud/enabled_svcs",
+        {},
+        [R + "test_service_lists_are_the_roles"],
+    ),
+    "ssh.service enabled": (
+        "systemctl enable ssh >/dev/null 2>&1",
+        "systemctl disable ssh >/dev/null 2>&1",
+        {},
+        [R + "test_role_services_are_in_their_state"],
+    ),
+    "patch not applied": (
+        f"mv /{testagent.SCRIPTS_MARKER} /root/marker.bak",
+        f"mv /root/marker.bak /{testagent.SCRIPTS_MARKER}",
+        {},
+        [R + "test_the_delivered_patch_was_applied"],
+    ),
+    "agent configured for another port": (
+        "true",
+        "true",
+        {"mgmt_port": 1},
+        [R + "test_agent_is_configured_for_the_management_server"],
+    ),
+    "machine-id never made": (
+        "cp -p /etc/machine-id /root/machine-id.bak && echo uninitialized > /etc/machine-id",
+        "cp -p /root/machine-id.bak /etc/machine-id",
+        {},
+        [R + "test_machine_id_is_this_clones"],
     ),
     "release names another version": (
         "cp -p /etc/cloudstack-release /root/release.bak && "

@@ -38,8 +38,23 @@ LIVE_ONLY = {
     "test_hostname_is_the_name_sent",
     "test_release_file_names_our_version",
     "test_boot_time_and_uptime",
+    "test_service_lists_are_the_roles",
+    "test_role_services_are_in_their_state",
+    "test_saved_rules_are_the_roles_contract",
+    "test_the_delivered_patch_was_applied",
+    "test_agent_is_configured_for_the_management_server",
+    "test_machine_id_is_this_clones",
 }
-SECTIONS = {"3922 access", "Packages", "HAProxy", "iptables", "IPsec", "Agent start", "Boot health"}
+SECTIONS = {
+    "3922 access",
+    "Packages",
+    "HAProxy",
+    "iptables",
+    "IPsec",
+    "Agent start",
+    "Boot health",
+    "Role contract",
+}
 
 
 def test_plain_pytest_does_not_collect_the_appliance_suite() -> None:
