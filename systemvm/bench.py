@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from systemvm import aptcache, naming, sshwait
-from systemvm.build import build_flavours
+from systemvm import naming
+from systemvm.boot import sshwait
+from systemvm.boot.qemu import QemuVM
+from systemvm.build import aptcache
+from systemvm.build.image import build_flavours
 from systemvm.progress import human_bytes, say
-from systemvm.qemu_boot import QemuVM
 
 Rows = list[tuple[str, str]]
 
@@ -102,7 +104,7 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
     if "boot" in sections:
         rows += run_section("boot", lambda: bench_qemu_ssh(flavours, version, artifacts))
     if "export" in sections:
-        from systemvm.export import bench_export
+        from systemvm.export.export import bench_export
 
         for flavour in flavours:
             with tempfile.TemporaryDirectory(prefix="svmt-bench-", dir=vdir) as tmp:
@@ -112,7 +114,7 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
                     for k, v in run_section("export", lambda raw=raw, tmp=tmp: bench_export(raw, Path(tmp)))
                 ]
     if "kvm" in sections:
-        from systemvm.harness import bench_kvm
+        from systemvm.boot.harness import bench_kvm
 
         qcow2 = [vdir / naming.export_name(version, f, "qcow2") for f in flavours]
         rows += run_section("kvm", lambda: bench_kvm([p for p in qcow2 if p.exists()]))
@@ -129,11 +131,11 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
             "vmware", lambda: bench_vmware(vdir / naming.export_name(version, "amd64", "ova"))
         )
     if "seed" in sections:
-        from systemvm.seed import bench_seed
+        from systemvm.seed.install import bench_seed
 
         rows += run_section("seed", bench_seed)
     if "matrix" in sections:
-        from systemvm.matrix import bench_matrix
+        from systemvm.check.matrix import bench_matrix
 
         rows += run_section("matrix", lambda: bench_matrix(version=version, artifacts=artifacts))
     print_table(rows)

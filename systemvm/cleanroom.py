@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from systemvm import aptcache, hosttools, mirror
+from systemvm import hosttools
+from systemvm.build import aptcache, mirror
 from systemvm.errors import UserError, tool_failed
 from systemvm.progress import phase, say
 

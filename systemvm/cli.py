@@ -19,11 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.kind == "vhd":
-            from systemvm.formats.vhd import check_vhd
+            from systemvm.export.formats.vhd import check_vhd
 
             info = check_vhd(args.file)
         else:
-            from systemvm.formats.ova import check_ova
+            from systemvm.export.formats.ova import check_ova
 
             info = check_ova(args.file)
     except UserError as exc:

@@ -39,7 +39,7 @@ def boot(
 ):
     """Boot a System VM and print how to reach it over SSH on 3922."""
     with user_errors():
-        from systemvm.harness import DEFAULT_VERSION, boot_system_vm
+        from systemvm.boot.harness import DEFAULT_VERSION, boot_system_vm
         from systemvm.progress import say
 
         options = {"domain_type": domain_type} if domain_type and hypervisor == "kvm" else None
@@ -77,8 +77,8 @@ def boot(
 def destroy(c, name, hypervisor="kvm"):
     """End a VM that 'invoke boot --keep' left running (everything named with the prefix)."""
     with user_errors():
+        from systemvm.boot.harness import destroy_by_prefix
         from systemvm.errors import UserError
-        from systemvm.harness import destroy_by_prefix
 
         if not name.startswith("svmt-"):
             raise UserError(
@@ -97,8 +97,8 @@ def destroy(c, name, hypervisor="kvm"):
 def clean(c, hypervisor="kvm", prefix="svmt-"):
     """Remove leftovers of killed runs (VMs, disks, work directories) by name prefix."""
     with user_errors():
+        from systemvm.boot.harness import destroy_by_prefix
         from systemvm.errors import UserError
-        from systemvm.harness import destroy_by_prefix
 
         if hypervisor not in HYPERVISORS:
             raise UserError(f"unknown hypervisor '{hypervisor}': use one of {', '.join(HYPERVISORS)}")

@@ -41,7 +41,7 @@ def build(
     jobs=None,
 ):
     """Build the System VM template (Debian 12) from our diskimage-builder elements."""
-    from systemvm.build import build_flavours, check_host
+    from systemvm.build.image import build_flavours, check_host
 
     with user_errors():
         flavours = naming.flavours(flavour)
@@ -58,9 +58,9 @@ def build(
             jobs=jobs,
         )
         for one in flavours:
-            if export and importlib.util.find_spec("systemvm.export") is not None:
-                from systemvm.build import source_date_epoch
-                from systemvm.export import export_flavour
+            if export and importlib.util.find_spec("systemvm.export.export") is not None:
+                from systemvm.build.image import source_date_epoch
+                from systemvm.export.export import export_flavour
 
                 export_flavour(
                     naming.raw_disk(Path(artifacts), version, one),

@@ -24,7 +24,7 @@ def export(c, version, flavour="all", formats="qcow2,vhd,ova", base_url=None, ar
     """Export VERSION's raw disks as CloudStack publishes them (SOURCE_DATE_EPOCH: env, else manifest)."""
     with user_errors():
         from systemvm import naming
-        from systemvm.export import epoch_for, export_flavour, parse_formats
+        from systemvm.export.export import epoch_for, export_flavour, parse_formats
 
         root = Path(artifacts) if artifacts else DEFAULT_ARTIFACTS
         chosen = parse_formats(formats)

@@ -50,8 +50,8 @@ def seed(
     quiet=False,
 ):
     """Seed secondary storage with a System VM template: checksum-verified, atomic, safe to run twice."""
-    from systemvm.seed import seed as seed_template
-    from systemvm.seed_cli import build_parser, request_from_args
+    from systemvm.seed.cli import build_parser, request_from_args
+    from systemvm.seed.install import seed as seed_template
 
     argv = ["-h", hypervisor or "", "--db-properties", db_properties or ""]
     for flag, value in (

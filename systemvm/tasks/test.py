@@ -32,7 +32,7 @@ def test(
     artifact=None,
 ):
     """Boot one System VM, run the appliance checks over SSH on 3922, report, tear down."""
-    from systemvm.suite import DEFAULT_ARTIFACTS, main
+    from systemvm.check.suite import DEFAULT_ARTIFACTS, main
 
     with user_errors():
         argv = ["--hypervisor", hypervisor, "--flavour", flavour, "--role", role, "--version", version]
@@ -58,7 +58,7 @@ def matrix(
     c, jobs=None, hypervisors=None, flavours=None, roles=None, version=DEFAULT_VERSION, artifacts=None
 ):
     """Run the appliance suite for every flavour x role x configured hypervisor; print one summary table."""
-    from systemvm import matrix as m
+    from systemvm.check import matrix as m
     from systemvm.progress import say
 
     with user_errors():

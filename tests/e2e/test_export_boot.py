@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import sshwait
-from systemvm.qemu_boot import QemuVM
+from systemvm.boot import sshwait
+from systemvm.boot.qemu import QemuVM
 from tests.e2e import artifacts
 
 pytestmark = pytest.mark.e2e

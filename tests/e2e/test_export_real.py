@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import naming, publish
-from systemvm.export import export_flavour
-from systemvm.formats.vhd import check_vhd
+from systemvm import naming
+from systemvm.export import publish
+from systemvm.export.export import export_flavour
+from systemvm.export.formats.vhd import check_vhd
 from tests.unit.conftest import read_with_libvhdi, read_with_qemu, same_disk
 
-HAVE_OVA = importlib.util.find_spec("systemvm.formats.ova") is not None
+HAVE_OVA = importlib.util.find_spec("systemvm.export.formats.ova") is not None
 RAW_DISKS = [Path(p) for p in os.environ.get("SYSTEMVM_RAW_DISKS", "").split(":") if p]
 
 pytestmark = [
@@ -86,7 +87,7 @@ def test_real_disk_exports_read_back(raw, tmp_path):
     qcow2.unlink()
 
     if HAVE_OVA:
-        from systemvm.formats import ova
+        from systemvm.export.formats import ova
 
         ova.check_ova(files["ova"])
         assert ova.ova_virtual_size(files["ova"]) == size

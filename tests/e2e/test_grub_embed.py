@@ -1,4 +1,5 @@
-"""Our GRUB placement really boots: a tiny disk assembled by systemvm.disk runs grub.cfg under QEMU (TCG)."""
+"""Our GRUB placement really boots: a tiny disk assembled by systemvm.build.disk runs grub.cfg under
+QEMU (TCG)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import disk
+from systemvm.build import disk
 
 pytestmark = pytest.mark.e2e
 GRUB_LIB = Path("/usr/lib/grub/i386-pc")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import contract, libvirtd, sshwait
-from systemvm.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
+from systemvm import contract
+from systemvm.boot import sshwait
+from systemvm.boot.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
+from systemvm.boot.hypervisors import libvirtd
 
 pytestmark = pytest.mark.e2e
 

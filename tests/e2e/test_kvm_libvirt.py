@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from hypervisors import kvm
-from hypervisors.base import BootRequest
-from systemvm import libvirtd, testnet
+from systemvm.boot import testnet
+from systemvm.boot.hypervisors import kvm, libvirtd
+from systemvm.boot.hypervisors.base import BootRequest
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from systemvm.errors import UserError
-from systemvm.seed import SeedRequest, parse_properties, seed
-from systemvm.seed_cli import main as seed_main
-from systemvm.seed_db import DbConfig
+from systemvm.seed.cli import main as seed_main
+from systemvm.seed.db import DbConfig
+from systemvm.seed.install import SeedRequest, parse_properties, seed
 from tests.standins.mariadb import running_mariadb
 from tests.unit.test_seed_support import ArtifactServer, compress, make_qcow2, make_vhd, publish, snapshot
 

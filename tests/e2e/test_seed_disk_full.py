@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from systemvm.errors import UserError
-from systemvm.seed import SeedRequest, seed
+from systemvm.seed.install import SeedRequest, seed
 from tests.unit.test_seed_support import MIB, compress, make_qcow2, publish, snapshot
 
 pytestmark = [

@@ -1,4 +1,5 @@
-"""Our own exports (qcow2.bz2, vhd.bz2, ova written by systemvm.formats and published with sha512sum.txt and
+"""Our own exports (qcow2.bz2, vhd.bz2, ova written by systemvm.export.formats and published with
+sha512sum.txt and
 metadata.ini) seed into an empty directory with CloudStack's layout and keys, and twice with -F alike."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from systemvm import naming
-from systemvm.seed import SeedRequest, parse_properties, seed
+from systemvm.seed.install import SeedRequest, parse_properties, seed
 from tests.unit.test_seed_support import MIB, cloudstack_expected_properties, make_raw, matches, snapshot
 
 pytestmark = pytest.mark.e2e
@@ -18,10 +19,10 @@ HYPERVISOR_OF = {"qcow2": ("kvm", "qcow2"), "vhd": ("xenserver", "vhd"), "ova": 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ova = pytest.importorskip("systemvm.formats.ova")
-    vhd = pytest.importorskip("systemvm.formats.vhd")
-    qcow2 = pytest.importorskip("systemvm.formats.qcow2")
-    publish = pytest.importorskip("systemvm.publish")
+    ova = pytest.importorskip("systemvm.export.formats.ova")
+    vhd = pytest.importorskip("systemvm.export.formats.vhd")
+    qcow2 = pytest.importorskip("systemvm.export.formats.qcow2")
+    publish = pytest.importorskip("systemvm.export.publish")
     out = tmp_path_factory.mktemp("exports")
     raw = make_raw(out / "disk.raw", 16 * MIB)
     digests = {}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm.seed import SeedRequest, parse_properties, seed
+from systemvm.seed.install import SeedRequest, parse_properties, seed
 from tests.e2e import artifacts
 
 pytestmark = pytest.mark.e2e

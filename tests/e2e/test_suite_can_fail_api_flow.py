@@ -1,5 +1,5 @@
 """Matrix cells on an endpoint that boots no guest (``api_only = true``: the XAPI stand-in in CI) run the
-driver's API flow and pass or fail with it: a real ``python -m systemvm.suite`` process against the
+driver's API flow and pass or fail with it: a real ``python -m systemvm.check.suite`` process against the
 project's XAPI stand-in, with a small real VHD named as the export."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from systemvm import naming
-from systemvm.formats.vhd import write_dynamic_vhd
-from systemvm.matrix import Cell, plan_matrix, run_cell_process
-from systemvm.report import parse_junit
+from systemvm.check.matrix import Cell, plan_matrix, run_cell_process
+from systemvm.check.report import parse_junit
+from systemvm.export.formats.vhd import write_dynamic_vhd
 from tests.standins.xapi import DEFAULT_NETWORK, DEFAULT_SR, XapiStandin
 
 pytestmark = pytest.mark.e2e

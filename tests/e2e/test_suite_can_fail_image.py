@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from systemvm import naming
-from systemvm.report import parse_junit
-from systemvm.suite import PACKAGES_DIR, run_checks
+from systemvm.check.report import parse_junit
+from systemvm.check.suite import PACKAGES_DIR, run_checks
 from tests.e2e import artifacts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]

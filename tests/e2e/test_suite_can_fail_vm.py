@@ -17,9 +17,9 @@ import paramiko
 import pytest
 
 from systemvm import naming, testagent
-from systemvm.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
-from systemvm.report import parse_junit
-from systemvm.suite import PACKAGES_DIR, run_checks
+from systemvm.boot.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
+from systemvm.check.report import parse_junit
+from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
 from tests.e2e import artifacts
 
 pytestmark = pytest.mark.e2e
@@ -40,14 +40,14 @@ REMOVE_ESTABLISHED = (
 REMOVE_443 = "iptables -S INPUT | grep -E 'dports? [0-9,]*443' | sed 's/^-A /-D /' | while read -r r; do iptables $r; done"  # noqa: E501
 PLUGIN = "/usr/lib/ipsec/plugins/libstrongswan-gmp.so"
 
-S = "tests/appliance/test_ssh_access.py::"
-P = "tests/appliance/test_packages.py::"
-H = "tests/appliance/test_haproxy.py::"
-F = "tests/appliance/test_iptables.py::"
-I = "tests/appliance/test_ipsec.py::"  # noqa: E741
-A = "tests/appliance/test_agent.py::"
-B = "tests/appliance/test_boot_health.py::"
-R = "tests/appliance/test_role_contract.py::"
+S = check_node("test_ssh_access.py")
+P = check_node("test_packages.py")
+H = check_node("test_haproxy.py")
+F = check_node("test_iptables.py")
+I = check_node("test_ipsec.py")  # noqa: E741
+A = check_node("test_agent.py")
+B = check_node("test_boot_health.py")
+R = check_node("test_role_contract.py")
 
 # case -> (break, repair, params overrides, checks expected to fail). Cases run in this order on one VM.
 CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hypervisors.base import BootRequest
-from hypervisors.vmware import VmwareDriver, find_vm
+from systemvm.boot.hypervisors.base import BootRequest
+from systemvm.boot.hypervisors.vmware import VmwareDriver, find_vm
 from systemvm.contract import BootArgs
 from systemvm.errors import UserError
-from systemvm.formats.ova import write_ova
+from systemvm.export.formats.ova import write_ova
 from tests.standins.vcsim.fixture import vcsim  # noqa: F401 - the session fixture
 from tests.standins.vcsim.vcsim import Vcsim
 

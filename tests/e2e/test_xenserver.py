@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hypervisors.base import BootRequest
-from hypervisors.xenserver import CMDLINE_KEY, XenServerDriver
 from systemvm import contract
+from systemvm.boot.hypervisors.base import BootRequest
+from systemvm.boot.hypervisors.xenserver import CMDLINE_KEY, XenServerDriver
 from systemvm.errors import UserError
-from systemvm.formats.vhd import write_dynamic_vhd
+from systemvm.export.formats.vhd import write_dynamic_vhd
 from tests.standins.xapi import DEFAULT_NETWORK, DEFAULT_SR, XapiStandin
 
 pytestmark = pytest.mark.e2e
@@ -119,7 +119,7 @@ def check_flow(xapi: XapiStandin, artifact: Path, vhd: Path, role: str, tmp_path
         assert vbd["bootable"] and vbd["mode"] == "RW" and vbd["type"] == "Disk" and vbd["userdevice"] == "0"
         vdi = xapi.records("VDI")[vbd["VDI"]]
         assert vdi["name_label"].startswith(request.run_prefix)
-        from systemvm.formats.vhd import vhd_virtual_size
+        from systemvm.export.formats.vhd import vhd_virtual_size
 
         assert int(vdi["virtual_size"]) >= vhd_virtual_size(vhd)
         assert xapi.vdi_file(vbd["VDI"]).read_bytes() == vhd.read_bytes()  # the upload arrived intact

@@ -37,7 +37,8 @@ published XAPI documentation or source (reference only; nothing is copied):
   when vhd-tool exits non-zero. The precise reason goes to :attr:`XapiStandin.log` (XAPI writes it to
   xensource.log). On success the task result is ``<value>OpaqueRef:...</value>`` (the VDI ref) and the SR
   holds ``<vdi-uuid>.vhd``, as a file-based ("ext") SR does.
-- The VHD is checked with the project's own checker, ``systemvm.formats.vhd.check_vhd`` (VHD specification
+- The VHD is checked with the project's own checker, ``systemvm.export.formats.vhd.check_vhd``
+  (VHD specification
   plus blktap's rules), then for what vhd-tool needs: a dynamic disk (type 3; vhd-tool streams dynamic
   disks) whose virtual size fits the VDI's ``virtual_size``.
 - Sizes: a VDI on a VHD-based SR has its ``virtual_size`` rounded up to 2 MiB (sm's vhdutil rounds sizes to
@@ -1153,7 +1154,7 @@ class XapiStandin:
     @staticmethod
     def _check_uploaded_vhd(path: Path, vdi_size: int) -> None:
         try:
-            from systemvm.formats.vhd import VhdError, check_vhd
+            from systemvm.export.formats.vhd import VhdError, check_vhd
         except ImportError as exc:  # the project's checker is required: no lenient fallback
             raise _ImportRejected(f"VHD checker unavailable: {exc}") from None
         if path.stat().st_size < 512 * 3:
@@ -1170,7 +1171,7 @@ class XapiStandin:
 
     @staticmethod
     def _raw_to_vhd(raw: Path, target: Path, vdi_size: int) -> None:
-        from systemvm.formats.vhd import write_dynamic_vhd
+        from systemvm.export.formats.vhd import write_dynamic_vhd
 
         with open(raw, "r+b") as handle:
             handle.truncate(vdi_size)
@@ -1242,8 +1243,8 @@ def bench_xenserver(vhd: Path, repeats: int = 1) -> list[tuple[str, str]]:
 
     Import = upload plus the stand-in's strict VHD check; define->started also includes decompression.
     """
-    from hypervisors.base import BootRequest
-    from hypervisors.xenserver import XenServerDriver
+    from systemvm.boot.hypervisors.base import BootRequest
+    from systemvm.boot.hypervisors.xenserver import XenServerDriver
     from systemvm.contract import BootArgs
 
     rows: list[tuple[str, str]] = []

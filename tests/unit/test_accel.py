@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import accel
+from systemvm.boot.hypervisors import accel
 from systemvm.errors import UserError
 
 INTEL = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr vmx ept sse2\n"
@@ -74,7 +74,7 @@ def test_dev_kvm_group_is_given_back_to_kvm(tmp_path: Path) -> None:
     import grp
     import os
 
-    from systemvm import libvirtd
+    from systemvm.boot.hypervisors import libvirtd
 
     if os.geteuid() != 0:
         pytest.skip("only root can chgrp")

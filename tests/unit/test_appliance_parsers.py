@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.appliance.target import (
+from systemvm.check.appliance.target import (
     key_identity,
     normalized_rule,
     parse_listeners,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import disk
+from systemvm.build import disk
 from systemvm.errors import UserError
 
 GRUB_BOOT_IMG = Path("/usr/lib/grub/i386-pc/boot.img")

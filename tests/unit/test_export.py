@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import naming, publish
+from systemvm import naming
 from systemvm.errors import UserError
-from systemvm.export import bench_export, export_flavour, parse_formats
-from systemvm.formats.vhd import check_vhd
+from systemvm.export import publish
+from systemvm.export.export import bench_export, export_flavour, parse_formats
+from systemvm.export.formats.vhd import check_vhd
 from tests.unit.conftest import MIB, make_raw, pattern, read_with_libvhdi, read_with_qemu, same_disk
 
 EPOCH = 1_700_000_000
 VERSION = "4.20.0"
-HAVE_OVA = importlib.util.find_spec("systemvm.formats.ova") is not None
+HAVE_OVA = importlib.util.find_spec("systemvm.export.formats.ova") is not None
 FORMATS = ["qcow2", "vhd"] + (["ova"] if HAVE_OVA else [])
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hypervisors import kvm
+from systemvm.boot.hypervisors import kvm
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-ga") is None, reason="qemu-guest-agent not installed")
 

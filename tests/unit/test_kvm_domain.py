@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from hypervisors import kvm, registry
-from systemvm import contract, testnet
+from systemvm import contract
+from systemvm.boot import testnet
+from systemvm.boot.hypervisors import kvm, registry
 from systemvm.errors import UserError
 
 QEMU = {"qemu": kvm.QEMU_NS}

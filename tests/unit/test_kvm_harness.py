@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import contract, harness
+from systemvm import contract
+from systemvm.boot import harness
 from systemvm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,8 +51,8 @@ def test_artifact_path_names_the_hypervisor_export(tmp_path: Path) -> None:
 
 
 def test_suite_params_carry_what_the_listener_received(tmp_path: Path) -> None:
-    from hypervisors.base import SshTarget
-    from systemvm.mgmt_listener import ManagementListener
+    from systemvm.boot.hypervisors.base import SshTarget
+    from systemvm.boot.listener import ManagementListener
 
     with ManagementListener() as listener:
         with socket.create_connection(("127.0.0.1", listener.port), timeout=5) as agent:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm.errors import UserError
-from systemvm.matrix import (
+from systemvm.check.matrix import (
     Cell,
     CellResult,
     default_jobs,
@@ -22,6 +21,7 @@ from systemvm.matrix import (
     summary_table,
     write_summary,
 )
+from systemvm.errors import UserError
 
 
 @pytest.fixture(autouse=True)
@@ -120,8 +120,8 @@ def test_runner_respects_the_limit_and_keeps_plan_order(tmp_path: Path) -> None:
 
 
 def test_a_cell_that_cannot_boot_is_an_error_with_its_reason(tmp_path: Path) -> None:
-    """A real cell process (python -m systemvm.suite) on a version with no export."""
-    from systemvm.matrix import run_cell_process
+    """A real cell process (python -m systemvm.check.suite) on a version with no export."""
+    from systemvm.check.matrix import run_cell_process
 
     (tmp_path / "9.9.9").mkdir()
     result = run_cell_process(Cell("kvm", "amd64", "router"), "9.9.9", tmp_path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import mirror
+from systemvm.build import mirror
 from systemvm.errors import UserError
 
 

@@ -15,8 +15,8 @@ from lxml import etree
 
 from systemvm import cli
 from systemvm.errors import UserError
-from systemvm.formats.ova import OvaError, check_ova, member_names, ova_virtual_size, write_ova
-from systemvm.formats.vmdk import GRAIN, VmdkError, check_stream_vmdk
+from systemvm.export.formats.ova import OvaError, check_ova, member_names, ova_virtual_size, write_ova
+from systemvm.export.formats.vmdk import GRAIN, VmdkError, check_stream_vmdk
 
 SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "schemas" / "ovf"
 EPOCH = 1_700_000_000
@@ -373,7 +373,7 @@ def test_bad_inputs(raw: Path, tmp_path: Path) -> None:
 
 def test_interrupted_write_leaves_nothing(raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C after the VMDK is written and before the archive exists: no OVA, no temp file."""
-    import systemvm.formats.ova as ova_module
+    import systemvm.export.formats.ova as ova_module
 
     def interrupt(path: Path) -> str:
         assert path.stat().st_size > 0  # the VMDK was written in the output directory's temp folder

@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from systemvm import naming, publish
+from systemvm import naming
 from systemvm.errors import UserError
+from systemvm.export import publish
 from tests.unit.conftest import pattern
 
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from systemvm.errors import UserError
-from systemvm.formats.qcow2 import qcow2_virtual_size, write_qcow2
+from systemvm.export.formats.qcow2 import qcow2_virtual_size, write_qcow2
 from tests.unit.conftest import read_with_qemu, same_disk
 
 

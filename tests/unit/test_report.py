@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from systemvm.check.report import humanize_test_name, parse_junit, render_matrix_table, write_report
 from systemvm.errors import UserError
-from systemvm.report import humanize_test_name, parse_junit, render_matrix_table, write_report
 
 SAMPLE_SUITE = textwrap.dedent(
     """
@@ -95,7 +95,7 @@ def test_markdown_report_has_table_failures_and_boot_numbers(junit_xml: Path, tm
 def test_passing_run_says_passed(tmp_path: Path) -> None:
     xml = tmp_path / "ok.xml"
     xml.write_text(
-        '<testsuites><testsuite name="pytest"><testcase classname="tests.appliance.test_haproxy" '
+        '<testsuites><testsuite name="pytest"><testcase classname="systemvm.check.appliance.test_haproxy" '
         'name="test_haproxy_config_accepted" time="0.25"/></testsuite></testsuites>'
     )
     summary = write_report(xml, tmp_path / "r.md", "t")

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from systemvm.report import parse_junit, write_report
-from systemvm.suite import PACKAGES_DIR, REPO, run_checks
+from systemvm.check.report import parse_junit, write_report
+from systemvm.check.suite import PACKAGES_DIR, REPO, SUITE_DIR, run_checks
 
 LIVE_ONLY = {
     "test_sshd_listens_on_3922_on_the_control_interface_only",
@@ -59,7 +59,7 @@ SECTIONS = {
 
 def test_plain_pytest_does_not_collect_the_appliance_suite() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "tests/appliance"],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(SUITE_DIR)],
         cwd=REPO,
         capture_output=True,
         text=True,

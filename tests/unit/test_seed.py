@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from systemvm.errors import UserError
-from systemvm.seed import SeedRequest, parse_nfs_export, parse_properties, seed, template_dir
-from systemvm.seed_cli import main as seed_main
-from systemvm.seed_db import db_config
+from systemvm.seed.cli import main as seed_main
+from systemvm.seed.db import db_config
+from systemvm.seed.install import SeedRequest, parse_nfs_export, parse_properties, seed, template_dir
 from tests.unit.test_seed_support import (
     MIB,
     ArtifactServer,
@@ -315,7 +315,7 @@ def test_cli_seeds_and_fails_with_one_line(tmp_path: Path, artifacts: dict[str, 
 
 def test_console_script_runs_as_a_module(tmp_path: Path, artifacts: dict[str, Path]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "systemvm.seed_cli", "-m", str(tmp_path), "-h", "lxc",
+        [sys.executable, "-m", "systemvm.seed.cli", "-m", str(tmp_path), "-h", "lxc",
          "-f", str(artifacts["kvm"]), "-t", "4", "--no-db", "--quiet"],
         capture_output=True, text=True, cwd=Path(__file__).parents[2],
     )  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from systemvm import contract, testagent
-from systemvm.mgmt_listener import ManagementListener
+from systemvm.boot.listener import ManagementListener
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "elements/systemvm-boot/static/opt/cloud/lib"))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from systemvm.formats import vhd
-from systemvm.formats.vhd import VhdError, check_vhd, vhd_virtual_size, write_dynamic_vhd
+from systemvm.export.formats import vhd
+from systemvm.export.formats.vhd import VhdError, check_vhd, vhd_virtual_size, write_dynamic_vhd
 from tests.unit.conftest import read_with_libvhdi, read_with_qemu, same_disk
 
 EPOCH = 1_700_000_000

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm.formats.vhd import write_dynamic_vhd
+from systemvm.export.formats.vhd import write_dynamic_vhd
 from tests.standins.xapi import DEFAULT_NETWORK, DEFAULT_SR, TEMPLATE_NAME, XapiStandin
 
 MIB = 2**20

@@ -7,10 +7,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hypervisors.base import BootRequest
-from hypervisors.vmware import VmwareDriver
+from systemvm.boot.hypervisors.base import BootRequest
+from systemvm.boot.hypervisors.vmware import VmwareDriver
 from systemvm.contract import BootArgs
-from systemvm.formats.ova import write_ova
+from systemvm.export.formats.ova import write_ova
 from tests.standins.vcsim.vcsim import start_vcsim
 
 

@@ -107,7 +107,8 @@ class Vcsim:
         return urlparse(self.url).port or 443
 
     def settings(self, **overrides: str) -> dict[str, str]:
-        """Connection settings for hypervisors.vmware, as load_settings('vmware') would return them."""
+        """Connection settings for systemvm.boot.hypervisors.vmware, as load_settings('vmware')
+        would return them."""
         values = {
             "url": self.url,
             "user": self.username,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 PARAMS_ENV = "SYSTEMVM_APPLIANCE_PARAMS"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Params(dict):

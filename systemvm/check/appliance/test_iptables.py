@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import pytest
 
+from systemvm.check.appliance.target import (
+    normalized_rule,
+    parse_policies,
+    parse_rules,
+    rules_accepting,
+    run_ok,
+)
 from systemvm.contract import ROLE_PORTS, SSH_PORT
-from tests.appliance.target import normalized_rule, parse_policies, parse_rules, rules_accepting, run_ok
 
 RULES_FILE = "/etc/iptables/rules.v4"
 UDP_PORTS = (53, 67)  # DNS and DHCP may be opened for UDP only

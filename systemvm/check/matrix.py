@@ -1,7 +1,8 @@
 """The hypervisor matrix: every flavour x role x configured hypervisor, VMs in parallel up to a limit.
 
 KVM is always in the matrix; XenServer and VMware join when their connection settings exist
-(:func:`systemvm.settings.is_configured`). Each cell runs ``python -m systemvm.suite`` in its own process
+(:func:`systemvm.boot.hypervisors.settings.is_configured`).
+Each cell runs ``python -m systemvm.check.suite`` in its own process
 (its own harness, its own VM, always torn down), so cells cannot disturb each other and Ctrl-C reaches
 every VM's teardown. The parallel limit is sized to the host: one VM more than cores under TCG (a TCG guest
 keeps a core busy while it boots), two per core with hardware virtualisation, and never more than memory
@@ -20,18 +21,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from systemvm import naming, settings
+from systemvm import naming
+from systemvm.boot.hypervisors import settings
+from systemvm.check.report import render_matrix_table
 from systemvm.contract import ROLES
 from systemvm.errors import UserError
 from systemvm.progress import say
-from systemvm.report import render_matrix_table
 
 MATRIX_ROLES = ("secstorage", "consoleproxy", "router")
 MATRIX_HYPERVISORS = ("kvm", "xenserver", "vmware")
 VM_MEMORY_MIB = 1024
 QEMU_OVERHEAD_MIB = 384  # QEMU's own memory beside the guest's RAM
 HOST_RESERVE_MIB = 2048  # left for the host, the test runner and libvirtd
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +153,7 @@ def default_jobs(
 
 
 def hardware_virt_available() -> bool:
-    from systemvm.accel import choose_domain_type
+    from systemvm.boot.hypervisors.accel import choose_domain_type
 
     return choose_domain_type().domain_type == "kvm"
 
@@ -177,7 +179,7 @@ def cell_command(cell: Cell, version: str, artifacts: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "systemvm.suite",
+        "systemvm.check.suite",
         "--hypervisor",
         cell.hypervisor,
         "--flavour",
@@ -302,7 +304,7 @@ def bench_matrix(
 ) -> list[tuple[str, str]]:
     """Rows for ``invoke bench``: wall time of the whole KVM matrix (2 flavours x 3 roles) and per cell."""
     root = Path(artifacts) if artifacts else REPO / "artifacts"
-    from systemvm.harness import artifact_path
+    from systemvm.boot.harness import artifact_path
 
     missing = [f for f in naming.FLAVOURS if not artifact_path(root, version, f, "kvm").is_file()]
     if missing:

@@ -14,9 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from systemvm import naming, publish
+from systemvm import naming
 from systemvm.atomic import atomic_path, require_free_space
 from systemvm.errors import UserError
+from systemvm.export import publish
 from systemvm.progress import human_bytes, phase
 
 FORMATS = ("qcow2", "vhd", "ova")
@@ -91,7 +92,7 @@ def space_needed(raw: Path, formats: list[str]) -> int:
 
 
 def _write_qcow2_bz2(raw: Path, final: Path, work: Path) -> None:
-    from systemvm.formats.qcow2 import write_qcow2
+    from systemvm.export.formats.qcow2 import write_qcow2
 
     plain = work / "disk.qcow2"
     write_qcow2(raw, plain)
@@ -100,7 +101,7 @@ def _write_qcow2_bz2(raw: Path, final: Path, work: Path) -> None:
 
 
 def _write_vhd_bz2(raw: Path, final: Path, work: Path, epoch: int) -> None:
-    from systemvm.formats.vhd import check_vhd, write_dynamic_vhd
+    from systemvm.export.formats.vhd import check_vhd, write_dynamic_vhd
 
     plain = work / "disk.vhd"
     write_dynamic_vhd(raw, plain, timestamp=epoch)
@@ -111,7 +112,7 @@ def _write_vhd_bz2(raw: Path, final: Path, work: Path, epoch: int) -> None:
 
 def _write_ova(raw: Path, final: Path, name: str, flavour: str, epoch: int) -> None:
     try:
-        from systemvm.formats import ova
+        from systemvm.export.formats import ova
     except ImportError:
         raise UserError(
             "OVA export is not available in this checkout (systemvm/formats/ova.py missing)"
@@ -197,8 +198,8 @@ def epoch_for(manifest: Path) -> int:
 def bench_export(raw: Path, tmp: Path) -> list[tuple[str, str]]:
     """Rows (what, numbers): per format time, output size and ratio to the raw disk's allocated bytes;
     then plain bzip2 versus lbzip2 on the qcow2."""
-    from systemvm.formats.qcow2 import write_qcow2
-    from systemvm.formats.vhd import write_dynamic_vhd
+    from systemvm.export.formats.qcow2 import write_qcow2
+    from systemvm.export.formats.vhd import write_dynamic_vhd
 
     raw, tmp = Path(raw), Path(tmp)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -219,7 +220,7 @@ def bench_export(raw: Path, tmp: Path) -> list[tuple[str, str]]:
     timed("vhd (our writer)", lambda: write_dynamic_vhd(raw, vhd, timestamp=0), vhd)
     timed("vhd.bz2", lambda: publish.compress_bz2(vhd, tmp / "bench.vhd.bz2"), tmp / "bench.vhd.bz2")
     try:
-        from systemvm.formats import ova
+        from systemvm.export.formats import ova
     except ImportError:
         rows.append(("ova", "skipped: systemvm/formats/ova.py not present"))
     else:

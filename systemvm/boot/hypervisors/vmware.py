@@ -33,8 +33,8 @@ from lxml import etree
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
-from hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
-from systemvm import settings as settings_mod
+from systemvm.boot.hypervisors import settings as settings_mod
+from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
 from systemvm.contract import SSH_PORT, control_nic, nic_count
 from systemvm.errors import UserError
 from systemvm.progress import phase, say

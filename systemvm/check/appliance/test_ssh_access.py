@@ -11,8 +11,8 @@ import socket
 import paramiko
 import pytest
 
+from systemvm.check.appliance.target import boot_epoch, key_identity, parse_listeners, run_ok
 from systemvm.contract import SSH_PORT
-from tests.appliance.target import boot_epoch, key_identity, parse_listeners, run_ok
 
 
 def _tcp_listeners(host) -> list[tuple[str, int, str]]:

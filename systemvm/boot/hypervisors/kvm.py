@@ -4,13 +4,14 @@
   file named by its sha512, and every VM runs on a qcow2 overlay (``qemu-img create -b artifact -F qcow2``) in
   the run's work directory.
 - The domain XML is built with lxml: virtio disk and NICs, the serial console logged to a file, a
-  qemu-guest-agent channel, domain type ``kvm`` or ``qemu`` (TCG) from :mod:`systemvm.accel`.
+  qemu-guest-agent channel, domain type ``kvm`` or ``qemu`` (TCG) from :mod:`systemvm.boot.hypervisors.accel`.
 - The command line reaches the guest as CloudStack's KVM agent sends it: ``guest-sync``, then
   ``guest-file-open``/``guest-file-write``/``guest-file-close`` of ``/var/cache/cloud/cmdline`` through
   libvirt's agent command API (``libvirt_qemu.qemuAgentCommand``), retried until the agent answers.
 - Two network modes. Production: one ``<interface type='bridge'>`` per NIC, the control NIC on CloudStack's
   link-local bridge ``cloud0`` (169.254.0.1/16). Test: QEMU user networking laid out by
-  :mod:`systemvm.testnet` (169.254.0.0/16, 3922 forwarded to a free port on 127.0.0.1, the host's 127.0.0.1
+  :mod:`systemvm.boot.testnet`
+  (169.254.0.0/16, 3922 forwarded to a free port on 127.0.0.1, the host's 127.0.0.1
   at 169.254.0.1). libvirt's ``<interface type='user'>`` cannot forward ports, so the test NICs are QEMU
   arguments in the domain's ``<qemu:commandline>``.
 - Every domain and file is named with the run prefix; ``destroy`` (also after Ctrl-C or a failed step) and
@@ -36,10 +37,12 @@ from pathlib import Path
 
 from lxml import etree
 
-from hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
-from systemvm import accel, contract, testnet
-from systemvm.aptcache import cache_root
+from systemvm import contract
 from systemvm.atomic import atomic_path
+from systemvm.boot import testnet
+from systemvm.boot.hypervisors import accel
+from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
+from systemvm.build.aptcache import cache_root
 from systemvm.errors import UserError
 from systemvm.hosttools import require_tools
 from systemvm.progress import phase, say
@@ -396,7 +399,7 @@ class KvmDriver(Driver):
         run_as_root: bool | None = None,
         cache: Path | None = None,
     ) -> None:
-        from systemvm import libvirtd
+        from systemvm.boot.hypervisors import libvirtd
 
         self.network = network
         self.uri = uri or os.environ.get("SYSTEMVM_KVM_URI") or libvirtd.SYSTEM_URI
@@ -415,7 +418,7 @@ class KvmDriver(Driver):
     # -- helpers
     def _connect(self):
         if self.conn is None:
-            from systemvm import libvirtd
+            from systemvm.boot.hypervisors import libvirtd
 
             self.conn = libvirtd.connect(self.uri)
         return self.conn
@@ -429,7 +432,7 @@ class KvmDriver(Driver):
             if network.boot_nics() != list(args.nics):
                 raise UserError(
                     "the boot arguments' NIC addresses differ from the test network plan: "
-                    "build them with systemvm.testnet.boot_args(plan, ...)"
+                    "build them with systemvm.boot.testnet.boot_args(plan, ...)"
                 )
         elif len(network.bridges) != len(args.nics):
             raise UserError(
@@ -497,7 +500,7 @@ class KvmDriver(Driver):
             key_file = self.key_file or getattr(request, "ssh_key_file", None)
             with phase(f"wait for SSH on 3922 ({host}:{port})"):
                 if key_file is not None:
-                    from systemvm import sshwait
+                    from systemvm.boot import sshwait
 
                     sshwait.wait_for_ssh(host, port, Path(key_file), remaining, alive=self._alive)
                 else:
@@ -536,7 +539,7 @@ class KvmDriver(Driver):
         cls, prefix: str = RUN_PREFIX_BASE, work_dir: Path | None = None, uri: str | None = None
     ) -> list[str]:
         """Remove domains named ``prefix*`` (with their overlays) and ``prefix*-kvm`` work directories."""
-        from systemvm import libvirtd
+        from systemvm.boot.hypervisors import libvirtd
 
         removed: list[str] = []
         conn = libvirtd.connect(uri or os.environ.get("SYSTEMVM_KVM_URI") or libvirtd.SYSTEM_URI)

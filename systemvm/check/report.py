@@ -63,7 +63,7 @@ def humanize_test_name(name: str) -> str:
 
 
 def section_from_classname(classname: str) -> str:
-    """``tests.appliance.test_iptables`` -> ``iptables``."""
+    """``systemvm.check.appliance.test_iptables`` -> ``iptables``."""
     last = classname.split(".")[-1] if classname else ""
     return last.removeprefix("test_").replace("_", " ")
 

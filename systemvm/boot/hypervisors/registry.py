@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib
 
-from hypervisors.base import Driver
+from systemvm.boot.hypervisors.base import Driver
 from systemvm.errors import UserError
 
 # name -> (module, class); modules are imported lazily so one driver's library is not needed by another.
 DRIVERS: dict[str, tuple[str, str]] = {
-    "kvm": ("hypervisors.kvm", "KvmDriver"),
-    "xenserver": ("hypervisors.xenserver", "XenServerDriver"),
-    "vmware": ("hypervisors.vmware", "VmwareDriver"),
+    "kvm": ("systemvm.boot.hypervisors.kvm", "KvmDriver"),
+    "xenserver": ("systemvm.boot.hypervisors.xenserver", "XenServerDriver"),
+    "vmware": ("systemvm.boot.hypervisors.vmware", "VmwareDriver"),
 }
 
 

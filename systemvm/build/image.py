@@ -3,7 +3,7 @@
 Flow (one code path on every host, device-mapper or not):
 1. ``disk-image-create`` with our elements and a block-device config of a whole loop device with one ext4
    filesystem and *no partition table* (so no kpartx/device-mapper), output ``raw`` = the filesystem image.
-2. :mod:`systemvm.disk` assembles the MBR disk file around it and embeds GRUB (boot.img/core.img made inside
+2. :mod:`systemvm.build.disk` assembles the MBR disk file around it and embeds GRUB (boot.img/core.img made inside
    the image by elements/systemvm-base, read back with ``debugfs``, no mount needed).
 3. The manifest (JSON) records flavour, release, kernel, packages with versions, sizes, timings, elements,
    git commit and SOURCE_DATE_EPOCH. All is built in a temp dir beside the output and renamed at the end.
@@ -25,11 +25,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
-from systemvm import aptcache, disk, hosttools, mirror, naming
+from systemvm.build import aptcache, disk, mirror
+
+from systemvm import hosttools, naming
 from systemvm.errors import UserError, tool_failed
 from systemvm.progress import human_bytes, phase, say
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ELEMENTS_DIR = REPO / "elements"
 DEBIAN_RELEASE = "bookworm"
 LABEL = "cloudrootfs"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.appliance.target import read_package_list, run_ok
+from systemvm.check.appliance.target import read_package_list, run_ok
 
 # flavour -> what `uname -m` says and the suffix of the flavour's kernel image
 KERNEL_OF = {"amd64": ("x86_64", ("-amd64",)), "i386": ("i686", ("-686-pae", "-686"))}

@@ -20,14 +20,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from hypervisors.base import BootRequest, Driver, SshTarget, new_run_prefix
-from systemvm import contract, naming, sshwait, testnet
+from systemvm import contract, naming
+from systemvm.boot import sshwait, testnet
+from systemvm.boot.hypervisors.base import BootRequest, Driver, SshTarget, new_run_prefix
+from systemvm.boot.listener import ManagementListener
 from systemvm.errors import UserError
-from systemvm.mgmt_listener import ManagementListener
 from systemvm.progress import phase, say
 
 DEFAULT_VERSION = "4.20.0"
-DEFAULT_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+DEFAULT_ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 FORMAT_OF = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova"}
 # CloudStack's names for system VMs: s-<id>-VM, v-<id>-VM, r-<id>-VM
 NAME_LETTER = {"secstorage": "s", "consoleproxy": "v", "router": "r", "vpcrouter": "r", "dhcpsrvr": "r"}
@@ -57,7 +58,7 @@ def _link_local_ip(name: str) -> str:
 def plan_boot(hypervisor: str, role: str, name: str, authorized_key: str, mgmt_port: int) -> BootPlan:
     """NIC addresses and the command line for ``role`` on ``hypervisor``, plus the driver's options.
 
-    KVM (test mode) uses :mod:`systemvm.testnet`'s user networks. XenServer puts the control NIC on the
+    KVM (test mode) uses :mod:`systemvm.boot.testnet`'s user networks. XenServer puts the control NIC on the
     link-local network as CloudStack does; VMware puts it on the management network (eth1).
     """
     if hypervisor == "kvm":
@@ -123,7 +124,7 @@ class BootedVM:
         )
 
     def suite_params(self) -> dict[str, object]:
-        """The appliance suite's parameters for this VM (see tests/appliance/conftest.py)."""
+        """The appliance suite's parameters for this VM (see systemvm/check/appliance/conftest.py)."""
         return {
             "target": self.target.testinfra_url(),
             "kind": "vm",
@@ -141,7 +142,8 @@ class BootedVM:
 
 def deliver_patch(vm: BootedVM, timeout: float) -> float:
     """Copy the test payload (:mod:`systemvm.testagent`) over SSH and wait for boot_up_done."""
-    from systemvm import patch, testagent
+    from systemvm import testagent
+    from systemvm.boot import patch
 
     payload = testagent.build_payload(vm.work_dir / "payload", payload_id=vm.run_prefix)
     return patch.deliver_patch(vm.target.host, vm.target.port, vm.key_file, payload, timeout)
@@ -166,7 +168,7 @@ def boot_system_vm(
     driver_options: dict[str, object] | None = None,
 ) -> Iterator[BootedVM]:
     """Boot ``role`` of ``flavour`` on ``hypervisor``; yield the :class:`BootedVM`; destroy it on exit."""
-    from hypervisors.registry import get_driver
+    from systemvm.boot.hypervisors.registry import get_driver
 
     if hypervisor not in FORMAT_OF:
         raise UserError(f"unknown hypervisor '{hypervisor}': use one of {', '.join(FORMAT_OF)}")
@@ -247,7 +249,7 @@ def boot_system_vm(
 
 def destroy_by_prefix(prefix: str, hypervisors: tuple[str, ...] = ("kvm",)) -> list[str]:
     """Remove what runs named ``prefix*`` left on each hypervisor, plus their harness directories."""
-    from hypervisors.registry import driver_class
+    from systemvm.boot.hypervisors.registry import driver_class
 
     removed: list[str] = []
     for hypervisor in hypervisors:
@@ -275,7 +277,7 @@ def kvm_artifacts_from_env(variable: str = "SYSTEMVM_KVM_QCOW2") -> list[Path]:
 
 def bench_kvm(artifacts: list[Path] | None = None, role: str = "secstorage") -> list[tuple[str, str]]:
     """Rows for ``invoke bench``: seconds from ``defineXML`` to SSH on 3922, per flavour, through libvirt."""
-    from systemvm import accel
+    from systemvm.boot.hypervisors import accel
 
     paths = artifacts if artifacts is not None else kvm_artifacts_from_env()
     if not paths:

@@ -38,9 +38,9 @@ from pathlib import Path
 from systemvm.errors import UserError
 from systemvm.hosttools import require_tools
 from systemvm.progress import human_bytes, phase, say
-from systemvm.seed_db import DB_PROPERTIES, DbConfig, connect, newest_system_template, update_template
-from systemvm.seed_source import Expected, FileSource, HttpSource, expected_checksum, open_source
-from systemvm.seed_stream import Decompressor, SparseWriter, compression_of
+from systemvm.seed.db import DB_PROPERTIES, DbConfig, connect, newest_system_template, update_template
+from systemvm.seed.source import Expected, FileSource, HttpSource, expected_checksum, open_source
+from systemvm.seed.stream import Decompressor, SparseWriter, compression_of
 
 # hypervisor -> extension CloudStack uses for it (cloud-install-sys-tmplt / setup-sysvm-tmplt)
 EXTENSION_OF = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova", "hyperv": "vhd", "lxc": "qcow2"}
@@ -176,19 +176,19 @@ def virtual_size(path: Path, kind: str) -> int:
     """The disk size the image presents, read from the image itself."""
     if kind == "qcow2":
         try:
-            from systemvm.formats.qcow2 import qcow2_virtual_size
+            from systemvm.export.formats.qcow2 import qcow2_virtual_size
         except ImportError:
             return _qemu_img_virtual_size(path)
         return int(qcow2_virtual_size(path))
     if kind == "vhd":
         try:
-            from systemvm.formats.vhd import vhd_virtual_size
+            from systemvm.export.formats.vhd import vhd_virtual_size
         except ImportError:
             return _qemu_img_virtual_size(path)
         return int(vhd_virtual_size(path))
     if kind == "ova":
         try:
-            from systemvm.formats.ova import ova_virtual_size
+            from systemvm.export.formats.ova import ova_virtual_size
         except ImportError:
             return _ova_capacity_by_qemu_img(path)
         return int(ova_virtual_size(path))
@@ -478,7 +478,7 @@ def _seed_into(request: SeedRequest, mount: Path, ext: str) -> SeedResult:
         raise UserError("without the database the template id is unknown: give -t ID")
     db_config = request.db
     if use_db and db_config is None:
-        from systemvm.seed_db import db_config as make_config
+        from systemvm.seed.db import db_config as make_config
 
         db_config = make_config(properties=request.db_properties)
 

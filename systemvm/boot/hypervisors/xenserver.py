@@ -31,11 +31,11 @@ from typing import Any
 
 import XenAPI
 
-from hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
 from systemvm import contract
+from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
+from systemvm.boot.hypervisors.settings import load_settings, require, verify_tls
 from systemvm.errors import UserError
 from systemvm.progress import human_bytes, phase, say
-from systemvm.settings import load_settings, require, verify_tls
 
 TEMPLATE = "Other install media"
 CMDLINE_KEY = "vm-data/cloudstack/init"
@@ -104,7 +104,7 @@ def decompress_artifact(artifact: Path, work_dir: Path) -> Path:
 
 def vhd_size(path: Path) -> int:
     """The disk's virtual size, from the VHD footer (the project's reader)."""
-    from systemvm.formats.vhd import vhd_virtual_size
+    from systemvm.export.formats.vhd import vhd_virtual_size
 
     return vhd_virtual_size(path)
 
@@ -472,13 +472,13 @@ class XenServerDriver(Driver):
         with phase(f"wait for SSH on {target.host}:{target.port}"):
             try:
                 if target.key_file is not None:
-                    from systemvm import sshwait
+                    from systemvm.boot import sshwait
 
                     seconds = sshwait.wait_for_ssh(
                         target.host, target.port, Path(target.key_file), timeout, alive=self._alive
                     )
                 else:
-                    from hypervisors.kvm import wait_for_ssh_banner
+                    from systemvm.boot.hypervisors.kvm import wait_for_ssh_banner
 
                     seconds = wait_for_ssh_banner(target.host, target.port, timeout, self._alive)
             except TimeoutError as exc:

@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def request_from_args(args: argparse.Namespace):
-    from systemvm.seed import SeedRequest
-    from systemvm.seed_db import db_config
+    from systemvm.seed.db import db_config
+    from systemvm.seed.install import SeedRequest
 
     if args.ms_key is not None:
         raise UserError(
@@ -132,7 +132,7 @@ def request_from_args(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from systemvm.seed import seed
+        from systemvm.seed.install import seed
 
         result = seed(request_from_args(args))
     except UserError as exc:

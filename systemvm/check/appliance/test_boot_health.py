@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.appliance.target import boot_epoch, run_ok
+from systemvm.check.appliance.target import boot_epoch, run_ok
 
 pytestmark = pytest.mark.live
 

@@ -13,7 +13,7 @@ import shlex
 import pytest
 
 from systemvm import contract, testagent
-from tests.appliance.target import run_ok
+from systemvm.check.appliance.target import run_ok
 
 pytestmark = pytest.mark.live
 

@@ -1,17 +1,17 @@
-"""Run the appliance suite (tests/appliance) against one System VM booted through the harness.
+"""Run the appliance suite (systemvm/check/appliance) against one System VM booted through the harness.
 
-Boot (``systemvm.harness.boot_system_vm``), wait for the agent's startup message on agent roles, run
-pytest on ``tests/appliance`` with testinfra's paramiko backend on 3922 and the harness's key, keep the
-console log and ``/var/log/cloud.log`` when a check fails, tear the VM down (always), and write under
+Boot (``systemvm.boot.harness.boot_system_vm``), wait for the agent's startup message on agent roles, run
+pytest on ``systemvm/check/appliance`` with testinfra's paramiko backend on 3922 and the harness's key,
+keep the console log and ``/var/log/cloud.log`` when a check fails, tear the VM down (always), and write under
 ``artifacts/<version>/reports/``::
 
     <label>.xml           JUnit XML (pytest --junitxml)
-    <label>.md            the human report (systemvm.report)
+    <label>.md            the human report (systemvm.check.report)
     <label>.params.json   what the suite was told
     <label>.result.json   status and counts, read by the matrix
     <label>.console.log   <label>.cloud.log   only when a check failed
 
-``python -m systemvm.suite --hypervisor kvm --flavour amd64 --role secstorage`` is what ``invoke test``
+``python -m systemvm.check.suite --hypervisor kvm --flavour amd64 --role secstorage`` is what ``invoke test``
 and each matrix cell run; the exit status is 0 only when every check passed.
 """
 
@@ -29,13 +29,16 @@ from typing import Any
 
 from systemvm import naming
 from systemvm.atomic import atomic_path
+from systemvm.check.report import RunSummary, parse_junit, write_report
 from systemvm.contract import AGENT_ROLES, ROLES
 from systemvm.errors import UserError
 from systemvm.progress import phase, say
-from systemvm.report import RunSummary, parse_junit, write_report
 
-REPO = Path(__file__).resolve().parents[1]
-SUITE_DIR = REPO / "tests" / "appliance"
+REPO = Path(__file__).resolve().parents[2]
+# The testinfra checks ship inside the package (package data): an installed package runs them from anywhere.
+SUITE_DIR = Path(__file__).resolve().parent / "appliance"
+# The directory that holds the systemvm package: the checks import systemvm.check.appliance.target from it.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES_DIR = REPO / "elements" / "systemvm-packages"
 DEFAULT_VERSION = "4.20.0"
 DEFAULT_ARTIFACTS = REPO / "artifacts"
@@ -53,6 +56,11 @@ class SuiteOutcome:
     note: str = ""
 
 
+def check_node(module: str) -> str:
+    """The node-id prefix of one module of the shipped checks: ``check_node("test_ssh_access.py") + name``."""
+    return f"{SUITE_DIR / module}::"
+
+
 def cell_label(hypervisor: str, flavour: str, role: str) -> str:
     return f"{hypervisor}-{flavour}-{role}"
 
@@ -65,8 +73,9 @@ def _write_json(path: Path, data: Any) -> None:
 def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[str] | None = None) -> Path:
     """Run pytest on the appliance suite with ``params``; return the JUnit XML path (pytest's exit is
     read from the XML). Works for any target testinfra reaches: a VM, a chroot, the local host.
-    ``select``: node ids (``tests/appliance/test_haproxy.py::test_haproxy_is_installed``) to run instead of
-    the whole suite."""
+    ``select``: node ids (``check_node("test_haproxy.py") + "test_haproxy_is_installed"``) to run instead
+    of the whole suite."""
+    out_dir = Path(out_dir).resolve()  # pytest runs in the suite's directory: every path it gets is absolute
     params_file = out_dir / f"{label}.params.json"
     _write_json(params_file, params)
     junit = out_dir / f"{label}.xml"
@@ -84,10 +93,12 @@ def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[s
         "addopts=",
         "-q",
         "-rfE",
+        f"--rootdir={SUITE_DIR}",
         f"--junitxml={junit}",
     ]
-    env = {**os.environ, PARAMS_ENV: str(params_file), "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(command, cwd=REPO, env=env, text=True, capture_output=True)
+    python_path = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, PARAMS_ENV: str(params_file), "PYTHONPATH": python_path}
+    proc = subprocess.run(command, cwd=SUITE_DIR, env=env, text=True, capture_output=True)
     (out_dir / f"{label}.pytest.log").write_text(proc.stdout + proc.stderr)
     if not junit.is_file():
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
@@ -98,7 +109,7 @@ def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[s
 
 
 def _fetch_cloud_log(vm: Any) -> str:
-    from systemvm import sshwait
+    from systemvm.boot import sshwait
 
     text = sshwait.try_ssh(
         vm.target.host, vm.target.port, vm.key_file, command="cat /var/log/cloud.log 2>&1 || true"
@@ -116,11 +127,12 @@ def run_appliance_test(
 ) -> SuiteOutcome:
     """Boot, check, collect, tear down, report. Never raises for failed checks; raises UserError for
     bad input (unknown role, missing artifact)."""
-    from systemvm.harness import boot_system_vm
+    from systemvm.boot.harness import boot_system_vm
 
     if role not in ROLES:
         raise UserError(f"unknown role '{role}': use one of {', '.join(ROLES)}")
     label = cell_label(hypervisor, flavour, role)
+    artifacts = Path(artifacts).resolve()
     version_dir = naming.version_dir(Path(artifacts), version)
     if not version_dir.is_dir():
         raise UserError(f"no artifacts for version {version} in {artifacts}: build it first (invoke build)")
@@ -189,7 +201,7 @@ def run_appliance_test(
 def api_only(hypervisor: str) -> bool:
     """True when the hypervisor's settings say its endpoint runs no guests (``api_only = true``: the XAPI
     stand-in, vcsim): the matrix then runs the driver's API flow instead of the appliance checks."""
-    from systemvm import settings
+    from systemvm.boot.hypervisors import settings
 
     if hypervisor == "kvm":
         return False
@@ -213,11 +225,12 @@ def run_api_flow(
     the driver's whole API flow against an endpoint that boots no guest. One row in the report."""
     import tempfile
 
-    from hypervisors.base import BootRequest, new_run_prefix
-    from hypervisors.registry import get_driver
-    from systemvm import harness, sshwait
+    from systemvm.boot import harness, sshwait
+    from systemvm.boot.hypervisors.base import BootRequest, new_run_prefix
+    from systemvm.boot.hypervisors.registry import get_driver
 
     label = cell_label(hypervisor, flavour, role)
+    artifacts = Path(artifacts).resolve()
     version_dir = naming.version_dir(Path(artifacts), version)
     out_dir = version_dir / "reports"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +307,9 @@ def api_flow_junit(hypervisor: str, seconds: float, failure: str | None) -> byte
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m systemvm.suite", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m systemvm.check.suite", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--hypervisor", default="kvm")
     parser.add_argument("--flavour", default="amd64", choices=naming.FLAVOURS)
     parser.add_argument("--role", default="secstorage", choices=ROLES)

@@ -21,7 +21,7 @@ from lxml import etree
 
 from systemvm.atomic import atomic_path, require_free_space
 from systemvm.errors import UserError
-from systemvm.formats.vmdk import VmdkError, check_stream_vmdk, write_stream_vmdk
+from systemvm.export.formats.vmdk import VmdkError, check_stream_vmdk, write_stream_vmdk
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
@@ -60,7 +60,7 @@ def default_schema_dir() -> Path:
     explicit = os.environ.get("SYSTEMVM_OVF_SCHEMAS")
     if explicit:
         return Path(explicit)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "schemas" / "ovf"
+    return Path(__file__).resolve().parents[4] / "shared" / "schemas" / "ovf"
 
 
 class _OfflineResolver(etree.Resolver):

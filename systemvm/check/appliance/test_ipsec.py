@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from systemvm.check.appliance.target import parse_plugins, run_ok
 from systemvm.contract import ROLE_SERVICES
-from tests.appliance.target import parse_plugins, run_ok
 
 CHARON = "/usr/lib/ipsec/charon"
 PLUGIN_DIR = "/usr/lib/ipsec/plugins"

@@ -1,7 +1,7 @@
 """The appliance suite: testinfra checks run against one booted System VM (or a chroot of the image).
 
 The suite runs only when a target is given: ``SYSTEMVM_APPLIANCE_PARAMS=/path/params.json pytest
-tests/appliance``. A plain ``pytest`` of the repository skips this directory. ``systemvm.suite`` writes
+systemvm/check/appliance``. Without that variable nothing here is collected. ``systemvm.check.suite`` writes
 the parameters file after booting a VM through the harness; its keys:
 
 - ``target``: testinfra host spec (``paramiko://root@127.0.0.1:40022?ssh_identity_file=...``,
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.appliance.target import PARAMS_ENV, Params, load_params
+from systemvm.check.appliance.target import PARAMS_ENV, Params, load_params
 
 # Guard: without a target nothing here is collected (a plain `pytest` of the repository stays fast).
 collect_ignore_glob = [] if os.environ.get(PARAMS_ENV) else ["test_*.py"]

@@ -1,1 +1,0 @@
-"""One driver per hypervisor, behind the interface in :mod:`hypervisors.base`."""
