@@ -11,10 +11,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from systemvm import naming
+from systemvm import defaults, naming
 from systemvm.boot import sshwait
 from systemvm.boot.qemu import QemuVM
-from systemvm.build import aptcache
 from systemvm.build.image import build_flavours
 from systemvm.progress import human_bytes, say
 
@@ -28,7 +27,7 @@ def cold_cache() -> Iterator[None]:
     After a successful cold build its fresh cache stays (the warm build that follows uses it) and the old
     one is deleted; after a failure the old cache is put back.
     """
-    root = aptcache.cache_root()
+    root = defaults.cache_root()
     aside = root.with_name(root.name + ".bench-aside")
     if root.exists():
         shutil.rmtree(aside, ignore_errors=True)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from systemvm import hosttools
+from systemvm import defaults, hosttools
 from systemvm.build import aptcache, mirror
 from systemvm.errors import UserError, tool_failed
 from systemvm.progress import phase, say
@@ -266,7 +266,7 @@ def check_host_packages(
     packages = hosttools.read_host_packages(packages_file or hosttools.host_packages_file())
     debian = mirror.debian_mirror(mirror_url)
     native = hosttools.host_arch()
-    cache = aptcache.cache_root() / "clean-room"
+    cache = defaults.cache_root() / "clean-room"
     cache.mkdir(parents=True, exist_ok=True)
     logs = cache / "logs"
     logs.mkdir(exist_ok=True)

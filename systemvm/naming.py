@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FLAVOURS = ("amd64", "i386")
+from systemvm import defaults
+
+FLAVOURS = defaults.FLAVOURS
 # Debian architecture -> the architecture word CloudStack uses in file names and metadata.ini
 ARCH_OF = {"amd64": "x86_64", "i386": "i386"}
 
@@ -16,7 +18,7 @@ def flavours(choice: str) -> list[str]:
     if choice == "all":
         return list(FLAVOURS)
     if choice not in FLAVOURS:
-        raise UserError(f"unknown flavour '{choice}': use one of amd64, i386, all")
+        raise UserError(f"unknown flavour '{choice}': use one of {', '.join(FLAVOURS)}, all")
     return [choice]
 
 

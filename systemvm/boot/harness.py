@@ -24,11 +24,10 @@ from systemvm import contract, naming
 from systemvm.boot import sshwait, testnet
 from systemvm.boot.hypervisors.base import BootRequest, Driver, SshTarget, new_run_prefix
 from systemvm.boot.listener import ManagementListener
+from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION, Hypervisor
 from systemvm.errors import UserError
 from systemvm.progress import phase, say
 
-DEFAULT_VERSION = "4.20.0"
-DEFAULT_ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 FORMAT_OF = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova"}
 # CloudStack's names for system VMs: s-<id>-VM, v-<id>-VM, r-<id>-VM
 NAME_LETTER = {"secstorage": "s", "consoleproxy": "v", "router": "r", "vpcrouter": "r", "dhcpsrvr": "r"}
@@ -177,7 +176,7 @@ def boot_system_vm(
     if role not in contract.ROLES:
         raise UserError(f"unknown role '{role}': use one of {', '.join(contract.ROLES)}")
     if artifact is None:
-        artifact = artifact_path(artifacts or DEFAULT_ARTIFACTS, version, flavour, hypervisor)
+        artifact = artifact_path(artifacts or ARTIFACTS_DIR, version, flavour, hypervisor)
     if not Path(artifact).is_file():
         raise UserError(
             f"artifact {artifact} does not exist: build and export it first (invoke build, invoke export)"
@@ -247,7 +246,7 @@ def boot_system_vm(
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def destroy_by_prefix(prefix: str, hypervisors: tuple[str, ...] = ("kvm",)) -> list[str]:
+def destroy_by_prefix(prefix: str, hypervisors: tuple[str, ...] = (Hypervisor.KVM,)) -> list[str]:
     """Remove what runs named ``prefix*`` left on each hypervisor, plus their harness directories."""
     from systemvm.boot.hypervisors.registry import driver_class
 
@@ -281,7 +280,7 @@ def bench_kvm(artifacts: list[Path] | None = None, role: str = "secstorage") -> 
 
     paths = artifacts if artifacts is not None else kvm_artifacts_from_env()
     if not paths:
-        defaults = [artifact_path(DEFAULT_ARTIFACTS, DEFAULT_VERSION, f, "kvm") for f in naming.FLAVOURS]
+        defaults = [artifact_path(ARTIFACTS_DIR, DEFAULT_VERSION, f, "kvm") for f in naming.FLAVOURS]
         paths = [p for p in defaults if p.is_file()]
     if not paths:
         return [("kvm boot (define to SSH on 3922)", "skipped: no KVM artifact (set SYSTEMVM_KVM_QCOW2)")]

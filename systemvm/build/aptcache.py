@@ -19,15 +19,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from systemvm.defaults import cache_root
 from systemvm.errors import UserError
 from systemvm.hosttools import require_tools
-
-
-def cache_root() -> Path:
-    """``$SYSTEMVM_CACHE``, else ``$XDG_CACHE_HOME/systemvm``, else ``~/.cache/systemvm``."""
-    if os.environ.get("SYSTEMVM_CACHE"):
-        return Path(os.environ["SYSTEMVM_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "systemvm"
 
 
 @contextlib.contextmanager

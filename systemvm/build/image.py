@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
+from systemvm import defaults
 from systemvm.build import aptcache, disk, mirror
 
 from systemvm import hosttools, naming
@@ -234,7 +235,7 @@ def bootstrap_cache(flavour: str, include: list[str], sources: str, indexes: dic
         sort_keys=True,
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    root = aptcache.cache_root() / "dib"
+    root = defaults.cache_root() / "dib"
     directory = root / f"bootstrap-{flavour}-{key}"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "key.json").write_text(key_text + "\n")

@@ -25,11 +25,11 @@ from systemvm import naming
 from systemvm.boot.hypervisors import settings
 from systemvm.check.report import render_matrix_table
 from systemvm.contract import ROLES
+from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION, HYPERVISORS, Hypervisor
 from systemvm.errors import UserError
 from systemvm.progress import say
 
 MATRIX_ROLES = ("secstorage", "consoleproxy", "router")
-MATRIX_HYPERVISORS = ("kvm", "xenserver", "vmware")
 VM_MEMORY_MIB = 1024
 QEMU_OVERHEAD_MIB = 384  # QEMU's own memory beside the guest's RAM
 HOST_RESERVE_MIB = 2048  # left for the host, the test runner and libvirtd
@@ -77,7 +77,7 @@ SUMMARY_COLUMNS = ("hypervisor", "flavour", "role", "result", "checks", "boot (s
 
 def configured_hypervisors() -> list[str]:
     """KVM always; XenServer and VMware when their connection settings exist."""
-    return ["kvm"] + [h for h in ("xenserver", "vmware") if settings.is_configured(h)]
+    return [Hypervisor.KVM] + [h for h in HYPERVISORS if h != Hypervisor.KVM and settings.is_configured(h)]
 
 
 def _pick(
@@ -108,7 +108,7 @@ def plan_matrix(
 ) -> list[Cell]:
     """The cells to run, KVM first (it runs for real here), then flavour, then role."""
     available = configured_hypervisors()
-    chosen = _pick(hypervisors, MATRIX_HYPERVISORS, available, "hypervisor", everything=available)
+    chosen = _pick(hypervisors, HYPERVISORS, available, "hypervisor", everything=available)
     unconfigured = [h for h in chosen if h not in available]
     if unconfigured:
         h = unconfigured[0]
@@ -300,10 +300,10 @@ def write_summary(results: Sequence[CellResult], path: Path, wall_seconds: float
 
 
 def bench_matrix(
-    version: str = "4.20.0", artifacts: Path | None = None, jobs: int | None = None
+    version: str = DEFAULT_VERSION, artifacts: Path | None = None, jobs: int | None = None
 ) -> list[tuple[str, str]]:
     """Rows for ``invoke bench``: wall time of the whole KVM matrix (2 flavours x 3 roles) and per cell."""
-    root = Path(artifacts) if artifacts else REPO / "artifacts"
+    root = Path(artifacts) if artifacts else ARTIFACTS_DIR
     from systemvm.boot.harness import artifact_path
 
     missing = [f for f in naming.FLAVOURS if not artifact_path(root, version, f, "kvm").is_file()]

@@ -31,6 +31,7 @@ from systemvm import naming
 from systemvm.atomic import atomic_path
 from systemvm.check.report import RunSummary, parse_junit, write_report
 from systemvm.contract import AGENT_ROLES, ROLES
+from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
 from systemvm.errors import UserError
 from systemvm.progress import phase, say
 
@@ -40,8 +41,6 @@ SUITE_DIR = Path(__file__).resolve().parent / "appliance"
 # The directory that holds the systemvm package: the checks import systemvm.check.appliance.target from it.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES_DIR = REPO / "elements" / "systemvm-packages"
-DEFAULT_VERSION = "4.20.0"
-DEFAULT_ARTIFACTS = REPO / "artifacts"
 AGENT_WAIT_SECONDS = 180.0
 PARAMS_ENV = "SYSTEMVM_APPLIANCE_PARAMS"
 
@@ -122,7 +121,7 @@ def run_appliance_test(
     flavour: str,
     role: str,
     version: str = DEFAULT_VERSION,
-    artifacts: Path = DEFAULT_ARTIFACTS,
+    artifacts: Path = ARTIFACTS_DIR,
     artifact: Path | None = None,
 ) -> SuiteOutcome:
     """Boot, check, collect, tear down, report. Never raises for failed checks; raises UserError for
@@ -218,7 +217,7 @@ def run_api_flow(
     flavour: str,
     role: str,
     version: str = DEFAULT_VERSION,
-    artifacts: Path = DEFAULT_ARTIFACTS,
+    artifacts: Path = ARTIFACTS_DIR,
     artifact: Path | None = None,
 ) -> SuiteOutcome:
     """Import the artifact, create the VM with the role's NICs and command line, start it, destroy it:
@@ -314,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flavour", default="amd64", choices=naming.FLAVOURS)
     parser.add_argument("--role", default="secstorage", choices=ROLES)
     parser.add_argument("--version", default=DEFAULT_VERSION)
-    parser.add_argument("--artifacts", default=str(DEFAULT_ARTIFACTS))
+    parser.add_argument("--artifacts", default=str(ARTIFACTS_DIR))
     parser.add_argument("--artifact", default=None, help="boot this file instead of the exported artifact")
     args = parser.parse_args(argv)
     try:

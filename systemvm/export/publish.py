@@ -21,13 +21,13 @@ from pathlib import Path
 
 from systemvm import naming
 from systemvm.atomic import atomic_path
+from systemvm.defaults import DOWNLOAD_BASE_URL
 from systemvm.errors import UserError
 from systemvm.hosttools import require_tools
 
 SHA512_FILE = "sha512sum.txt"
 MD5_FILE = "md5sum.txt"
 METADATA_FILE = "metadata.ini"
-DEFAULT_BASE_URL = "https://download.cloudstack.org/systemvm"
 
 # format -> (hypervisor word in the section name, section name for x86_64)
 SECTIONS = {"qcow2": ("kvm", "kvm-x86_64"), "ova": ("vmware", "vmware"), "vhd": ("xenserver", "xenserver")}
@@ -147,7 +147,7 @@ def section_name(hypervisor: str, arch: str) -> str:
 
 def default_base_url(version: str) -> str:
     major_minor = ".".join(version.split(".")[:2])
-    return f"{DEFAULT_BASE_URL}/{major_minor}"
+    return f"{DOWNLOAD_BASE_URL}/{major_minor}"
 
 
 def render_metadata(version: str, sha512: dict[str, str], base_url: str) -> str:

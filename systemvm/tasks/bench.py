@@ -7,8 +7,8 @@ from pathlib import Path
 from invoke import task
 
 from systemvm import naming
+from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
 from systemvm.tasks import user_errors
-from systemvm.tasks.build import DEFAULT_VERSION
 
 SECTIONS = "build,boot,export,kvm,xenserver,vmware,seed,matrix"
 
@@ -22,7 +22,9 @@ SECTIONS = "build,boot,export,kvm,xenserver,vmware,seed,matrix"
         "artifacts": "artifacts directory",
     }
 )
-def bench(c, flavour="all", version=DEFAULT_VERSION, sections=SECTIONS, cold=False, artifacts="artifacts"):
+def bench(
+    c, flavour="all", version=DEFAULT_VERSION, sections=SECTIONS, cold=False, artifacts=str(ARTIFACTS_DIR)
+):
     """Benchmarks: build (cold/warm), sizes, QEMU boot to SSH, exports, hypervisor paths, seeding, matrix."""
     from systemvm.bench import bench as run
 

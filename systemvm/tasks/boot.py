@@ -7,9 +7,8 @@ from pathlib import Path
 
 from invoke import task
 
+from systemvm.defaults import DEFAULT_VERSION, HYPERVISORS
 from systemvm.tasks import user_errors
-
-HYPERVISORS = ("kvm", "xenserver", "vmware")
 
 
 @task(
@@ -39,7 +38,7 @@ def boot(
 ):
     """Boot a System VM and print how to reach it over SSH on 3922."""
     with user_errors():
-        from systemvm.boot.harness import DEFAULT_VERSION, boot_system_vm
+        from systemvm.boot.harness import boot_system_vm
         from systemvm.progress import say
 
         options = {"domain_type": domain_type} if domain_type and hypervisor == "kvm" else None

@@ -8,9 +8,8 @@ from pathlib import Path
 from invoke import task
 
 from systemvm import hosttools, naming
+from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
 from systemvm.tasks import user_errors
-
-DEFAULT_VERSION = "4.20.0"
 
 
 @task(
@@ -35,8 +34,8 @@ def build(
     offline=False,
     export=True,
     formats="qcow2,vhd,ova",
-    base_url="https://download.example.org/systemvm",
-    artifacts="artifacts",
+    base_url=None,
+    artifacts=str(ARTIFACTS_DIR),
     size_gib=5,
     jobs=None,
 ):

@@ -10,8 +10,8 @@ from pathlib import Path
 from invoke import task
 
 from systemvm import hosttools, naming
+from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
 from systemvm.tasks import user_errors
-from systemvm.tasks.build import DEFAULT_VERSION
 
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> int:
@@ -42,7 +42,7 @@ def test_environment(artifacts: Path, version: str) -> dict[str, str]:
         "pytest_args": "extra arguments for pytest",
     }
 )
-def ci(c, version=DEFAULT_VERSION, artifacts="artifacts", build=True, pytest_args=""):
+def ci(c, version=DEFAULT_VERSION, artifacts=str(ARTIFACTS_DIR), build=True, pytest_args=""):
     """Lint, build both flavours with all exports, then run every test (unit and e2e)."""
     with user_errors():
         if _run(["ruff", "check", "."]) != 0:

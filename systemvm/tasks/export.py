@@ -6,9 +6,8 @@ from pathlib import Path
 
 from invoke import task
 
+from systemvm.defaults import ARTIFACTS_DIR
 from systemvm.tasks import user_errors
-
-DEFAULT_ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
 @task(
@@ -26,7 +25,7 @@ def export(c, version, flavour="all", formats="qcow2,vhd,ova", base_url=None, ar
         from systemvm import naming
         from systemvm.export.export import epoch_for, export_flavour, parse_formats
 
-        root = Path(artifacts) if artifacts else DEFAULT_ARTIFACTS
+        root = Path(artifacts) if artifacts else ARTIFACTS_DIR
         chosen = parse_formats(formats)
         out_dir = naming.version_dir(root, version)
         for name in naming.flavours(flavour):

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from invoke import task
 
+from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
 from systemvm.tasks import user_errors
-
-DEFAULT_VERSION = "4.20.0"
 
 
 @task(
@@ -32,11 +31,11 @@ def test(
     artifact=None,
 ):
     """Boot one System VM, run the appliance checks over SSH on 3922, report, tear down."""
-    from systemvm.check.suite import DEFAULT_ARTIFACTS, main
+    from systemvm.check.suite import main
 
     with user_errors():
         argv = ["--hypervisor", hypervisor, "--flavour", flavour, "--role", role, "--version", version]
-        argv += ["--artifacts", str(Path(artifacts) if artifacts else DEFAULT_ARTIFACTS)]
+        argv += ["--artifacts", str(Path(artifacts) if artifacts else ARTIFACTS_DIR)]
         if artifact:
             argv += ["--artifact", artifact]
         status = main(argv)
@@ -62,7 +61,7 @@ def matrix(
     from systemvm.progress import say
 
     with user_errors():
-        root = Path(artifacts) if artifacts else m.REPO / "artifacts"
+        root = Path(artifacts) if artifacts else ARTIFACTS_DIR
         cells = m.plan_matrix(hypervisors, flavours, roles)
         limit = m.jobs_for_host(int(jobs) if jobs is not None else None)
         say(f"==> matrix: {len(cells)} cells, {limit} at once")

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from systemvm import naming
+from systemvm.defaults import DOWNLOAD_BASE_URL
 from systemvm.errors import UserError
 from systemvm.export import publish
 from tests.unit.conftest import pattern
@@ -102,7 +103,7 @@ def test_metadata_lists_only_present_artifacts(tmp_path):
     publish.write_metadata(tmp_path, "4.20.0", publish.default_base_url("4.20.0"))
     meta = publish.parse_metadata(tmp_path / "metadata.ini")
     assert list(meta) == ["default", "xenserver"]
-    assert meta["xenserver"]["downloadurl"] == f"https://download.cloudstack.org/systemvm/4.20/{name}"
+    assert meta["xenserver"]["downloadurl"] == f"{DOWNLOAD_BASE_URL}/4.20/{name}"
 
 
 def test_bad_checksum_line_is_one_clear_error(tmp_path):

@@ -42,7 +42,7 @@ from systemvm.atomic import atomic_path
 from systemvm.boot import testnet
 from systemvm.boot.hypervisors import accel
 from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
-from systemvm.build.aptcache import cache_root
+from systemvm.defaults import cache_root
 from systemvm.errors import UserError
 from systemvm.hosttools import require_tools
 from systemvm.progress import phase, say

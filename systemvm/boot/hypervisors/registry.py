@@ -5,13 +5,14 @@ from __future__ import annotations
 import importlib
 
 from systemvm.boot.hypervisors.base import Driver
+from systemvm.defaults import Hypervisor
 from systemvm.errors import UserError
 
 # name -> (module, class); modules are imported lazily so one driver's library is not needed by another.
 DRIVERS: dict[str, tuple[str, str]] = {
-    "kvm": ("systemvm.boot.hypervisors.kvm", "KvmDriver"),
-    "xenserver": ("systemvm.boot.hypervisors.xenserver", "XenServerDriver"),
-    "vmware": ("systemvm.boot.hypervisors.vmware", "VmwareDriver"),
+    Hypervisor.KVM: ("systemvm.boot.hypervisors.kvm", "KvmDriver"),
+    Hypervisor.XENSERVER: ("systemvm.boot.hypervisors.xenserver", "XenServerDriver"),
+    Hypervisor.VMWARE: ("systemvm.boot.hypervisors.vmware", "VmwareDriver"),
 }
 
 

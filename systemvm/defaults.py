@@ -1,0 +1,56 @@
+"""Facts the phases share, each defined once: names (roles, flavours, hypervisors), the default version,
+where artifacts go, where caches live, and where published templates are downloaded from.
+
+The enums are ``StrEnum``s: a member is its string (``Role.ROUTER == "router"``), so command-line values,
+file names and JSON keep working unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+
+class Role(StrEnum):
+    """The System VM roles CloudStack boots the template as (the order of :data:`systemvm.contract.ROLES`)."""
+
+    SECSTORAGE = "secstorage"
+    CONSOLEPROXY = "consoleproxy"
+    ROUTER = "router"
+    VPCROUTER = "vpcrouter"
+    DHCPSRVR = "dhcpsrvr"
+
+
+class Flavour(StrEnum):
+    """Debian architectures the template is built for."""
+
+    AMD64 = "amd64"
+    I386 = "i386"
+
+
+class Hypervisor(StrEnum):
+    """Hypervisors the harness boots the exports on (one driver each in :mod:`systemvm.boot.hypervisors`)."""
+
+    KVM = "kvm"
+    XENSERVER = "xenserver"
+    VMWARE = "vmware"
+
+
+ROLES: tuple[Role, ...] = tuple(Role)
+FLAVOURS: tuple[Flavour, ...] = tuple(Flavour)
+HYPERVISORS: tuple[Hypervisor, ...] = tuple(Hypervisor)
+
+DEFAULT_VERSION = "4.20.0"
+# Output of every phase: <ARTIFACTS_DIR>/<version>/... Relative, so it is ./artifacts of the directory the
+# tasks run in (the repository's root for `invoke`).
+ARTIFACTS_DIR = Path("artifacts")
+# Where metadata.ini points when no --base-url is given: a placeholder, to be replaced by the real mirror.
+DOWNLOAD_BASE_URL = "https://download.example.org/systemvm"
+
+
+def cache_root() -> Path:
+    """``$SYSTEMVM_CACHE``, else ``$XDG_CACHE_HOME/systemvm``, else ``~/.cache/systemvm``."""
+    if os.environ.get("SYSTEMVM_CACHE"):
+        return Path(os.environ["SYSTEMVM_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "systemvm"
