@@ -15,6 +15,7 @@ from systemvm import defaults, naming
 from systemvm.boot import sshwait
 from systemvm.boot.qemu import QemuVM
 from systemvm.build.image import build_flavours
+from systemvm.defaults import Flavour, Hypervisor, Role
 from systemvm.progress import human_bytes, say
 
 Rows = list[tuple[str, str]]
@@ -79,6 +80,44 @@ def bench_qemu_ssh(flavours: list[str], version: str, artifacts: Path) -> Rows:
     return rows
 
 
+def bench_api_flow(hypervisor: Hypervisor, artifact: Path) -> Rows:
+    """The driver's API flow (import, create, start, destroy) on the configured endpoint, as ``invoke
+    matrix`` runs it; a one-line skip when no connection settings are configured for ``hypervisor``."""
+    from systemvm.boot.hypervisors import settings
+    from systemvm.boot.hypervisors.base import BootRequest, new_run_prefix
+    from systemvm.boot.hypervisors.registry import get_driver
+    from systemvm.contract import BootArgs
+
+    if not settings.is_configured(hypervisor):
+        line = (
+            f"skipped: no [{hypervisor}] settings (SYSTEMVM_{hypervisor.upper()}_URL or "
+            f"[{hypervisor}] in {settings.config_path()})"
+        )
+        say(f"    {line}")
+        return [(f"{hypervisor}", line)]
+    rows: Rows = []
+    with tempfile.TemporaryDirectory(prefix="svmt-bench-") as tmp:
+        _, public = sshwait.make_keypair(Path(tmp))
+        request = BootRequest(
+            artifact=artifact,
+            flavour=Flavour.AMD64,
+            boot_args=BootArgs(Role.SECSTORAGE, "s-1-VM", [("169.254.3.4", "255.255.0.0")], public),
+            run_prefix=new_run_prefix(),
+            work_dir=Path(tmp),
+        )
+        driver = get_driver(hypervisor)
+        start = time.monotonic()
+        try:
+            driver.import_and_start(request)
+            rows.append((f"{hypervisor}: import to started", f"{time.monotonic() - start:.2f} s"))
+            rows += [(f"{hypervisor}: {k}", f"{v:.2f} s") for k, v in sorted(driver.timings.items())]
+        finally:
+            start = time.monotonic()
+            driver.destroy()
+            rows.append((f"{hypervisor}: destroy", f"{time.monotonic() - start:.2f} s"))
+    return rows
+
+
 def run_section(name: str, fn: Callable[[], Rows]) -> Rows:
     say(f"==> bench: {name}")
     try:
@@ -117,18 +156,10 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
 
         qcow2 = [vdir / naming.export_name(version, f, "qcow2") for f in flavours]
         rows += run_section("kvm", lambda: bench_kvm([p for p in qcow2 if p.exists()]))
-    if "xenserver" in sections:
-        from tests.standins.xapi import bench_xenserver
-
-        rows += run_section(
-            "xenserver", lambda: bench_xenserver(vdir / naming.export_name(version, "amd64", "vhd"))
-        )
-    if "vmware" in sections:
-        from tests.standins.vcsim.bench import bench_vmware
-
-        rows += run_section(
-            "vmware", lambda: bench_vmware(vdir / naming.export_name(version, "amd64", "ova"))
-        )
+    for hypervisor, fmt in ((Hypervisor.XENSERVER, "vhd"), (Hypervisor.VMWARE, "ova")):
+        if hypervisor in sections:
+            artifact = vdir / naming.export_name(version, Flavour.AMD64, fmt)
+            rows += run_section(hypervisor, lambda h=hypervisor, a=artifact: bench_api_flow(h, a))
     if "seed" in sections:
         from systemvm.seed.install import bench_seed
 

@@ -224,7 +224,7 @@ def boot_system_vm(
             cmdline=plan.boot_args.to_cmdline(),
             driver=driver,
             work_dir=run_dir,
-            timings={"ssh": time.monotonic() - started, **getattr(driver, "timings", {})},
+            timings={"ssh": time.monotonic() - started, **driver.timings},
         )
         if with_patch:
             with phase("deliver the patch and wait for boot_up_done"):

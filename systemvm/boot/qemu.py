@@ -17,6 +17,7 @@ from pathlib import Path
 
 from systemvm import contract
 from systemvm.boot import qga, sshwait, testnet
+from systemvm.export import detect
 from systemvm.hosttools import require_tools
 
 
@@ -30,8 +31,7 @@ def qemu_accel() -> str:
 
 
 def disk_format(path: Path) -> str:
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+    return "qcow2" if detect.kind_of(path) == "qcow2" else "raw"
 
 
 class QemuVM:

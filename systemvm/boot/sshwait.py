@@ -13,14 +13,22 @@ import paramiko
 from systemvm.hosttools import require_tools
 
 
-def try_ssh(host: str, port: int, key_file: Path, user: str = "root", command: str = "true") -> str | None:
-    """Run ``command`` over SSH; return its stdout, or None when SSH does not answer (yet)."""
+def banner_missing(host: str, port: int) -> str | None:
+    """None when ``host:port`` greets with an SSH banner, else why not (one line). A bare connect proves
+    nothing: slirp and NAT accept any TCP connection on a forwarded port."""
     try:
         with socket.create_connection((host, port), timeout=5) as probe:
             probe.settimeout(5)
-            if not probe.recv(4).startswith(b"SSH-"):
+            if probe.recv(4).startswith(b"SSH-"):
                 return None
-    except OSError:
+            return "an answer that is not an SSH banner"
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+
+
+def try_ssh(host: str, port: int, key_file: Path, user: str = "root", command: str = "true") -> str | None:
+    """Run ``command`` over SSH; return its stdout, or None when SSH does not answer (yet)."""
+    if banner_missing(host, port) is not None:
         return None
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
@@ -67,6 +75,26 @@ def wait_for_ssh(
             return time.monotonic() - start
         time.sleep(2)
     raise TimeoutError(f"SSH on {host}:{port} did not answer within {timeout:.0f} s")
+
+
+def wait_for_banner(
+    host: str, port: int, timeout: float, alive: Callable[[], bool] | None = None
+) -> float:
+    """Without a private key: poll until ``host:port`` greets with an SSH banner; return the seconds it took.
+
+    ``alive()`` returning False ends the wait early. Raises TimeoutError with the last reason.
+    """
+    start = time.monotonic()
+    last = "no answer"
+    while time.monotonic() - start < timeout:
+        if alive is not None and not alive():
+            raise TimeoutError("the VM stopped before SSH on 3922 answered")
+        reason = banner_missing(host, port)
+        if reason is None:
+            return time.monotonic() - start
+        last = reason
+        time.sleep(2)
+    raise TimeoutError(f"SSH on {host}:{port} did not answer within {timeout:.0f} s (last: {last})")
 
 
 def make_keypair(directory: Path, name: str = "id_ed25519") -> tuple[Path, str]:

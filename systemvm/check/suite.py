@@ -252,7 +252,7 @@ def run_api_flow(
         driver = get_driver(hypervisor)
         try:
             with phase(f"{hypervisor} API flow for {flavour} {role} (import, create, start, destroy)"):
-                driver.import_and_start(request)  # type: ignore[attr-defined]
+                driver.import_and_start(request)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - the flow's failure is the result

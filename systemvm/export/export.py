@@ -17,24 +17,11 @@ from pathlib import Path
 from systemvm import naming
 from systemvm.atomic import atomic_path, require_free_space
 from systemvm.errors import UserError
-from systemvm.export import publish
+from systemvm.export import detect, publish
 from systemvm.progress import human_bytes, phase
 
 FORMATS = ("qcow2", "vhd", "ova")
 HEADROOM = 64 * 2**20
-
-# magic bytes of image formats that are not raw disks: (offset, bytes, name)
-_MAGICS = (
-    (0, b"QFI\xfb", "qcow2"),
-    (0, b"conectix", "VHD"),
-    (0, b"KDMV", "VMDK"),
-    (0, b"# Disk DescriptorFile", "VMDK descriptor"),
-    (0, b"vhdxfile", "VHDX"),
-    (0, b"BZh", "bzip2"),
-    (0, b"\x1f\x8b", "gzip"),
-    (0, b"\xfd7zXZ\x00", "xz"),
-    (257, b"ustar", "tar/OVA"),
-)
 
 
 def parse_formats(text: str | list[str]) -> list[str]:
@@ -64,10 +51,11 @@ def check_raw_disk(raw: Path) -> int:
         head = f.read(512)
         f.seek(max(0, size - 512))
         tail = f.read(512)
-    for offset, magic, name in _MAGICS:
-        if head[offset : offset + len(magic)] == magic:
-            raise UserError(f"source disk {raw} is a {name} file, not a raw disk: export from the .raw image")
-    if tail[:8] == b"conectix":
+    kind = detect.kind_of_bytes(head)
+    if kind != "raw":
+        name = detect.DESCRIPTION[kind]
+        raise UserError(f"source disk {raw} is a {name} file, not a raw disk: export from the .raw image")
+    if detect.kind_of_bytes(b"", tail) == "vhd":
         raise UserError(f"source disk {raw} is a fixed VHD, not a raw disk: export from the .raw image")
     if size == 0 or size % 512:
         raise UserError(

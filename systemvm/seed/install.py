@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from systemvm.errors import UserError
+from systemvm.export import detect
 from systemvm.hosttools import require_tools
 from systemvm.progress import human_bytes, phase, say
 from systemvm.seed.db import DB_PROPERTIES, DbConfig, connect, newest_system_template, update_template
@@ -142,20 +143,8 @@ def parse_properties(text: str) -> dict[str, str]:
 
 def image_kind(path: Path) -> str:
     """``qcow2``, ``vhd`` (dynamic or fixed), ``ova`` (a tar) or ``raw``, from the file's bytes."""
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-        if head.startswith(b"QFI\xfb"):
-            return "qcow2"
-        if head.startswith(b"conectix"):
-            return "vhd"
-        if len(head) >= 262 and head[257:262] == b"ustar":
-            return "ova"
-        size = os.fstat(handle.fileno()).st_size
-        if size >= 512:
-            handle.seek(size - 512)
-            if handle.read(8) == b"conectix":
-                return "vhd"
-    return "raw"
+    kind = detect.kind_of(path)
+    return kind if kind in ("qcow2", "vhd", "ova") else "raw"
 
 
 FORMAT_OF_EXT = {"qcow2": "qcow2", "vhd": "vhd", "ova": "ova", "raw": "raw", "img": "raw"}

@@ -16,24 +16,12 @@ from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
 from systemvm.errors import UserError
+from systemvm.export.detect import compression_of
 
 OUT_CHUNK = 1 << 20  # at most this many decompressed bytes per yielded chunk
 SPARSE_BLOCK = 64 << 10
 
-MAGICS = (
-    (b"BZh", "bz2"),
-    (b"\x1f\x8b", "gzip"),
-    (b"\xfd7zXZ\x00", "xz"),
-    (b"PK\x03\x04", "zip"),
-)
-
-
-def compression_of(head: bytes) -> str:
-    """``bz2``, ``gzip``, ``xz``, ``zip`` or ``none`` from the first bytes of an artifact."""
-    for magic, kind in MAGICS:
-        if head.startswith(magic):
-            return kind
-    return "none"
+__all__ = ["Decompressor", "SparseWriter", "compression_of"]
 
 
 class _Engine(Protocol):

@@ -65,7 +65,7 @@ def vms_with_prefix(vcsim: Vcsim, prefix: str) -> list[str]:  # noqa: F811
 def test_import_configure_power_on_and_destroy(vcsim: Vcsim, ova: Path) -> None:  # noqa: F811
     request = boot_request(ova)
     driver = VmwareDriver(vcsim.settings())
-    address = driver.import_and_start(request)
+    address = driver.import_and_start(request).host
     try:
         assert driver.warnings == []
         assert address == "192.0.2.10"  # secstorage on VMware: control NIC is eth1
@@ -95,7 +95,7 @@ def test_import_configure_power_on_and_destroy(vcsim: Vcsim, ova: Path) -> None:
 def test_router_gets_two_nics_and_its_address(vcsim: Vcsim, ova: Path) -> None:  # noqa: F811
     request = boot_request(ova, role="router")
     with VmwareDriver(vcsim.settings()) as driver:
-        assert driver.import_and_start(request) == "192.0.2.10"
+        assert driver.import_and_start(request).host == "192.0.2.10"
         nics = [d for d in driver.vm.config.hardware.device if "Vmxnet3" in d.__class__.__name__]
         assert len(nics) == 2
     assert vms_with_prefix(vcsim, request.run_prefix) == []

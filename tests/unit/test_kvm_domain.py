@@ -163,14 +163,14 @@ def test_runs_starting_together_decompress_an_artifact_once(
     packed.write_bytes(bz2.compress(plain.read_bytes()))
     cache = tmp_path / "cache"
     calls: list[Path] = []
-    real = kvm._decompress_bz2
+    real = kvm.decompress_bz2
 
     def slow_decompress(source: Path, target: Path) -> None:
         calls.append(target)
         time.sleep(0.3)  # long enough for the other threads to reach the lock
         real(source, target)
 
-    monkeypatch.setattr(kvm, "_decompress_bz2", slow_decompress)
+    monkeypatch.setattr(kvm, "decompress_bz2", slow_decompress)
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         paths = list(pool.map(lambda _: kvm.prepare_artifact(packed, cache), range(3)))
     assert len(calls) == 1

@@ -52,6 +52,9 @@ class Driver(abc.ABC):
     """One hypervisor. Subclasses take their connection settings in ``__init__``."""
 
     name: str = "base"
+    # seconds per step of the last create()/import_and_start() (e.g. "import", "start", "ssh"); every
+    # driver sets it in __init__
+    timings: dict[str, float]
 
     @abc.abstractmethod
     def create(self, request: BootRequest) -> SshTarget:
@@ -61,6 +64,11 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def destroy(self) -> None:
         """Remove everything this driver created. Safe to call twice and after a partial create."""
+
+    def import_and_start(self, request: BootRequest) -> SshTarget:
+        """Everything up to a started VM, without waiting for SSH; return where SSH will answer. The API
+        flow (an endpoint that runs no guest: vcsim, the XAPI stand-in) stops here. Default: ``create``."""
+        return self.create(request)
 
     def console_log(self) -> str:
         return ""

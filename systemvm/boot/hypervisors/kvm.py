@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import base64
-import bz2
 import contextlib
 import dataclasses
 import fcntl
@@ -39,19 +38,19 @@ from lxml import etree
 
 from systemvm import contract
 from systemvm.atomic import atomic_path
-from systemvm.boot import testnet
+from systemvm.boot import sshwait, testnet
 from systemvm.boot.hypervisors import accel
 from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
 from systemvm.defaults import cache_root
 from systemvm.errors import UserError
+from systemvm.export import detect
+from systemvm.export.decompress import decompress_bz2
 from systemvm.hosttools import require_tools
 from systemvm.progress import phase, say
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 CMDLINE_PATH = "/var/cache/cloud/cmdline"
-QCOW2_MAGIC = b"QFI\xfb"
-BZIP2_MAGIC = b"BZh"
 CONTROL_BRIDGE = "cloud0"
 WORK_SUFFIX = "-kvm"
 FIRST_NIC_SLOT = 0x10  # PCI slot of the first test-mode NIC; libvirt fills the low slots
@@ -225,21 +224,6 @@ def _sha512(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _magic(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(4)
-
-
-def _decompress_bz2(source: Path, target: Path) -> None:
-    tool = shutil.which("lbzip2") or shutil.which("bzip2")
-    if tool:
-        with open(target, "wb") as out:
-            subprocess.run([tool, "-dc", str(source)], stdout=out, check=True)
-        return
-    with bz2.open(source, "rb") as src, open(target, "wb") as out:
-        shutil.copyfileobj(src, out, 1 << 20)
-
-
 DECOMPRESS_LOCK = ".decompress.lock"
 
 
@@ -269,8 +253,8 @@ def prepare_artifact(artifact: Path, cache: Path | None = None) -> Path:
     artifact = Path(artifact).resolve()
     if not artifact.is_file():
         raise UserError(f"artifact {artifact} does not exist: build and export it first (invoke export)")
-    magic = _magic(artifact)
-    if magic.startswith(BZIP2_MAGIC):
+    kind = detect.kind_of(artifact)
+    if kind == "bz2":
         cache = cache or cache_dir()
         cache.mkdir(parents=True, exist_ok=True)
         target = cache / f"{_sha512(artifact)}.qcow2"
@@ -278,13 +262,13 @@ def prepare_artifact(artifact: Path, cache: Path | None = None) -> Path:
             with _decompress_lock(cache):
                 if not target.is_file():  # another run may have made it while we waited
                     with phase(f"decompress {artifact.name} to {target}"), atomic_path(target) as tmp:
-                        _decompress_bz2(artifact, tmp)
-                        if _magic(tmp) != QCOW2_MAGIC:
+                        decompress_bz2(artifact, tmp)
+                        if detect.kind_of(tmp) != "qcow2":
                             raise UserError(
                                 f"{artifact} does not hold a qcow2 disk: give KVM the *-kvm.qcow2.bz2 export"
                             )
         return target
-    if magic != QCOW2_MAGIC:
+    if kind != "qcow2":
         raise UserError(
             f"{artifact} is not a qcow2 disk (nor a bzip2 of one): give KVM the *-kvm.qcow2.bz2 export"
         )
@@ -362,24 +346,6 @@ def deliver_cmdline(
             last = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         time.sleep(2.0)
     raise TimeoutError(f"qemu-guest-agent did not take the command line within {timeout:.0f} s ({last})")
-
-
-def wait_for_ssh_banner(host: str, port: int, timeout: float, alive: Callable[[], bool]) -> float:
-    """Without a private key: wait until ``host:port`` greets with an SSH banner (slirp accepts any TCP
-    connection on a forwarded port, so a bare connect proves nothing)."""
-    import socket
-
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if not alive():
-            raise TimeoutError("the VM stopped before SSH on 3922 answered")
-        with contextlib.suppress(OSError):
-            with socket.create_connection((host, port), timeout=5) as probe:
-                probe.settimeout(5)
-                if probe.recv(4).startswith(b"SSH-"):
-                    return time.monotonic() - start
-        time.sleep(2.0)
-    raise TimeoutError(f"SSH on {host}:{port} did not answer within {timeout:.0f} s")
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -500,11 +466,9 @@ class KvmDriver(Driver):
             key_file = self.key_file or getattr(request, "ssh_key_file", None)
             with phase(f"wait for SSH on 3922 ({host}:{port})"):
                 if key_file is not None:
-                    from systemvm.boot import sshwait
-
                     sshwait.wait_for_ssh(host, port, Path(key_file), remaining, alive=self._alive)
                 else:
-                    wait_for_ssh_banner(host, port, remaining, self._alive)
+                    sshwait.wait_for_banner(host, port, remaining, self._alive)
         except TimeoutError as exc:
             raise BootFailure(f"{self.domain_name}: {exc}", self.console_tail()) from None
         self.timings["ssh"] = time.monotonic() - started

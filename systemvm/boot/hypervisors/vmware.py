@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import socket
 import ssl
 import tarfile
 import time
@@ -33,10 +32,12 @@ from lxml import etree
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
+from systemvm.boot import sshwait
 from systemvm.boot.hypervisors import settings as settings_mod
 from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
 from systemvm.contract import SSH_PORT, control_nic, nic_count
 from systemvm.errors import UserError
+from systemvm.export import detect
 from systemvm.progress import phase, say
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -73,9 +74,7 @@ def read_ova_descriptor(path: Path) -> tuple[str, dict[str, tarfile.TarInfo]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"artifact {path} does not exist: export it with 'invoke export --formats ova'")
-    with open(path, "rb") as f:
-        magic = f.read(3)
-    if magic == b"BZh":
+    if detect.kind_of(path) == "bz2":
         raise UserError(f"artifact {path} is bzip2-compressed: VMware takes the -vmware.ova file as exported")
     try:
         with tarfile.open(path, "r:") as tar:
@@ -130,6 +129,7 @@ class VmwareDriver(Driver):
         self.lease: vim.HttpNfcLease | None = None
         self.warnings: list[str] = []
         self.vm_name: str | None = None
+        self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------------ connection
 
@@ -439,15 +439,15 @@ class VmwareDriver(Driver):
         )
         self._wait(self.vm.ReconfigVM_Task(spec), f"reconfiguring {self.vm_name}")
 
-    def import_and_start(self, request: BootRequest) -> str:
-        """Import, configure, power on; return the control NIC's address (no SSH wait: see wait_for_ssh)."""
+    def import_and_start(self, request: BootRequest) -> SshTarget:
+        """Import, configure, power on; return where SSH will answer (no SSH wait: see wait_for_ssh)."""
         try:
             with phase(f"vmware: import {Path(request.artifact).name}"):
                 self.import_vm(request)
             with phase(f"vmware: configure and power on {self.vm_name}"):
                 self.configure_vm(request)
                 self._wait(self.vm.PowerOnVM_Task(), f"powering on {self.vm_name}")
-            return control_address(request)
+            return SshTarget(host=control_address(request), port=SSH_PORT)
         except BaseException:
             self.destroy()
             raise
@@ -455,29 +455,21 @@ class VmwareDriver(Driver):
     @staticmethod
     def wait_for_ssh(host: str, port: int = SSH_PORT, timeout: float = 300.0) -> None:
         """Wait until an SSH server answers at host:port (its banner starts with ``SSH-``)."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection((host, port), timeout=5) as conn:
-                    conn.settimeout(5)
-                    if conn.recv(4).startswith(b"SSH-"):
-                        return
-                    last = "an answer that is not an SSH banner"
-            except OSError as exc:
-                last = _fault_text(exc)
-            time.sleep(2)
-        raise UserError(f"vmware: SSH on {host}:{port} did not answer within {timeout:.0f} s (last: {last})")
+        try:
+            sshwait.wait_for_banner(host, port, timeout)
+        except TimeoutError as exc:
+            raise UserError(f"vmware: {exc}") from None
 
     def create(self, request: BootRequest) -> SshTarget:
-        host = self.import_and_start(request)
+        target = self.import_and_start(request)
+        host = target.host
         try:
             with phase(f"vmware: wait for SSH on {host}:{SSH_PORT}"):
                 self.wait_for_ssh(host, SSH_PORT, request.ssh_timeout)
         except BaseException:
             self.destroy()
             raise
-        return SshTarget(host=host, port=SSH_PORT)
+        return target
 
     # ------------------------------------------------------------------------------------ teardown
 

@@ -15,13 +15,12 @@ verify_tls (on unless set to false).
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import http.client
 import os
-import shutil
 import socket
 import ssl
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -32,16 +31,17 @@ from typing import Any
 import XenAPI
 
 from systemvm import contract
+from systemvm.boot import sshwait
 from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
 from systemvm.boot.hypervisors.settings import load_settings, require, verify_tls
 from systemvm.errors import UserError
+from systemvm.export import detect
+from systemvm.export.decompress import decompress_bz2
 from systemvm.progress import human_bytes, phase, say
 
 TEMPLATE = "Other install media"
 CMDLINE_KEY = "vm-data/cloudstack/init"
 NULL_REF = "OpaqueRef:NULL"
-VHD_COOKIE = b"conectix"
-BZ2_MAGIC = b"BZh"
 UPLOAD_CHUNK = 1 << 20
 
 
@@ -67,14 +67,14 @@ def artifact_kind(path: Path) -> str:
     if not path.is_file():
         raise UserError(f"artifact {path} does not exist: run 'invoke export --formats vhd' first")
     with open(path, "rb") as handle:
-        head = handle.read(8)
-        if head.startswith(BZ2_MAGIC):
-            return "vhd.bz2"
+        head = handle.read(detect.HEAD_BYTES)
         size = os.fstat(handle.fileno()).st_size
-        if size >= 512:
-            handle.seek(size - 512)
-            if handle.read(8) == VHD_COOKIE:
-                return "vhd"
+        handle.seek(max(0, size - detect.HEAD_BYTES))
+        tail = handle.read(detect.HEAD_BYTES) if size >= detect.HEAD_BYTES else b""
+    if detect.kind_of_bytes(head) == "bz2":
+        return "vhd.bz2"
+    if detect.kind_of_bytes(b"", tail) == "vhd":  # the footer: a dynamic VHD's header copy is not enough
+        return "vhd"
     raise UserError(
         f"artifact {path} is not a VHD (no 'conectix' footer) nor a bzip2 file: give the -xen.vhd.bz2 export"
     )
@@ -88,9 +88,9 @@ def decompress_artifact(artifact: Path, work_dir: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=".xen-upload-", suffix=".vhd", dir=work_dir)
     target = Path(name)
     try:
-        with os.fdopen(fd, "wb") as out, bz2.open(artifact, "rb") as source:
-            shutil.copyfileobj(source, out, 16 * UPLOAD_CHUNK)
-    except OSError as exc:
+        os.close(fd)
+        decompress_bz2(artifact, target)
+    except (OSError, subprocess.CalledProcessError) as exc:
         target.unlink(missing_ok=True)
         raise UserError(f"cannot decompress {artifact}: {exc}; re-download or re-export it") from None
     except BaseException:
@@ -472,15 +472,11 @@ class XenServerDriver(Driver):
         with phase(f"wait for SSH on {target.host}:{target.port}"):
             try:
                 if target.key_file is not None:
-                    from systemvm.boot import sshwait
-
                     seconds = sshwait.wait_for_ssh(
                         target.host, target.port, Path(target.key_file), timeout, alive=self._alive
                     )
                 else:
-                    from systemvm.boot.hypervisors.kvm import wait_for_ssh_banner
-
-                    seconds = wait_for_ssh_banner(target.host, target.port, timeout, self._alive)
+                    seconds = sshwait.wait_for_banner(target.host, target.port, timeout, self._alive)
             except TimeoutError as exc:
                 raise UserError(
                     f"{self.vm_name}: {exc}; look at the VM's console in XenCenter / 'xl console'"
