@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from pathlib import Path
 from systemvm import defaults, naming
 from systemvm.boot import sshwait
 from systemvm.boot.qemu import QemuVM
-from systemvm.build.image import build_flavours
+from systemvm.build.image import BuildManifest, build_flavours
 from systemvm.defaults import Flavour, Hypervisor, Role
 from systemvm.progress import human_bytes, say
 
@@ -43,7 +44,7 @@ def cold_cache() -> Iterator[None]:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def flavour_of(manifest: dict) -> str:
+def flavour_of(manifest: BuildManifest) -> str:
     return str(manifest["flavour"])
 
 
@@ -149,7 +150,7 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
                 raw = naming.raw_disk(artifacts, version, flavour)
                 rows += [
                     (f"{flavour}: {k}", v)
-                    for k, v in run_section("export", lambda raw=raw, tmp=tmp: bench_export(raw, Path(tmp)))
+                    for k, v in run_section("export", functools.partial(bench_export, raw, Path(tmp)))
                 ]
     if "kvm" in sections:
         from systemvm.boot.harness import bench_kvm
@@ -159,7 +160,7 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
     for hypervisor, fmt in ((Hypervisor.XENSERVER, "vhd"), (Hypervisor.VMWARE, "ova")):
         if hypervisor in sections:
             artifact = vdir / naming.export_name(version, Flavour.AMD64, fmt)
-            rows += run_section(hypervisor, lambda h=hypervisor, a=artifact: bench_api_flow(h, a))
+            rows += run_section(hypervisor, functools.partial(bench_api_flow, hypervisor, artifact))
     if "seed" in sections:
         from systemvm.seed.install import bench_seed
 

@@ -3,8 +3,8 @@
 Flow (one code path on every host, device-mapper or not):
 1. ``disk-image-create`` with our elements and a block-device config of a whole loop device with one ext4
    filesystem and *no partition table* (so no kpartx/device-mapper), output ``raw`` = the filesystem image.
-2. :mod:`systemvm.build.disk` assembles the MBR disk file around it and embeds GRUB (boot.img/core.img made inside
-   the image by elements/systemvm-base, read back with ``debugfs``, no mount needed).
+2. :mod:`systemvm.build.disk` assembles the MBR disk file around it and embeds GRUB (boot.img/core.img
+   made inside the image by elements/systemvm-base, read back with ``debugfs``, no mount needed).
 3. The manifest (JSON) records flavour, release, kernel, packages with versions, sizes, timings, elements,
    git commit and SOURCE_DATE_EPOCH. All is built in a temp dir beside the output and renamed at the end.
 """
@@ -12,6 +12,7 @@ Flow (one code path on every host, device-mapper or not):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -24,11 +25,10 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any, TypedDict
 
-from systemvm import defaults
+from systemvm import defaults, hosttools, naming
 from systemvm.build import aptcache, disk, mirror
-
-from systemvm import hosttools, naming
 from systemvm.errors import UserError, tool_failed
 from systemvm.progress import human_bytes, phase, say
 
@@ -77,6 +77,43 @@ def block_device_config(size_gib: int) -> str:
         options: "defaults,noatime,errors=remount-ro"
         fsck-passno: 1
 """
+
+
+class ManifestSizes(TypedDict):
+    rootfs_bytes: int
+    rootfs_used_bytes: int
+    raw_disk_virtual_bytes: int
+    raw_disk_allocated_bytes: int
+
+
+class ManifestDisk(TypedDict):
+    partition_start_bytes: int
+    core_img_sectors: int
+
+
+class BuildManifest(TypedDict):
+    """``<stem>.manifest.json``: what one flavour's build made (the export adds to ``artifacts``)."""
+
+    flavour: str
+    arch: str
+    version: str
+    debian_release: str
+    debian_mirror: str
+    apt_sources: list[str]
+    apt_suites_skipped: list[str]
+    kernel: str
+    elements: list[str]
+    package_list: list[str]
+    packages: dict[str, str]
+    sizes: ManifestSizes
+    disk: ManifestDisk
+    timings: dict[str, float]
+    bootstrap: dict[str, Any]
+    build_seconds: float
+    offline: bool
+    git_commit: str
+    source_date_epoch: int
+    artifacts: dict[str, Any]
 
 
 def source_date_epoch() -> int:
@@ -285,7 +322,7 @@ def build_flavour(
     offline: bool = False,
     size_gib: int = 5,
     proxy: str | None = None,
-) -> dict:
+) -> BuildManifest:
     """Build one flavour's raw disk and manifest into ``artifacts/<version>/``; return the manifest.
 
     ``proxy``: the URL of an apt-cacher-ng already running (:func:`build_flavours` shares one between
@@ -302,7 +339,8 @@ def build_flavour(
     epoch = source_date_epoch()
     started = time.monotonic()
     timings: dict[str, float] = {}
-    sources, skipped = "", []
+    sources: str = ""
+    skipped: list[str] = []
     work = Path(tempfile.mkdtemp(prefix=f".build-{flavour}-", dir=out_dir))
     try:
         with (
@@ -373,7 +411,7 @@ def build_flavour(
         missing = [p for p in requested_packages(flavour) if p not in packages]
         if missing:
             raise UserError(f"requested packages not installed: {', '.join(missing)}; see {log_path}")
-        manifest = {
+        manifest: BuildManifest = {
             "flavour": flavour,
             "arch": naming.ARCH_OF[flavour],
             "version": version,
@@ -439,7 +477,7 @@ def build_flavours(
     offline: bool = False,
     size_gib: int = 5,
     jobs: int | str | None = None,
-) -> list[dict]:
+) -> list[BuildManifest]:
     """Build several flavours, in parallel up to ``jobs``, sharing one package cache proxy.
 
     The builds share nothing else (each has its own diskimage-builder work dir, loop device and temp
@@ -449,12 +487,14 @@ def build_flavours(
     check_version(version)
     workers = build_jobs(flavours, jobs)
     with aptcache.apt_proxy(offline=offline) as proxy:
-        kwargs = {"mirror_url": mirror_url, "offline": offline, "size_gib": size_gib, "proxy": proxy}
+        one = functools.partial(
+            build_flavour, mirror_url=mirror_url, offline=offline, size_gib=size_gib, proxy=proxy
+        )
         if workers == 1:
-            return [build_flavour(f, version, artifacts, **kwargs) for f in flavours]
+            return [one(f, version, artifacts) for f in flavours]
         say(f"==> building {', '.join(flavours)} in parallel ({workers} at once)")
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build") as pool:
-            futures = [pool.submit(build_flavour, f, version, artifacts, **kwargs) for f in flavours]
+            futures = [pool.submit(one, f, version, artifacts) for f in flavours]
             wait(futures)
         failed = [(f, fut.exception()) for f, fut in zip(flavours, futures, strict=True) if fut.exception()]
         if failed:

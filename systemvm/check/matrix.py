@@ -77,7 +77,8 @@ SUMMARY_COLUMNS = ("hypervisor", "flavour", "role", "result", "checks", "boot (s
 
 def configured_hypervisors() -> list[str]:
     """KVM always; XenServer and VMware when their connection settings exist."""
-    return [Hypervisor.KVM] + [h for h in HYPERVISORS if h != Hypervisor.KVM and settings.is_configured(h)]
+    others = [str(h) for h in HYPERVISORS if h != Hypervisor.KVM and settings.is_configured(h)]
+    return [str(Hypervisor.KVM), *others]
 
 
 def _pick(

@@ -12,6 +12,10 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pymysql.connections import Connection
 
 from systemvm.errors import UserError
 
@@ -95,7 +99,7 @@ def db_config(
 
 
 @contextlib.contextmanager
-def connect(config: DbConfig) -> Iterator[object]:
+def connect(config: DbConfig) -> Iterator[Connection]:
     import pymysql
     from pymysql.constants import CLIENT
 
@@ -122,18 +126,19 @@ def connect(config: DbConfig) -> Iterator[object]:
         connection.close()
 
 
-def newest_system_template(connection: object, hypervisor: str) -> int:
+def newest_system_template(connection: Connection, hypervisor: str) -> int:
     """The id CloudStack's script picks: largest id of a SYSTEM template of the hypervisor, not removed."""
     import pymysql
 
     try:
-        with connection.cursor() as cursor:  # type: ignore[attr-defined]
+        with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT MAX(id) FROM vm_template"
                 " WHERE type = 'SYSTEM' AND hypervisor_type = %s AND removed IS NULL",
                 (HYPERVISOR_TYPE[hypervisor],),
             )
-            (found,) = cursor.fetchone()
+            row = cursor.fetchone()
+            found = row[0] if row else None
     except pymysql.MySQLError as exc:
         raise UserError(
             f"cannot read cloud.vm_template ({exc.args[-1]}): check the database, or give -t"
@@ -146,12 +151,12 @@ def newest_system_template(connection: object, hypervisor: str) -> int:
     return int(found)
 
 
-def update_template(connection: object, template_id: int, uuid: str, url: str | None) -> None:
+def update_template(connection: Connection, template_id: int, uuid: str, url: str | None) -> None:
     """Set the row's ``uuid`` (and ``url`` when seeding from a URL) inside the open transaction."""
     import pymysql
 
     try:
-        with connection.cursor() as cursor:  # type: ignore[attr-defined]
+        with connection.cursor() as cursor:
             if url is None:
                 count = cursor.execute("UPDATE vm_template SET uuid = %s WHERE id = %s", (uuid, template_id))
             else:

@@ -34,6 +34,10 @@ import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pymysql.connections import Connection
 
 from systemvm.errors import UserError
 from systemvm.export import detect
@@ -346,7 +350,7 @@ def nfs_mounted(export: str, mount_point: Path | None = None) -> Iterator[Path]:
     parse_nfs_export(export)
     require_tools("mount.nfs")
     made = mount_point is None
-    point = Path(tempfile.mkdtemp(prefix="systemvm-seed-nfs-")) if made else Path(mount_point)
+    point = Path(tempfile.mkdtemp(prefix="systemvm-seed-nfs-")) if made else Path(str(mount_point))
     try:
         if not made and (not point.is_dir() or any(point.iterdir())):
             raise UserError(f"mount point {point} must be an existing empty directory: create it or omit -m")
@@ -475,6 +479,8 @@ def _seed_into(request: SeedRequest, mount: Path, ext: str) -> SeedResult:
         connection = stack.enter_context(connect(db_config)) if use_db and db_config else None
         template_id = request.template_id
         if template_id is None:
+            if connection is None:
+                raise UserError("no database connection to look up the template id: give -t or db settings")
             template_id = newest_system_template(connection, request.hypervisor)
             say(f"    template id {template_id}: newest SYSTEM template for {request.hypervisor}")
         dest = template_dir(mount, template_id)
@@ -519,7 +525,7 @@ def _stage_and_install(
     dest: Path,
     ext: str,
     template_id: int,
-    connection: object | None,
+    connection: Connection | None,
 ) -> SeedResult:
     part = staged / "image.part"
     with phase(f"copy {source.name} into secondary storage"):
@@ -558,11 +564,12 @@ def _stage_and_install(
     installed = _Installed(staged, dest)
     try:
         if connection is not None:
-            connection.commit()  # type: ignore[attr-defined]
+            connection.commit()
     except BaseException:
         installed.undo()
         with contextlib.suppress(Exception):
-            connection.rollback()  # type: ignore[attr-defined]
+            if connection is not None:
+                connection.rollback()
         raise
     _fsync_dir(dest.parent)
     installed.remove_old()
@@ -612,13 +619,19 @@ def bench_seed(size_mib: int = 64) -> list[tuple[str, str]]:
             ("seed bench artifact", f"{human_bytes(artifact.stat().st_size)} qcow2.bz2 of {size_mib} MiB raw")
         )
 
-        def timed(label: str, **kwargs: object) -> None:
+        def timed(label: str, file: str | None = None, url: str | None = None) -> None:
             mount = work / f"mnt-{label.split()[-1]}"
             mount.mkdir()
             start = time.monotonic()
             seed(
                 SeedRequest(
-                    mount=mount, hypervisor="kvm", template_id=1, use_db=False, progress=False, **kwargs
+                    mount=mount,
+                    hypervisor="kvm",
+                    file=file,
+                    url=url,
+                    template_id=1,
+                    use_db=False,
+                    progress=False,
                 )
             )
             seconds = time.monotonic() - start

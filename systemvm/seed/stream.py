@@ -25,8 +25,14 @@ __all__ = ["Decompressor", "SparseWriter", "compression_of"]
 
 
 class _Engine(Protocol):
-    eof: bool
-    unused_data: bytes
+    @property
+    def eof(self) -> bool: ...
+
+    @property
+    def unused_data(self) -> bytes: ...
+
+    @property
+    def needs_input(self) -> bool: ...
 
     def decompress(self, data: bytes, max_length: int = ...) -> bytes: ...
 

@@ -47,6 +47,8 @@ def ci(c, version=DEFAULT_VERSION, artifacts=str(ARTIFACTS_DIR), build=True, pyt
     with user_errors():
         if _run(["ruff", "check", "."]) != 0:
             sys.exit(1)
+        if _run([sys.executable, "-m", "mypy"]) != 0:  # files and options: [tool.mypy] in pyproject.toml
+            sys.exit(1)
         from systemvm.tasks.doctor import report
 
         print("+ invoke doctor", flush=True)

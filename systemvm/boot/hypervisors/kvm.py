@@ -33,6 +33,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from lxml import etree
 
@@ -373,8 +374,8 @@ class KvmDriver(Driver):
         self.key_file = key_file
         self.run_as_root = run_as_root
         self.cache = cache
-        self.conn = None
-        self.domain = None
+        self.conn: Any = None  # libvirt.virConnect (libvirt-python ships no type information)
+        self.domain: Any = None  # libvirt.virDomain
         self.domain_name: str | None = None
         self.work: Path | None = None
         self.console_path: Path | None = None
@@ -528,10 +529,11 @@ class KvmDriver(Driver):
 
 def _disk_sources(xml: str) -> list[Path]:
     tree = etree.fromstring(xml.encode())
-    return [Path(p) for p in tree.xpath("/domain/devices/disk/source/@file")]
+    found = tree.xpath("/domain/devices/disk/source/@file")
+    return [Path(str(p)) for p in found] if isinstance(found, list) else []
 
 
-def remove_domain(conn: object, name: str) -> None:
+def remove_domain(conn: Any, name: str) -> None:
     """Power off (hard) and undefine the domain ``name``; quiet when it is already gone."""
     import libvirt
 

@@ -38,6 +38,7 @@ from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver,
 from systemvm.contract import SSH_PORT, control_nic, nic_count
 from systemvm.errors import UserError
 from systemvm.export import detect
+from systemvm.export.formats.ova import member_file
 from systemvm.progress import phase, say
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -47,7 +48,7 @@ TASK_TIMEOUT = 600.0
 CONNECT_TIMEOUT = 30
 
 
-def _fault_text(exc: BaseException) -> str:
+def _fault_text(exc: BaseException | vmodl.MethodFault | None) -> str:
     msg = (
         getattr(exc, "msg", None) or getattr(exc, "localizedMessage", None) or str(exc) or type(exc).__name__
     )
@@ -83,7 +84,7 @@ def read_ova_descriptor(path: Path) -> tuple[str, dict[str, tarfile.TarInfo]]:
                 raise UserError(
                     f"artifact {path} has no OVF descriptor as its first member: give an .ova file"
                 )
-            descriptor = tar.extractfile(members[0]).read().decode("utf-8")
+            descriptor = member_file(tar, members[0]).read().decode("utf-8")
     except (tarfile.TarError, UnicodeDecodeError) as exc:
         raise UserError(
             f"artifact {path} is not an OVA (an uncompressed tar with an OVF first): {exc}"
@@ -98,9 +99,7 @@ def ovf_networks(descriptor: str) -> list[str]:
         root = etree.fromstring(descriptor.encode(), parser)
     except etree.XMLSyntaxError as exc:
         raise UserError(f"the OVA's OVF descriptor is not well-formed XML ({exc}): export it again") from None
-    return [
-        n.get(f"{{{OVF_NS}}}name") for n in root.iter(f"{{{OVF_NS}}}Network") if n.get(f"{{{OVF_NS}}}name")
-    ]
+    return [name for n in root.iter(f"{{{OVF_NS}}}Network") if (name := n.get(f"{{{OVF_NS}}}name"))]
 
 
 class _UploadReader:
@@ -232,6 +231,8 @@ class VmwareDriver(Driver):
                                 f"vmware: host '{host}' is not in cluster '{cluster}' (hosts: {names}): "
                                 "fix the host setting"
                             )
+                    if compute.resourcePool is None:
+                        raise UserError(f"vmware: cluster '{cluster}' has no resource pool: check vCenter")
                     return compute.resourcePool, chosen
             names = ", ".join(c.name for c in computes if isinstance(c, vim.ClusterComputeResource)) or "none"
             raise UserError(
@@ -292,7 +293,9 @@ class VmwareDriver(Driver):
     # ------------------------------------------------------------------------------------ import
 
     def _import_spec(self, descriptor: str, pool, datastore, network, name: str):  # noqa: ANN001
-        manager = self.si.content.ovfManager
+        manager = self.connect().content.ovfManager
+        if manager is None:
+            raise UserError("vmware: the endpoint has no OVF manager: connect to vCenter or ESXi")
         mapping = [vim.OvfManager.NetworkMapping(name=n, network=network) for n in ovf_networks(descriptor)]
         params = vim.OvfManager.CreateImportSpecParams(
             entityName=name, diskProvisioning="thin", networkMapping=mapping
@@ -337,7 +340,7 @@ class VmwareDriver(Driver):
         verify: bool | str = settings_mod.verify_tls(self.settings)
         if verify and self.settings.get("ca_file"):
             verify = self.settings["ca_file"]
-        cookie = self.si._stub.cookie
+        cookie = self.connect()._stub.cookie
         with tarfile.open(artifact, "r:") as tar:
             for device_url in lease.info.deviceUrl:
                 item = items.get(device_url.importKey)
@@ -351,7 +354,7 @@ class VmwareDriver(Driver):
                 # "*" stands for the server the client connected to (HttpNfcLeaseDeviceUrl)
                 url = device_url.url.replace("://*/", f"://{netloc}/", 1).replace("*", host)
                 content_type = STREAM_VMDK_TYPE if item.path.endswith(".vmdk") else "application/octet-stream"
-                f = tar.extractfile(member)
+                f = member_file(tar, member)
                 if content_type == STREAM_VMDK_TYPE:
                     if f.read(4) != b"KDMV":
                         raise UserError(
@@ -401,6 +404,8 @@ class VmwareDriver(Driver):
         try:
             self._wait_lease(self.lease)
             self._upload(artifact, members, result, self.lease)
+            if self.lease.info is None:
+                raise UserError("vmware: the import lease has no info after the upload: see vCenter tasks")
             entity = self.lease.info.entity
             self.lease.HttpNfcLeaseComplete()
         except BaseException as exc:
@@ -410,6 +415,8 @@ class VmwareDriver(Driver):
             raise
         finally:
             self.lease = None
+        if not isinstance(entity, vim.VirtualMachine):
+            raise UserError(f"vmware: the import made a {type(entity).__name__}, not a VM: check the OVA")
         self.vm = entity
         return entity
 
@@ -420,11 +427,13 @@ class VmwareDriver(Driver):
         for index in range(nics_for(request)):
             nic = vim.vm.device.VirtualVmxnet3()
             nic.key = -100 - index
+            backing: vim.vm.device.VirtualDevice.BackingInfo
             if isinstance(network, vim.dvs.DistributedVirtualPortgroup):
+                switch = network.config.distributedVirtualSwitch
+                if switch is None:
+                    raise UserError(f"vmware: port group '{network.name}' has no switch: fix the network")
                 backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo()
-                backing.port = vim.dvs.PortConnection(
-                    portgroupKey=network.key, switchUuid=network.config.distributedVirtualSwitch.uuid
-                )
+                backing.port = vim.dvs.PortConnection(portgroupKey=network.key, switchUuid=switch.uuid)
             else:
                 backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=network.name)
                 backing.network = network
@@ -437,7 +446,12 @@ class VmwareDriver(Driver):
             deviceChange=changes,
             extraConfig=[vim.option.OptionValue(key="machine.id", value=request.boot_args.to_cmdline())],
         )
-        self._wait(self.vm.ReconfigVM_Task(spec), f"reconfiguring {self.vm_name}")
+        self._wait(self._imported().ReconfigVM_Task(spec), f"reconfiguring {self.vm_name}")
+
+    def _imported(self) -> vim.VirtualMachine:
+        if self.vm is None:
+            raise UserError("vmware: no VM imported yet: import_vm() comes first")
+        return self.vm
 
     def import_and_start(self, request: BootRequest) -> SshTarget:
         """Import, configure, power on; return where SSH will answer (no SSH wait: see wait_for_ssh)."""
@@ -446,7 +460,7 @@ class VmwareDriver(Driver):
                 self.import_vm(request)
             with phase(f"vmware: configure and power on {self.vm_name}"):
                 self.configure_vm(request)
-                self._wait(self.vm.PowerOnVM_Task(), f"powering on {self.vm_name}")
+                self._wait(self._imported().PowerOnVM_Task(), f"powering on {self.vm_name}")
             return SshTarget(host=control_address(request), port=SSH_PORT)
         except BaseException:
             self.destroy()
@@ -475,7 +489,7 @@ class VmwareDriver(Driver):
 
     def _power_off_and_destroy(self, vm: vim.VirtualMachine) -> None:
         name = vm.name
-        if vm.runtime.powerState != vim.VirtualMachinePowerState.poweredOff:
+        if vm.runtime.powerState != vim.VirtualMachine.PowerState.poweredOff:
             self._wait(vm.PowerOffVM_Task(), f"powering off {name}")
         self._wait(vm.Destroy_Task(), f"destroying {name}")
 
@@ -501,12 +515,7 @@ class VmwareDriver(Driver):
         driver = cls(settings)
         removed = []
         try:
-            content = driver.connect().RetrieveContent()
-            view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-            try:
-                leftovers = [vm for vm in view.view if vm.name.startswith(prefix)]
-            finally:
-                view.Destroy()
+            leftovers = [vm for vm in all_vms(driver.connect()) if vm.name.startswith(prefix)]
             for vm in leftovers:
                 name = vm.name
                 driver._power_off_and_destroy(vm)
@@ -518,9 +527,16 @@ class VmwareDriver(Driver):
 
 def find_vm(si: vim.ServiceInstance, name: str) -> vim.VirtualMachine | None:
     """The VM called ``name`` anywhere in the inventory, or None."""
+    return next((vm for vm in all_vms(si) if vm.name == name), None)
+
+
+def all_vms(si: vim.ServiceInstance) -> list[vim.VirtualMachine]:
+    """Every VM in the inventory."""
     content = si.RetrieveContent()
+    if content.viewManager is None:
+        raise UserError("vmware: the endpoint has no view manager: connect to vCenter or ESXi")
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
     try:
-        return next((vm for vm in view.view if vm.name == name), None)
+        return [vm for vm in view.view if isinstance(vm, vim.VirtualMachine)]
     finally:
         view.Destroy()

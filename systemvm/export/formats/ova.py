@@ -15,7 +15,7 @@ import re
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from lxml import etree
 
@@ -52,6 +52,14 @@ class OvaError(UserError):
     """An OVA that breaks the rules an importer (vCenter, ovftool, CloudStack) relies on."""
 
 
+def member_file(tar: tarfile.TarFile, member: tarfile.TarInfo) -> BinaryIO:
+    """The content of an archive member as a binary file; a member that is not a regular file is refused."""
+    handle = tar.extractfile(member)
+    if handle is None:
+        raise OvaError(f"{member.name} in the archive is not a regular file: export the OVA again")
+    return cast(BinaryIO, handle)  # tarfile's ExFileObject, a BufferedReader
+
+
 def _q(ns: str, tag: str) -> str:
     return f"{{{ns}}}{tag}"
 
@@ -68,9 +76,12 @@ class _OfflineResolver(etree.Resolver):
         super().__init__()
         self.schema_dir = schema_dir
 
-    def resolve(self, url, pubid, context):  # noqa: ANN001 - lxml's signature
+    # lxml-stubs declares resolve() without the context argument lxml passes, and no resolve_filename
+    def resolve(self, url: str, pubid: str, context: Any) -> Any:  # type: ignore[override]
         if url in REMOTE_SCHEMAS:
-            return self.resolve_filename(str(self.schema_dir / REMOTE_SCHEMAS[url]), context)
+            return self.resolve_filename(  # type: ignore[attr-defined]
+                str(self.schema_dir / REMOTE_SCHEMAS[url]), context
+            )
         if "://" in url and not url.startswith("file:"):
             raise OSError(f"refusing network access for schema {url}")
         return None
@@ -103,7 +114,9 @@ def schema_errors(document: etree._ElementTree, schema_dir: Path | None = None) 
     schema = ovf_schema(Path(schema_dir) if schema_dir else None)
     if schema.validate(document):
         return []
-    return [f"line {e.line}: {e.message}" for e in schema.error_log]
+    # lxml-stubs declares _ErrorLog empty; lxml's error log is a sequence of _LogEntry
+    entries: list[Any] = list(schema.error_log)  # type: ignore[call-overload]
+    return [f"line {e.line}: {e.message}" for e in entries]
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -133,7 +146,8 @@ def build_ovf(
             element.text = text
         return element
 
-    envelope = etree.Element(ovf("Envelope"), nsmap=NSMAP)
+    # None is the default namespace's key, as lxml documents it; lxml-stubs allows only str keys
+    envelope = etree.Element(ovf("Envelope"), nsmap=NSMAP)  # type: ignore[arg-type]
     envelope.set(_q(VMW_NS, "buildId"), "systemvm-template")
     references = sub(envelope, ovf("References"))
     sub(references, ovf("File"), id="file1", href=disk_href, size=str(disk_size))
@@ -365,7 +379,7 @@ def ova_virtual_size(path: str | os.PathLike[str]) -> int:
         first = tar.next()
         if first is None or not first.name.endswith(".ovf"):
             raise OvaError(f"{path}: the OVF descriptor is not the first member: export the OVA again")
-        data = tar.extractfile(first).read()
+        data = member_file(tar, first).read()
     return _disk_capacity(_parse_ovf(data, first.name), first.name)[1]
 
 
@@ -403,7 +417,7 @@ def check_ova(path: str | os.PathLike[str], schema_dir: Path | None = None) -> d
             raise OvaError(f"the archive holds a member name twice ({', '.join(names)}): {fix}")
         by_name = {m.name: m for m in members}
         ovf_name, mf_name = names[0], names[1]
-        ovf_data = tar.extractfile(by_name[ovf_name]).read()
+        ovf_data = member_file(tar, by_name[ovf_name]).read()
         document = _parse_ovf(ovf_data, ovf_name)
         errors = schema_errors(document, schema_dir)
         if errors:
@@ -411,7 +425,7 @@ def check_ova(path: str | os.PathLike[str], schema_dir: Path | None = None) -> d
 
         # Manifest: every other member listed once, with the right SHA256.
         listed: dict[str, str] = {}
-        for number, line in enumerate(tar.extractfile(by_name[mf_name]).read().decode().splitlines(), 1):
+        for number, line in enumerate(member_file(tar, by_name[mf_name]).read().decode().splitlines(), 1):
             match = MANIFEST_LINE.match(line.strip())
             if not match:
                 raise OvaError(
@@ -424,7 +438,7 @@ def check_ova(path: str | os.PathLike[str], schema_dir: Path | None = None) -> d
         for name, expected in listed.items():
             if name not in by_name:
                 raise OvaError(f"manifest {mf_name} lists {name}, which is not in the archive: {fix}")
-            actual = _sha256_member(tar.extractfile(by_name[name]))
+            actual = _sha256_member(member_file(tar, by_name[name]))
             if actual != expected:
                 raise OvaError(
                     f"manifest mismatch for {name}: manifest says {expected}, content is {actual}: {fix}"
@@ -441,6 +455,8 @@ def check_ova(path: str | os.PathLike[str], schema_dir: Path | None = None) -> d
         for element in files:
             href = element.get(_q(OVF_NS, "href"))
             declared = element.get(_q(OVF_NS, "size"))
+            if href is None or href not in by_name:
+                raise OvaError(f"an ovf:File has no ovf:href naming a member of the archive: {fix}")
             real = by_name[href].size
             if declared is None or not declared.isdigit() or int(declared) != real:
                 raise OvaError(f"ovf:size of {href} is {declared} but the file has {real} bytes: {fix}")
@@ -456,7 +472,7 @@ def check_ova(path: str | os.PathLike[str], schema_dir: Path | None = None) -> d
                 f"disk fileRef {disk.get(_q(OVF_NS, 'fileRef'))!r} names no File in References: {fix}"
             )
         try:
-            vmdk = check_stream_vmdk(tar.extractfile(by_name[vmdk_name]), by_name[vmdk_name].size, vmdk_name)
+            vmdk = check_stream_vmdk(member_file(tar, by_name[vmdk_name]), by_name[vmdk_name].size, vmdk_name)
         except VmdkError as exc:
             raise OvaError(str(exc)) from None
         if vmdk["capacity"] != capacity:
