@@ -171,10 +171,9 @@ def render_metadata(version: str, sha512: dict[str, str], base_url: str) -> str:
     lines = ["", "[default]", f"version = {version}", f"downloadrepository = {base}/", ""]
     for arch in ("x86_64", "i386"):
         for hypervisor in SECTION_ORDER:
-            found_name = found.get((arch, hypervisor))
-            if found_name is None:
+            name = found.get((arch, hypervisor))  # type: ignore[assignment]  # None is skipped just below
+            if name is None:
                 continue
-            name = found_name
             lines += [
                 f"[{section_name(hypervisor, arch)}]",
                 f"templatename = systemvm-{hypervisor}-{version}-{arch}",
