@@ -38,7 +38,7 @@ ROOTS_KEPT = 2  # of each stage: the current root and the one before
 HOST_CA_BUNDLE = Path(os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
 HOST_CA_NAME = "host-ca-bundle.crt"
 # What a clean-room run needs of the project's tree (the rest of the repository stays out of the root).
-SOURCE_PARTS = ("setup.sh", "host-packages.txt", "pyproject.toml", "tasks.py", "systemvm", "hypervisors")
+SOURCE_PARTS = ("setup.sh", "host-packages.txt", "pyproject.toml", "tasks.py", "systemvm")
 
 
 @dataclass
@@ -59,7 +59,7 @@ class CleanRoomResult:
 
 def base_key(packages: list[str], sources: str, indexes: dict[str, str]) -> str:
     """What the Debian root depends on: the package list and the mirror's state."""
-    parts = {"packages": sorted(set(packages)), "sources": sources, "indexes": indexes}
+    parts = {"packages": sorted(set(packages)), "sources": sources, "indexes": indexes, "recommends": False}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -143,7 +143,10 @@ def _make_base(tarball: Path, packages: list[str], sources: str, proxy: str, log
     """mmdebstrap a Debian 12 root (essential packages, apt) with exactly the list installed."""
     work = Path(tempfile.mkdtemp(prefix="base-", dir=tarball.parent))
     try:
+        # No Recommends, as setup.sh installs the list: mmdebstrap's apt would otherwise bring arch-test
+        # along with debootstrap and hide that the list lacks it.
         args = ["mmdebstrap", "--variant=apt", "--mode=root", f"--include={','.join(packages)}",
+                "--aptopt=APT::Install-Recommends \"false\"",
                 f"--aptopt=Acquire::http::Proxy \"{proxy}\"", RELEASE, str(work)]  # fmt: skip
         _run([*args, *_sources_lines(sources)], log, "mmdebstrap (clean root)")
         _pack(work, tarball, log)
