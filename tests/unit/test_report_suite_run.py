@@ -38,6 +38,8 @@ LIVE_ONLY = {
     "test_hostname_is_the_name_sent",
     "test_release_file_names_our_version",
     "test_boot_time_and_uptime",
+    "test_rsa_key_login_with_sha1_signatures",
+    "test_legacy_scp_copy_works",
 }
 SECTIONS = {"3922 access", "Packages", "HAProxy", "iptables", "IPsec", "Agent start", "Boot health"}
 
