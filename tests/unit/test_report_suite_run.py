@@ -40,8 +40,16 @@ LIVE_ONLY = {
     "test_boot_time_and_uptime",
     "test_rsa_key_login_with_sha1_signatures",
     "test_legacy_scp_copy_works",
+    "test_cmd_line_json_holds_the_command_line_in_cloudstacks_shape",
+    "test_service_lists_name_the_roles_services",
+    "test_internal_dns_is_the_first_resolver",
+    "test_routers_forward_and_other_roles_do_not",
+    "test_management_network_is_routed_via_localgw",
 }
-SECTIONS = {"3922 access", "Packages", "HAProxy", "iptables", "IPsec", "Agent start", "Boot health"}
+SECTIONS = {
+    "3922 access", "Packages", "HAProxy", "iptables", "IPsec", "Agent start", "Boot health",
+    "CloudStack state",
+}  # fmt: skip
 
 
 def test_plain_pytest_does_not_collect_the_appliance_suite() -> None:

@@ -11,6 +11,7 @@ whole sequence on a temporary directory with recorded command outputs.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -169,6 +170,10 @@ def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
     if config.gateway:
         gateway = contract.ipaddress.IPv4Address(config.gateway)
         gateway_nic = next((n.index for n in config.nics.values() if gateway in n.interface.network), None)
+    try:
+        route = contract.management_route(config)
+    except ValueError:
+        route = None  # configure_network logs it
     for nic in sorted(config.nics.values(), key=lambda n: n.index):
         start = "auto" if nic.name in present else "allow-hotplug"
         out += ["", f"{start} {nic.name}", f"iface {nic.name} inet static",
@@ -177,6 +182,10 @@ def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
             out.append(f"    mtu {nic.mtu}")
         if nic.index == gateway_nic:
             out.append(f"    gateway {config.gateway}")
+        if route and route[2] == nic.name:
+            cidr, via, _ = route
+            out += [f"    post-up ip route replace {cidr} via {via} dev {nic.name}",
+                    f"    pre-down ip route del {cidr} via {via} dev {nic.name} || true"]  # fmt: skip
     return "\n".join(out) + "\n"
 
 
@@ -188,6 +197,12 @@ def configure_network(guest: Guest, config: contract.BootConfig) -> None:
         contract.ipaddress.IPv4Address(config.gateway) in n.interface.network for n in config.nics.values()
     ):
         guest.log(f"gateway {config.gateway} is on none of the NICs' networks; skipped")
+    try:
+        route = contract.management_route(config)
+        if route:
+            guest.log(f"management network {route[0]} routed via {route[1]} on {route[2]}")
+    except ValueError as exc:
+        guest.log(f"mgmtcidr {config.mgmt_cidr} not routed: {exc}")
     wanted = {nic.name for nic in config.nics.values()}
     deadline = guest.clock() + NIC_WAIT
     while True:
@@ -200,6 +215,28 @@ def configure_network(guest: Guest, config: contract.BootConfig) -> None:
     guest.write("/etc/network/interfaces", interfaces_text(config, present))
     if config.dns:
         guest.write("/etc/resolv.conf", "".join(f"nameserver {s}\n" for s in config.dns))
+
+
+def write_cloudstack_state(guest: Guest, config: contract.BootConfig) -> None:
+    """What CloudStack's own scripts read at boot: /etc/cloudstack/ and, for a known type,
+    /var/cache/cloud/cmd_line.json (CloudStack keeps it only when the type is one it knows)."""
+    guest.path(contract.CLOUDSTACK_CONF_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not config.role:
+        guest.path(contract.CMD_LINE_JSON_PATH).unlink(missing_ok=True)
+        guest.log(f"no known type on the command line: {contract.CMD_LINE_JSON_PATH} not written")
+        return
+    text = json.dumps(contract.cmd_line_json(config.params), indent=2) + "\n"
+    guest.write(contract.CMD_LINE_JSON_PATH, text)
+
+
+def configure_forwarding(guest: Guest, config: contract.BootConfig) -> None:
+    """Routers forward their guest networks' traffic; the other roles do not (their FORWARD policy is
+    DROP either way). Applied now and kept for any later ``sysctl --system``."""
+    value = 1 if config.role in contract.GUEST_FACING_ROLES else 0
+    guest.write(contract.FORWARD_SYSCTL_PATH,
+                f"# Written by cloud-early-config for role {config.role or 'none'}\n"
+                f"net.ipv4.ip_forward = {value}\n")  # fmt: skip
+    guest.path(contract.IP_FORWARD_PATH).write_text(f"{value}\n")
 
 
 def install_authorized_key(guest: Guest, config: contract.BootConfig) -> None:
@@ -342,7 +379,9 @@ def start_ssh(guest: Guest, config: contract.BootConfig) -> None:
 
 STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
     configure_hostname,
+    write_cloudstack_state,
     configure_network,
+    configure_forwarding,
     install_authorized_key,
     configure_ssh_listen,
     apply_firewall,
