@@ -138,6 +138,11 @@ RULES_V4_PATH = "/etc/iptables/rules.v4"
 RULES_V6_PATH = "/etc/iptables/rules.v6"
 # KVM: how long the boot waits for the host to write the command line through qemu-guest-agent.
 KVM_CMDLINE_WAIT = 60.0
+# The command line this boot was configured from (per boot: /run is a tmpfs).
+APPLIED_CMDLINE_PATH = "/run/cloud-cmdline.applied"
+# When the boot gave up waiting, this path unit keeps listening and configures the VM when the host
+# writes the command line later (cloud-late-config.service).
+CMDLINE_WATCH_UNIT = "cloud-cmdline-watch.path"
 # Xen HVM keeps the command line here; '%' stands for a space.
 XENSTORE_KEY = "vm-data/cloudstack/init"
 # Hyper-V: the pool the host writes key/value pairs into (hv_kvp_daemon keeps it), fixed-size records.

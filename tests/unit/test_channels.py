@@ -445,3 +445,65 @@ def test_no_cmd_line_json_for_an_unknown_type(tmp_path):
     assert (root / "etc/cloudstack").is_dir()
     log = (root / "var/log/cloud.log").read_text()
     assert "type='fileserver' skipped" in log and "cmd_line.json not written" in log
+
+
+def test_a_command_line_written_after_the_wait_still_configures_the_vm(tmp_path):
+    root = make_root(tmp_path)
+    run = guest_runner(VIRT_WHAT["kvm"])
+    clock = FakeClock()
+    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    assert config.role is None and 60 <= clock.now < 62  # the host was too slow: /proc/cmdline
+    assert ["systemctl", "start", "--no-block", contract.CMDLINE_WATCH_UNIT] in run.calls
+    assert not (root / "var/cache/cloud/cmd_line.json").exists()
+
+    # minutes later the host writes the command line through the guest agent; the path unit starts
+    # cloud-late-config.service, which runs this
+    late = contract.BootArgs(
+        role="secstorage", name="s-5-VM", nics=[("169.254.7.7", "255.255.0.0")], authorized_key=KEY
+    ).to_cmdline()
+    (root / "var/cache/cloud/cmdline").write_text(late + "\n")
+    run = guest_runner(VIRT_WHAT["kvm"])
+    run.outputs.update({("ip",): "", ("ifup",): ""})
+    clock = FakeClock()
+    config = cloud_boot.late_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    assert config is not None and config.role == "secstorage" and clock.now < 5
+    assert (root / "etc/hostname").read_text() == "s-5-VM\n"
+    assert "address 169.254.7.7" in (root / "etc/network/interfaces").read_text()
+    assert "ListenAddress 169.254.7.7:3922" in (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    assert (root / "root/.ssh/authorized_keys").read_text() == KEY + "\n"
+    assert json.loads((root / "var/cache/cloud/cmd_line.json").read_text())["cmd_line"]["name"] == "s-5-VM"
+    # the boot's ifup is long over: the NIC gets its address now, then sshd and cloud-patch restart
+    assert run.calls.index(["ip", "addr", "flush", "dev", "eth0"]) < run.calls.index(
+        ["ifup", "--force", "eth0"]
+    )
+    assert ["systemctl", "restart", "--no-block", "ssh.service"] in run.calls
+    assert ["systemctl", "restart", "--no-block", "cloud-patch.service"] in run.calls
+    assert ["systemctl", "start", "--no-block", "ssh.service"] not in run.calls
+    assert (root / contract.APPLIED_CMDLINE_PATH.lstrip("/")).read_text() == late + "\n"
+
+    # the host retries the same write: nothing is done again
+    run = guest_runner(VIRT_WHAT["kvm"])
+    assert cloud_boot.late_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False)) is None
+    assert not [c for c in run.calls if c[0] in ("ip", "ifup")]
+    assert "nothing to do" in (root / "var/log/cloud.log").read_text()
+
+
+def test_a_command_line_that_arrived_in_time_needs_no_listener(tmp_path):
+    root = make_root(tmp_path)
+    path = root / "var/cache/cloud/cmdline"
+    path.write_text(CMDLINE + "\n")
+    os.utime(path, (1700000100, 1700000100))  # written during this boot (btime 1700000000)
+    run = guest_runner(VIRT_WHAT["kvm"])
+    clock = FakeClock()
+    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    assert config.role == "secstorage" and clock.now < 2
+    assert not [c for c in run.calls if contract.CMDLINE_WATCH_UNIT in c]
+
+
+def test_the_watch_units_run_the_late_configuration():
+    units = REPO / "elements/systemvm-boot/static/etc/systemd/system"
+    watch = (units / contract.CMDLINE_WATCH_UNIT).read_text()
+    assert f"PathChanged={contract.CMDLINE_PATH}" in watch and "Unit=cloud-late-config.service" in watch
+    assert "[Install]" not in watch  # started by cloud-early-config only when the wait ran out
+    service = (units / "cloud-late-config.service").read_text()
+    assert "ExecStart=/opt/cloud/bin/cloud-early-config --late" in service
