@@ -122,6 +122,13 @@ BOOT_DONE_PATH = f"{CACHE_DIR}/boot_up_done"
 ENABLED_SVCS_PATH = f"{CACHE_DIR}/enabled_svcs"
 DISABLED_SVCS_PATH = f"{CACHE_DIR}/disabled_svcs"
 SCRIPTS_SIGNATURE_PATH = f"{CACHE_DIR}/cloud-scripts-signature"
+# The command line as one JSON object, where CloudStack's router scripts (update_config.py) look for it.
+CMD_LINE_JSON_PATH = f"{CACHE_DIR}/cmd_line.json"
+# CloudStack's persistent configuration directory (the routers' JSON data bags live here).
+CLOUDSTACK_CONF_DIR = "/etc/cloudstack"
+# Routers forward their guest networks' traffic (CloudStack's sysctl.conf sets net.ipv4.ip_forward = 1).
+IP_FORWARD_PATH = "/proc/sys/net/ipv4/ip_forward"
+FORWARD_SYSCTL_PATH = "/etc/sysctl.d/60-cloud-role.conf"
 PATCH_FILES = ("agent.zip", "cloud-scripts.tgz", "patch-sysvms.sh")
 AGENT_DIR = "/usr/local/cloud/systemvm"
 AGENT_PROPERTIES = f"{AGENT_DIR}/conf/agent.properties"
@@ -131,6 +138,11 @@ RULES_V4_PATH = "/etc/iptables/rules.v4"
 RULES_V6_PATH = "/etc/iptables/rules.v6"
 # KVM: how long the boot waits for the host to write the command line through qemu-guest-agent.
 KVM_CMDLINE_WAIT = 60.0
+# The command line this boot was configured from (per boot: /run is a tmpfs).
+APPLIED_CMDLINE_PATH = "/run/cloud-cmdline.applied"
+# When the boot gave up waiting, this path unit keeps listening and configures the VM when the host
+# writes the command line later (cloud-late-config.service).
+CMDLINE_WATCH_UNIT = "cloud-cmdline-watch.path"
 # Xen HVM keeps the command line here; '%' stands for a space.
 XENSTORE_KEY = "vm-data/cloudstack/init"
 # Hyper-V: the pool the host writes key/value pairs into (hv_kvp_daemon keeps it), fixed-size records.
@@ -188,8 +200,12 @@ class BootConfig:
     dns: list[str] = dataclasses.field(default_factory=list)
     mtu: int | None = None
     authorized_key: str | None = None
-    mgmt_host: str = LINK_LOCAL_HOST
+    mgmt_host: str = LINK_LOCAL_HOST  # the first of mgmt_hosts
+    mgmt_hosts: list[str] = dataclasses.field(default_factory=lambda: [LINK_LOCAL_HOST])
     mgmt_port: int = AGENT_PORT
+    # mgmtcidr is reached through localgw on the NIC whose network holds localgw (the management NIC)
+    mgmt_cidr: str | None = None
+    local_gateway: str | None = None
     hypervisor: str = "kvm"
     problems: list[str] = dataclasses.field(default_factory=list)
 
@@ -231,6 +247,18 @@ def _hostname(value: str) -> str:
     ):
         raise ValueError("not a valid host name")
     return value
+
+
+def _network(value: str) -> str:
+    return str(ipaddress.IPv4Network(value, strict=False))
+
+
+def _hosts(value: str) -> list[str]:
+    """``host=`` is a comma-separated list of management servers (addresses or names), tried in order."""
+    hosts = [_hostname(item) for item in value.split(",") if item]
+    if not hosts:
+        raise ValueError("no management server in the list")
+    return hosts
 
 
 def _port(value: str) -> int:
@@ -275,10 +303,14 @@ def read_config(params: dict[str, str], hypervisor: str = "kvm") -> BootConfig:
     config.gateway = take("gateway", _ipv4)
     config.mtu = take("mtu", _mtu)
     config.authorized_key = take("authorized_key", decode_authorized_key)
-    config.mgmt_host = take("host", _hostname) or LINK_LOCAL_HOST
+    config.mgmt_hosts = take("host", _hosts) or [LINK_LOCAL_HOST]
+    config.mgmt_host = config.mgmt_hosts[0]
     config.mgmt_port = take("port", _port) or AGENT_PORT
-    for index in range(1, 5):
-        server = take(f"dns{index}", _ipv4)
+    config.mgmt_cidr = take("mgmtcidr", _network)
+    config.local_gateway = take("localgw", _ipv4)
+    # The zone's internal DNS first (it resolves the storage and management names), then the public ones.
+    for key in ("internaldns1", "internaldns2", "dns1", "dns2", "dns3", "dns4"):
+        server = take(key, _ipv4)
         if server and server not in config.dns:
             config.dns.append(server)
     indexes = sorted(
@@ -300,6 +332,35 @@ def read_config(params: dict[str, str], hypervisor: str = "kvm") -> BootConfig:
         mtu = take(f"eth{index}mtu", _mtu) or config.mtu
         config.nics[index] = Nic(index=index, ip=ip, netmask=mask, mtu=mtu)
     return config
+
+
+def management_route(config: BootConfig) -> tuple[str, str, str] | None:
+    """(mgmtcidr, localgw, NIC) when the management network must be routed through localgw, else None.
+
+    The NIC is the one whose network holds localgw. Nothing is routed when mgmtcidr is that NIC's own
+    network or part of it (the connected route reaches it already, and a gateway route would shadow it).
+    Raises ValueError when localgw is on none of the NICs.
+    """
+    if not (config.mgmt_cidr and config.local_gateway):
+        return None
+    cidr = ipaddress.IPv4Network(config.mgmt_cidr)
+    gateway = ipaddress.IPv4Address(config.local_gateway)
+    for nic in sorted(config.nics.values(), key=lambda n: n.index):
+        network = nic.interface.network
+        if gateway in network:
+            if cidr.subnet_of(network):
+                return None
+            return str(cidr), str(gateway), nic.name
+    raise ValueError(f"localgw {gateway} is on none of the NICs' networks")
+
+
+def cmd_line_json(params: dict[str, str]) -> dict[str, Any]:
+    """The command line as CloudStack's boot scripts store it: ``{"type": "cmdline", "cmd_line": {...}}``,
+    every key in command-line order and every value a string.
+
+    Unlike CloudStack's shell split, a value keeps any '=' after the first (base64 padding survives).
+    """
+    return {"type": "cmdline", "cmd_line": {key: str(value) for key, value in params.items()}}
 
 
 # --- channels: where the command line comes from. Each takes paths and a command runner, so tests can feed

@@ -105,8 +105,24 @@ def qemu_netdev_args(plan: TestNetwork, device: str = "virtio-net-pci") -> list[
     return args
 
 
+# A management network the harness asks the storage and console VMs to route through localgw, as
+# CloudStack does for a management server in another subnet (nothing listens there).
+TEST_MGMT_CIDR = "10.250.0.0/16"
+# Public resolver the command line lists after the zone's internal one (dns1 after internaldns1).
+TEST_PUBLIC_DNS = "8.8.8.8"
+
+
+def internal_dns(plan: TestNetwork) -> str:
+    """QEMU's user-network DNS proxy on the control network (the network address + 3)."""
+    return str(ipaddress.ip_network(plan.control.network).network_address + 3)
+
+
 def boot_args(plan: TestNetwork, name: str, authorized_key: str, mgmt_port: int) -> contract.BootArgs:
-    """The command line the harness sends for this network plan."""
+    """The command line the harness sends for this network plan: CloudStack's keys for the role, with the
+    zone's internal DNS first and, for the storage and console VMs, mgmtcidr routed via localgw."""
+    extra = {"internaldns1": internal_dns(plan)}
+    if plan.role in contract.AGENT_ROLES:
+        extra.update(mgmtcidr=TEST_MGMT_CIDR, localgw=plan.control.host_ip)
     return contract.BootArgs(
         role=plan.role,
         name=name,
@@ -114,4 +130,6 @@ def boot_args(plan: TestNetwork, name: str, authorized_key: str, mgmt_port: int)
         authorized_key=authorized_key,
         mgmt_host=plan.mgmt_host,
         mgmt_port=mgmt_port,
+        dns=(TEST_PUBLIC_DNS,),
+        extra=extra,
     )

@@ -1,11 +1,18 @@
 """What CloudStack publishes beside the images: bzip2 files, sha512sum.txt, md5sum.txt and metadata.ini.
 
-metadata.ini follows CloudStack's ``engine/schema/templateConfig.sh`` (createMetadataFile): a blank line,
-``[default]`` with ``version`` and ``downloadrepository``, then one section per hypervisor with
-``templatename``, ``checksum`` (sha512), ``downloadurl``, ``filename``, ``arch`` and ``guestos``, each section
-followed by an empty line. x86_64 uses CloudStack's own section names (``kvm-x86_64``, ``vmware``,
-``xenserver``, ``lxc``); i386, which CloudStack does not publish, uses ``kvm-i386``, ``vmware-i386`` and
-``xenserver-i386`` (hypervisor before the first ``-``, as templateConfig.sh parses section names).
+metadata.ini follows CloudStack 4.20's ``engine/schema/templateConfig.sh`` (createMetadataFile): a blank
+line, ``[default]`` with ``version`` and ``downloadrepository``, then one section per hypervisor with
+``templatename``, ``checksum``, ``downloadurl``, ``filename``, ``arch`` and ``guestos``, each section followed
+by an empty line. ``checksum`` is the file's **MD5** as md5sum.txt lists it: CloudStack 4.20's registration
+compares it with the MD5 of the file it finds (SHA-512 only arrives in 4.22), so sha512sum.txt is for our
+own checks and the seeding command.
+
+x86_64 uses CloudStack's section names: ``kvm`` (what 4.20.0's registration looks up) and ``kvm-x86_64``
+(4.20.1 and later, which look up ``<hypervisor>-<arch>`` and have no fallback for KVM) with the same values,
+then ``vmware``, ``xenserver`` and ``lxc`` (the KVM file). i386, which CloudStack does not publish, uses
+``kvm-i386``, ``vmware-i386`` and ``xenserver-i386`` (hypervisor before the first ``-``, as
+templateConfig.sh parses section names). No ``hyperv`` or ``ovm3`` section: a section whose file is
+absent fails CloudStack's registration (CloudStack issue 12077), and we build neither artifact.
 """
 
 from __future__ import annotations
@@ -139,10 +146,10 @@ def guest_os(hypervisor: str, arch: str) -> str:
     return f"Debian GNU/Linux 12 ({bits}-bit)"
 
 
-def section_name(hypervisor: str, arch: str) -> str:
+def section_names(hypervisor: str, arch: str) -> tuple[str, ...]:
     if arch == "x86_64":
-        return "kvm-x86_64" if hypervisor == "kvm" else hypervisor
-    return f"{hypervisor}-{arch}"
+        return ("kvm", "kvm-x86_64") if hypervisor == "kvm" else (hypervisor,)
+    return (f"{hypervisor}-{arch}",)
 
 
 def default_base_url(version: str) -> str:
@@ -150,11 +157,11 @@ def default_base_url(version: str) -> str:
     return f"{DOWNLOAD_BASE_URL}/{major_minor}"
 
 
-def render_metadata(version: str, sha512: dict[str, str], base_url: str) -> str:
-    """metadata.ini text for the artifacts of ``version`` listed in ``sha512`` ({filename: hex})."""
+def render_metadata(version: str, md5: dict[str, str], base_url: str) -> str:
+    """metadata.ini text for the artifacts of ``version`` listed in ``md5`` ({filename: MD5 hex})."""
     base = base_url.rstrip("/")
     found: dict[tuple[str, str], str] = {}
-    for name in sha512:
+    for name in md5:
         match = _NAME.match(name)
         if (
             match
@@ -174,16 +181,17 @@ def render_metadata(version: str, sha512: dict[str, str], base_url: str) -> str:
             name = found.get((arch, hypervisor))  # type: ignore[assignment]  # None is skipped just below
             if name is None:
                 continue
-            lines += [
-                f"[{section_name(hypervisor, arch)}]",
-                f"templatename = systemvm-{hypervisor}-{version}-{arch}",
-                f"checksum = {sha512[name]}",
-                f"downloadurl = {base}/{name}",
-                f"filename = {name}",
-                f"arch = {arch}",
-                f"guestos = {guest_os(hypervisor, arch)}",
-                "",
-            ]
+            for section in section_names(hypervisor, arch):
+                lines += [
+                    f"[{section}]",
+                    f"templatename = systemvm-{hypervisor}-{version}-{arch}",
+                    f"checksum = {md5[name]}",
+                    f"downloadurl = {base}/{name}",
+                    f"filename = {name}",
+                    f"arch = {arch}",
+                    f"guestos = {guest_os(hypervisor, arch)}",
+                    "",
+                ]
     return "\n".join(lines) + "\n"
 
 
@@ -192,8 +200,8 @@ def _flavour_of(arch: str) -> str:
 
 
 def write_metadata(directory: Path, version: str, base_url: str) -> None:
-    sha512 = parse_checksums(Path(directory) / SHA512_FILE)
-    write_text(Path(directory) / METADATA_FILE, render_metadata(version, sha512, base_url))
+    md5 = parse_checksums(Path(directory) / MD5_FILE)
+    write_text(Path(directory) / METADATA_FILE, render_metadata(version, md5, base_url))
 
 
 def parse_metadata(path: Path) -> dict[str, dict[str, str]]:
@@ -213,11 +221,16 @@ def refresh_listing(directory: Path, version: str, digests: dict[str, dict], bas
 
 
 def verify_listing(directory: Path) -> list[str]:
-    """Names in sha512sum.txt whose file is missing or differs; empty when all match."""
+    """Names in sha512sum.txt or md5sum.txt whose file is missing or differs; empty when all match."""
+    lists = {
+        key: parse_checksums(Path(directory) / name)
+        for name, key in ((SHA512_FILE, "sha512"), (MD5_FILE, "md5"))
+    }
     bad = []
-    for name, expected in parse_checksums(Path(directory) / SHA512_FILE).items():
+    for name in sorted(set(lists["sha512"]) | set(lists["md5"])):
         path = Path(directory) / name
-        if not path.is_file() or file_digests(path)["sha512"] != expected:
+        digests = file_digests(path) if path.is_file() else {}
+        if any(name in listed and digests.get(key) != listed[name] for key, listed in lists.items()):
             bad.append(name)
     return bad
 

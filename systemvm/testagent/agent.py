@@ -59,13 +59,16 @@ def send(sock: socket.socket, message: dict[str, object]) -> None:
 
 
 def run(settings: dict[str, str], log_path: str = CLOUD_LOG, max_heartbeats: int | None = None) -> None:
-    host = settings.get("host", "169.254.0.1")
+    # host= is CloudStack's comma-separated list of management servers: try them in turn
+    hosts = [h for h in settings.get("host", "169.254.0.1").split(",") if h] or ["169.254.0.1"]
+    attempt = 0
     port = int(settings.get("port", "8250"))
     interval = float(settings.get("heartbeat", "5"))
     hello = startup_message(settings)
     sent = 0
     announced = False
     while max_heartbeats is None or sent < max_heartbeats:
+        host = hosts[attempt % len(hosts)]
         try:
             with socket.create_connection((host, port), timeout=10) as sock:
                 send(sock, hello)
@@ -83,6 +86,7 @@ def run(settings: dict[str, str], log_path: str = CLOUD_LOG, max_heartbeats: int
                     send(sock, {"kind": "heartbeat", "name": hello["name"], "seq": sent})
         except OSError as exc:
             log(f"management server {host}:{port} unreachable ({exc}); retrying", log_path)
+            attempt += 1
             time.sleep(min(interval, 5.0))
 
 

@@ -4,6 +4,7 @@ run end to end on a temporary root (elements/systemvm-boot/static/opt/cloud/lib/
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 import subprocess
@@ -380,3 +381,129 @@ def test_hyperv_waits_for_the_kvp_daemon_to_fill_the_pool(tmp_path):
     assert config.role == "secstorage" and config.hypervisor == "hyperv"
     assert config.control_nic == "eth1"  # no link-local network on Hyper-V
     assert (root / "var/cache/cloud/cmdline").read_text().strip() == CMDLINE
+
+
+def test_early_config_writes_the_state_cloudstacks_scripts_read(tmp_path):
+    root = make_root(tmp_path)
+    (root / "sys/class/net/eth1").mkdir()
+    cmdline = contract.BootArgs(
+        role="secstorage", name="s-1-VM",
+        nics=[("169.254.10.20", "255.255.0.0"), ("10.1.1.50", "255.255.255.0")],
+        authorized_key=KEY, mgmt_host="10.1.1.10,10.1.1.11", dns=("8.8.8.8",),
+        extra={"internaldns1": "10.1.1.2", "mgmtcidr": "10.8.0.0/16", "localgw": "10.1.1.1", "zone": "1"},
+    ).to_cmdline()  # fmt: skip
+    (root / "mnt/cmdline").write_text(cmdline + "\n")
+    run = guest_runner(VIRT_WHAT["kvm"])
+    clock = FakeClock()
+    cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+
+    document = json.loads((root / "var/cache/cloud/cmd_line.json").read_text())
+    assert document == {"type": "cmdline", "cmd_line": contract.parse_cmdline(cmdline)}
+    assert list(document["cmd_line"]) == [w.partition("=")[0] for w in cmdline.split()]
+    assert (root / "etc/cloudstack").is_dir()
+    assert (root / "etc/resolv.conf").read_text() == "nameserver 10.1.1.2\nnameserver 8.8.8.8\n"
+    interfaces = (root / "etc/network/interfaces").read_text()
+    eth1 = interfaces.split("iface eth1", 1)[1]
+    assert "    post-up ip route replace 10.8.0.0/16 via 10.1.1.1 dev eth1" in eth1
+    assert "ip route" not in interfaces.split("iface eth1", 1)[0]
+    # not a router: no forwarding
+    assert (root / "proc/sys/net/ipv4/ip_forward").read_text() == "0\n"
+    assert "net.ipv4.ip_forward = 0" in (root / "etc/sysctl.d/60-cloud-role.conf").read_text()
+    assert (root / "var/cache/cloud/enabled_svcs").read_text().split() == ["apache2", "nfs-common", "cloud"]
+    assert (
+        "management network 10.8.0.0/16 routed via 10.1.1.1 on eth1"
+        in (root / "var/log/cloud.log").read_text()
+    )
+
+
+def test_routers_forward_and_a_stray_localgw_is_logged(tmp_path):
+    root = make_root(tmp_path)
+    cmdline = contract.BootArgs(
+        role="router", name="r-4-VM", nics=[("10.1.1.1", "255.255.255.0"), ("169.254.4.4", "255.255.0.0")],
+        authorized_key=KEY, extra={"mgmtcidr": "10.8.0.0/16", "localgw": "192.0.2.1"},
+    ).to_cmdline()  # fmt: skip
+    (root / "mnt/cmdline").write_text(cmdline)
+    clock = FakeClock()
+    cloud_boot.early_config(
+        cloud_boot.Guest(root, guest_runner(VIRT_WHAT["kvm"]), clock, clock.sleep, echo=False)
+    )
+    assert (root / "proc/sys/net/ipv4/ip_forward").read_text() == "1\n"
+    assert "net.ipv4.ip_forward = 1" in (root / "etc/sysctl.d/60-cloud-role.conf").read_text()
+    assert "ip route" not in (root / "etc/network/interfaces").read_text()
+    log = (root / "var/log/cloud.log").read_text()
+    assert "mgmtcidr 10.8.0.0/16 not routed: localgw 192.0.2.1 is on none" in log
+    assert json.loads((root / "var/cache/cloud/cmd_line.json").read_text())["cmd_line"]["type"] == "router"
+
+
+def test_no_cmd_line_json_for_an_unknown_type(tmp_path):
+    root = make_root(tmp_path)
+    (root / "var/cache/cloud/cmd_line.json").write_text('{"type": "cmdline", "cmd_line": {}}')  # a stale one
+    (root / "mnt/cmdline").write_text(CMDLINE.replace("type=secstorage", "type=fileserver"))
+    config = cloud_boot.early_config(cloud_boot.Guest(root, guest_runner(VIRT_WHAT["kvm"]), echo=False))
+    assert config.role is None
+    assert not (root / "var/cache/cloud/cmd_line.json").exists()
+    assert (root / "etc/cloudstack").is_dir()
+    log = (root / "var/log/cloud.log").read_text()
+    assert "type='fileserver' skipped" in log and "cmd_line.json not written" in log
+
+
+def test_a_command_line_written_after_the_wait_still_configures_the_vm(tmp_path):
+    root = make_root(tmp_path)
+    run = guest_runner(VIRT_WHAT["kvm"])
+    clock = FakeClock()
+    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    assert config.role is None and 60 <= clock.now < 62  # the host was too slow: /proc/cmdline
+    assert ["systemctl", "start", "--no-block", contract.CMDLINE_WATCH_UNIT] in run.calls
+    assert not (root / "var/cache/cloud/cmd_line.json").exists()
+
+    # minutes later the host writes the command line through the guest agent; the path unit starts
+    # cloud-late-config.service, which runs this
+    late = contract.BootArgs(
+        role="secstorage", name="s-5-VM", nics=[("169.254.7.7", "255.255.0.0")], authorized_key=KEY
+    ).to_cmdline()
+    (root / "var/cache/cloud/cmdline").write_text(late + "\n")
+    run = guest_runner(VIRT_WHAT["kvm"])
+    run.outputs.update({("ip",): "", ("ifup",): ""})
+    clock = FakeClock()
+    config = cloud_boot.late_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    assert config is not None and config.role == "secstorage" and clock.now < 5
+    assert (root / "etc/hostname").read_text() == "s-5-VM\n"
+    assert "address 169.254.7.7" in (root / "etc/network/interfaces").read_text()
+    assert "ListenAddress 169.254.7.7:3922" in (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    assert (root / "root/.ssh/authorized_keys").read_text() == KEY + "\n"
+    assert json.loads((root / "var/cache/cloud/cmd_line.json").read_text())["cmd_line"]["name"] == "s-5-VM"
+    # the boot's ifup is long over: the NIC gets its address now, then sshd and cloud-patch restart
+    assert run.calls.index(["ip", "addr", "flush", "dev", "eth0"]) < run.calls.index(
+        ["ifup", "--force", "eth0"]
+    )
+    assert ["systemctl", "restart", "--no-block", "ssh.service"] in run.calls
+    assert ["systemctl", "restart", "--no-block", "cloud-patch.service"] in run.calls
+    assert ["systemctl", "start", "--no-block", "ssh.service"] not in run.calls
+    assert (root / contract.APPLIED_CMDLINE_PATH.lstrip("/")).read_text() == late + "\n"
+
+    # the host retries the same write: nothing is done again
+    run = guest_runner(VIRT_WHAT["kvm"])
+    assert cloud_boot.late_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False)) is None
+    assert not [c for c in run.calls if c[0] in ("ip", "ifup")]
+    assert "nothing to do" in (root / "var/log/cloud.log").read_text()
+
+
+def test_a_command_line_that_arrived_in_time_needs_no_listener(tmp_path):
+    root = make_root(tmp_path)
+    path = root / "var/cache/cloud/cmdline"
+    path.write_text(CMDLINE + "\n")
+    os.utime(path, (1700000100, 1700000100))  # written during this boot (btime 1700000000)
+    run = guest_runner(VIRT_WHAT["kvm"])
+    clock = FakeClock()
+    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    assert config.role == "secstorage" and clock.now < 2
+    assert not [c for c in run.calls if contract.CMDLINE_WATCH_UNIT in c]
+
+
+def test_the_watch_units_run_the_late_configuration():
+    units = REPO / "elements/systemvm-boot/static/etc/systemd/system"
+    watch = (units / contract.CMDLINE_WATCH_UNIT).read_text()
+    assert f"PathChanged={contract.CMDLINE_PATH}" in watch and "Unit=cloud-late-config.service" in watch
+    assert "[Install]" not in watch  # started by cloud-early-config only when the wait ran out
+    service = (units / "cloud-late-config.service").read_text()
+    assert "ExecStart=/opt/cloud/bin/cloud-early-config --late" in service

@@ -131,3 +131,70 @@ def test_service_lists_per_role():
     assert contract.service_lists("consoleproxy")[0] == ("cloud",)
     enabled, disabled = contract.service_lists(None)
     assert enabled == () and set(disabled) == set(contract.ROLE_SERVICE_POOL)
+
+
+# The consoleproxy command line of CloudStack 4.20 (contract section 2), values illustrative.
+CPVM_420 = (
+    " template=domP type=consoleproxy host=10.1.1.10,10.1.1.11 port=8250 name=v-2-VM zone=1 pod=1"
+    " guid=Proxy.2 proxy_vm=2 authorized_key=" + base64.b64encode(KEY.encode()).decode() +
+    " eth2ip=203.0.113.21 eth2mask=255.255.255.0 gateway=203.0.113.1 eth0ip=169.254.2.238"
+    " eth0mask=255.255.0.0 eth1ip=10.1.1.51 eth1mask=255.255.255.0 mgmtcidr=10.8.0.0/16 localgw=10.1.1.1"
+    " internaldns1=10.1.1.2 dns1=8.8.8.8 dns2=8.8.4.4 vncport=8080 keystore_password=Zm9vYmFy"
+)  # fmt: skip
+
+
+def test_cloudstack_420_consoleproxy_command_line():
+    config = contract.read_config(contract.parse_cmdline(CPVM_420))
+    assert config.problems == []
+    assert config.mgmt_hosts == ["10.1.1.10", "10.1.1.11"] and config.mgmt_host == "10.1.1.10"
+    assert config.dns == ["10.1.1.2", "8.8.8.8", "8.8.4.4"]  # the zone's internal DNS first
+    assert contract.management_route(config) == ("10.8.0.0/16", "10.1.1.1", "eth1")
+    assert config.control_nic == "eth0" and config.control_ip == "169.254.2.238"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("10.1.1.10", ["10.1.1.10"]), ("10.1.1.10,ms2.example.org,", ["10.1.1.10", "ms2.example.org"])],
+)
+def test_host_is_a_comma_separated_list(value, expected):
+    config = contract.read_config({"host": value})
+    assert config.problems == [] and config.mgmt_hosts == expected and config.mgmt_host == expected[0]
+
+
+@pytest.mark.parametrize("value", [",", "10.1.1.10,bad_host!"])
+def test_a_malformed_host_list_falls_back_and_is_named(value):
+    config = contract.read_config({"host": value})
+    assert config.mgmt_hosts == [contract.LINK_LOCAL_HOST] and config.problems[0].startswith("host=")
+
+
+def test_internal_dns_comes_first_and_duplicates_are_dropped():
+    config = contract.read_config({"dns1": "8.8.8.8", "internaldns2": "10.0.0.3", "internaldns1": "10.0.0.2",
+                                   "dns2": "10.0.0.2"})  # fmt: skip
+    assert config.dns == ["10.0.0.2", "10.0.0.3", "8.8.8.8"]
+
+
+def test_management_route_needs_localgw_on_a_nic_and_a_foreign_cidr():
+    base = {"eth1ip": "10.1.1.51", "eth1mask": "255.255.255.0", "localgw": "10.1.1.1"}
+    # the management network is the NIC's own: the connected route reaches it
+    assert contract.management_route(contract.read_config({**base, "mgmtcidr": "10.1.1.0/24"})) is None
+    assert contract.management_route(contract.read_config({**base, "mgmtcidr": "10.1.1.128/25"})) is None
+    # host bits in the CIDR are dropped, as `ip route` would
+    config = contract.read_config({**base, "mgmtcidr": "10.9.3.4/16"})
+    assert contract.management_route(config) == ("10.9.0.0/16", "10.1.1.1", "eth1")
+    with pytest.raises(ValueError, match="none of the NICs"):
+        elsewhere = {**base, "localgw": "10.2.2.1", "mgmtcidr": "10.9.0.0/16"}
+        contract.management_route(contract.read_config(elsewhere))
+    assert contract.management_route(contract.read_config(base)) is None  # no mgmtcidr: nothing to route
+    bad = contract.read_config({**base, "mgmtcidr": "10.9.0.0/33"})
+    assert bad.mgmt_cidr is None and bad.problems[0].startswith("mgmtcidr=")
+
+
+def test_cmd_line_json_has_cloudstacks_shape_with_every_key_in_order():
+    params = contract.parse_cmdline(CPVM_420 + " flag")
+    document = contract.cmd_line_json(params)
+    assert list(document) == ["type", "cmd_line"] and document["type"] == "cmdline"
+    assert list(document["cmd_line"]) == [word.partition("=")[0] for word in (CPVM_420 + " flag").split()]
+    assert all(isinstance(v, str) for v in document["cmd_line"].values())
+    assert document["cmd_line"]["flag"] == "" and document["cmd_line"]["host"] == "10.1.1.10,10.1.1.11"
+    # base64 values keep their padding
+    assert document["cmd_line"]["authorized_key"].endswith(base64.b64encode(KEY.encode()).decode()[-4:])

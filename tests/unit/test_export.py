@@ -61,7 +61,7 @@ def test_export_writes_every_format_listing_and_manifest(tmp_path, need_tools):
     sha = publish.parse_checksums(out / "sha512sum.txt")
     assert {info["file"] for info in results.values()} == set(sha)
     meta = publish.parse_metadata(out / "metadata.ini")
-    assert meta["kvm-x86_64"]["checksum"] == results["qcow2"]["sha512"]
+    assert meta["kvm-x86_64"]["checksum"] == meta["kvm"]["checksum"] == results["qcow2"]["md5"]
     assert meta["xenserver"]["downloadurl"] == "http://127.0.0.1/t/" + results["vhd"]["file"]
     # manifest keeps its keys and records every artifact
     data = json.loads(manifest.read_text())

@@ -71,10 +71,12 @@ def test_metadata_ini_round_trip(tmp_path):
     text = (tmp_path / "metadata.ini").read_text()
     assert text.startswith("\n[default]\nversion = 4.20.0\n")
     meta = publish.parse_metadata(tmp_path / "metadata.ini")
-    sha = publish.parse_checksums(tmp_path / "sha512sum.txt")
+    sha = publish.parse_checksums(tmp_path / "md5sum.txt")  # CloudStack 4.20 compares MD5s
     assert list(meta) == [
-        "default", "kvm-x86_64", "vmware", "xenserver", "lxc", "kvm-i386", "vmware-i386", "xenserver-i386",
+        "default", "kvm", "kvm-x86_64", "vmware", "xenserver", "lxc",
+        "kvm-i386", "vmware-i386", "xenserver-i386",
     ]  # fmt: skip
+    assert meta["kvm"] == meta["kvm-x86_64"]  # 4.20.0 reads [kvm], 4.20.1+ [kvm-x86_64]
     assert meta["default"] == {
         "version": "4.20.0",
         "downloadrepository": "http://127.0.0.1:8080/systemvm/4.20/",
@@ -110,3 +112,38 @@ def test_bad_checksum_line_is_one_clear_error(tmp_path):
     (tmp_path / "sha512sum.txt").write_text("not a checksum line\n")
     with pytest.raises(UserError, match="sha512sum.txt:1: not a checksum line"):
         publish.parse_checksums(tmp_path / "sha512sum.txt")
+
+
+# The file name part CloudStack's templateConfig.sh and registration match on, per section's hypervisor.
+GENERIC = {"kvm": "kvm", "lxc": "kvm", "vmware": "vmware", "xenserver": "xen"}
+
+
+def test_metadata_reads_as_cloudstack_420_registration_reads_it(tmp_path):
+    names = _fake_artifacts(tmp_path)
+    publish.update_checksums(tmp_path, {n: publish.file_digests(tmp_path / n) for n in names})
+    publish.write_metadata(tmp_path, "4.20.0", publish.default_base_url("4.20.0"))
+    meta = publish.parse_metadata(tmp_path / "metadata.ini")
+    md5_lines = (tmp_path / "md5sum.txt").read_text().splitlines()
+    for hypervisor in ("kvm", "vmware", "xenserver", "lxc"):
+        values = meta[hypervisor]  # 4.20.0: one section per lower-case hypervisor name
+        assert set(values) >= {"templatename", "checksum", "downloadurl", "filename", "arch"}
+        assert values["templatename"] == f"systemvm-{hypervisor}-4.20.0-x86_64"
+        assert values["filename"] == values["downloadurl"].rsplit("/", 1)[1]
+        generic = f"4.20.0-{values['arch']}-{GENERIC[hypervisor]}"
+        # templateConfig.sh: the first field of the md5sum.txt lines holding <ver>-<arch>-<generic>
+        listed = [line.split()[0] for line in md5_lines if generic in line]
+        assert listed == [values["checksum"]], hypervisor
+        # registration: a file in the templates directory whose name holds the generic name, whose MD5
+        # (DigestHelper's md5Hex in 4.20) is the checksum
+        files = [p for p in tmp_path.iterdir() if generic in p.name and not p.name.endswith(".txt")]
+        assert [hashlib.md5(p.read_bytes()).hexdigest() for p in files] == [values["checksum"]], hypervisor
+    assert "hyperv" not in meta and "ovm3" not in meta  # no artifact, so no section (CloudStack issue 12077)
+
+
+def test_verify_listing_checks_the_md5_list_too(tmp_path):
+    names = _fake_artifacts(tmp_path)
+    publish.update_checksums(tmp_path, {n: publish.file_digests(tmp_path / n) for n in names})
+    md5 = publish.parse_checksums(tmp_path / "md5sum.txt")
+    md5[names[0]] = "0" * 32
+    (tmp_path / "md5sum.txt").write_text(publish.render_checksums(md5))
+    assert publish.verify_listing(tmp_path) == [names[0]]

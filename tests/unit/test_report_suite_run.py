@@ -44,6 +44,12 @@ LIVE_ONLY = {
     "test_the_delivered_patch_was_applied",
     "test_agent_is_configured_for_the_management_server",
     "test_machine_id_is_this_clones",
+    "test_rsa_key_login_with_sha1_signatures",
+    "test_legacy_scp_copy_works",
+    "test_cmd_line_json_holds_the_command_line_in_cloudstacks_shape",
+    "test_internal_dns_is_the_first_resolver",
+    "test_routers_forward_and_other_roles_do_not",
+    "test_management_network_is_routed_via_localgw",
 }
 SECTIONS = {
     "3922 access",
@@ -54,6 +60,7 @@ SECTIONS = {
     "Agent start",
     "Boot health",
     "Role contract",
+    "CloudStack state",
 }
 
 

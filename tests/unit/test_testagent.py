@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 import stat
 import subprocess
 import sys
@@ -56,6 +57,29 @@ def test_agent_reports_to_the_listener_and_logs_agent_started(tmp_path):
     assert record.startups[0]["kind"] == "startup" and record.startups[0]["name"] == "v-9-VM"
     assert "Agent started" in (tmp_path / "cloud.log").read_text()
     assert listener.garbage == []
+
+
+def test_agent_tries_each_management_server_of_the_host_list(tmp_path):
+    """host= is CloudStack's comma-separated list: a server that refuses is skipped for the next one."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.2", 0))  # bound, never listening: connections are refused
+        with ManagementListener() as listener:
+            agent_dir = tmp_path / "agent"
+            with zipfile.ZipFile(testagent.build_payload(tmp_path / "p").agent_zip) as archive:
+                archive.extractall(agent_dir)
+            code = (
+                "import sys, agent; "
+                f"agent.run(agent.parse_settings(sys.argv[1:]), log_path={str(tmp_path / 'cloud.log')!r}, "
+                "max_heartbeats=2)"
+            )
+            port = listener.port
+            cmdline = f"type=secstorage name=s-9-VM host=127.0.0.2,127.0.0.1 port={port} heartbeat=0.1"
+            subprocess.run(
+                [sys.executable, "-c", code, *cmdline.split()], cwd=agent_dir, check=True, timeout=60
+            )
+            listener.wait_for("s-9-VM", heartbeats=2, timeout=10)
+    log = (tmp_path / "cloud.log").read_text()
+    assert "127.0.0.2" in log and "unreachable" in log and f"connected to 127.0.0.1:{port}" in log
 
 
 def test_listener_times_out_naming_what_it_saw():

@@ -91,3 +91,19 @@ def test_installed_kernel_is_the_flavours(host, params) -> None:
     suffixes = KERNEL_OF[params["flavour"]][1]
     wrong = [k for k in images if not k.endswith(suffixes)]
     assert not wrong, f"kernels not of the {params['flavour']} flavour: {', '.join(wrong)}"
+
+
+# Programs CloudStack 4.20's own scripts run on a system VM (contract sections 4 and 7): the live patch
+# (zip, unzip, tar, md5sum), template download and unpack on the storage VM (bzip2, bunzip2, gunzip,
+# file), ssvm-check.sh and router_proxy.sh (ping, route, nslookup, socat), router address announcements
+# (arping), the patch copy (scp) and the agent (java, keytool).
+CLOUDSTACK_PROGRAMS = (
+    "zip", "unzip", "tar", "md5sum", "bzip2", "bunzip2", "gunzip", "file", "ping", "arping", "route",
+    "nslookup", "socat", "scp", "java", "keytool", "ipcalc", "uuid", "lsof", "traceroute",
+)  # fmt: skip
+
+
+def test_programs_cloudstack_scripts_run_are_present(host) -> None:
+    """Every program CloudStack's scripts call on a system VM is installed"""
+    missing = [name for name in CLOUDSTACK_PROGRAMS if not host.exists(name)]
+    assert not missing, f"not on the image: {', '.join(missing)} (CloudStack's scripts call them)"

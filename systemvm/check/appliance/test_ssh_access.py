@@ -6,7 +6,14 @@ sshd answers on port 3922 on the role's control interface only, with the injecte
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
+import shlex
+import shutil
 import socket
+import subprocess
+from pathlib import Path
+from typing import Any
 
 import paramiko
 import pytest
@@ -152,3 +159,95 @@ def test_sshd_is_configured_for_3922_and_keys_only(host, params) -> None:
     assert settings.get("passwordauthentication") == ["no"], "sshd allows password authentication"
     kbd = settings.get("kbdinteractiveauthentication") or settings.get("challengeresponseauthentication")
     assert kbd == ["no"], f"sshd keyboard-interactive authentication: {kbd}; expected no"
+
+
+def test_sshd_accepts_what_cloudstacks_java_client_sends(host, params) -> None:
+    """sshd accepts ssh-rsa (SHA-1) RSA signatures and as many sessions as CloudStack opens"""
+    settings = _configured_sshd(host, params)
+    accepted = ",".join(settings.get("pubkeyacceptedalgorithms", []))
+    if params["kind"] == "vm":  # sshd -T expands '+ssh-rsa' into the full list
+        assert "ssh-rsa" in accepted.split(","), (
+            f"sshd's PubkeyAcceptedAlgorithms lacks ssh-rsa: {accepted or 'OpenSSH defaults'}"
+        )
+    else:
+        assert accepted.lstrip("+").split(",").count("ssh-rsa") == 1, (
+            f"PubkeyAcceptedAlgorithms is {accepted or 'unset'}; expected +ssh-rsa"
+        )
+    # sshd -T prints MaxStartups as start:rate:full
+    startups = (settings.get("maxstartups") or ["10:30:100"])[0].split(":")[0]
+    assert startups == "1000", f"MaxStartups {settings.get('maxstartups')}; CloudStack's template sets 1000"
+    assert settings.get("maxsessions") == ["1000"], (
+        f"MaxSessions {settings.get('maxsessions')}; CloudStack's template sets 1000"
+    )
+
+
+def test_scp_binary_is_present(host) -> None:
+    """The scp binary CloudStack's legacy SCP copy runs on the guest is there"""
+    assert host.exists("scp"), "no scp on the guest: CloudStack's patch file copy (legacy SCP) would fail"
+
+
+# What CloudStack's Java SSH client (trilead-ssh2) can verify: ECDSA P-256 and SHA-1 RSA host keys.
+JAVA_CLIENT_HOST_KEYS = "ecdsa-sha2-nistp256,ssh-rsa"
+
+
+def _openssh_options(ssh: dict[str, Any], key: Path) -> list[str]:
+    return [
+        "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "-o", "ConnectTimeout=20",
+    ]  # fmt: skip
+
+
+@pytest.fixture()
+def rsa_key(host, tmp_path: Path):
+    """A fresh RSA key, added to root's authorized_keys for one check and removed after it."""
+    if shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("no OpenSSH client on the test runner")
+    key = tmp_path / "id_rsa"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-C", "cloudstack-like",
+                    "-f", str(key)], check=True)  # fmt: skip
+    public = key.with_suffix(".pub").read_text().strip()
+    keys_file = "/root/.ssh/authorized_keys"
+    saved = run_ok(host, f"base64 -w0 {keys_file}").strip()
+    run_ok(host, f"echo {shlex.quote(public)} >> {keys_file}")
+    try:
+        yield key
+    finally:
+        run_ok(host, f"echo {saved} | base64 -d > {keys_file}.restore && chmod 600 {keys_file}.restore"
+                     f" && mv {keys_file}.restore {keys_file}")  # fmt: skip
+
+
+@pytest.mark.live
+def test_rsa_key_login_with_sha1_signatures(params, rsa_key: Path) -> None:
+    """An RSA key signing with ssh-rsa (SHA-1) logs in, as CloudStack's Java client does"""
+    ssh = params["ssh"]
+    run = subprocess.run(
+        ["ssh", "-p", str(ssh["port"]), *_openssh_options(ssh, rsa_key),
+         "-o", "PubkeyAcceptedAlgorithms=ssh-rsa", "-o", f"HostKeyAlgorithms={JAVA_CLIENT_HOST_KEYS}",
+         f"root@{ssh['host']}", "id -un"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "root", (
+        f"ssh-rsa signed login refused (exit {run.returncode}): {run.stderr.strip()[-300:]}; "
+        "CloudStack's management server could not run any command on this VM"
+    )
+
+
+@pytest.mark.live
+def test_legacy_scp_copy_works(host, params, tmp_path: Path) -> None:
+    """A file copied with legacy SCP (scp -O) arrives intact in /var/cache/cloud"""
+    ssh = params["ssh"]
+    payload = tmp_path / "scp-probe.bin"
+    payload.write_bytes(os.urandom(64 * 1024))
+    target = "/var/cache/cloud/scp-probe.bin"
+    try:
+        run = subprocess.run(
+            ["scp", "-O", "-P", str(ssh["port"]), *_openssh_options(ssh, Path(ssh["key_file"])),
+             str(payload), f"root@{ssh['host']}:{target}"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, f"scp -O failed (exit {run.returncode}): {run.stderr.strip()[-300:]}"
+        remote = run_ok(host, f"sha256sum {target}").split()[0]
+        assert remote == hashlib.sha256(payload.read_bytes()).hexdigest(), "the copied file differs"
+    finally:
+        host.run(f"rm -f {target}")

@@ -11,6 +11,7 @@ whole sequence on a temporary directory with recorded command outputs.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,7 @@ class Guest:
         self.clock = clock
         self.sleep = sleep
         self.echo = echo
+        self.late = False  # True when configuring from a command line the host wrote after the boot
 
     def path(self, absolute: str) -> Path:
         return self.root / absolute.lstrip("/")
@@ -169,6 +171,10 @@ def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
     if config.gateway:
         gateway = contract.ipaddress.IPv4Address(config.gateway)
         gateway_nic = next((n.index for n in config.nics.values() if gateway in n.interface.network), None)
+    try:
+        route = contract.management_route(config)
+    except ValueError:
+        route = None  # configure_network logs it
     for nic in sorted(config.nics.values(), key=lambda n: n.index):
         start = "auto" if nic.name in present else "allow-hotplug"
         out += ["", f"{start} {nic.name}", f"iface {nic.name} inet static",
@@ -177,6 +183,10 @@ def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
             out.append(f"    mtu {nic.mtu}")
         if nic.index == gateway_nic:
             out.append(f"    gateway {config.gateway}")
+        if route and route[2] == nic.name:
+            cidr, via, _ = route
+            out += [f"    post-up ip route replace {cidr} via {via} dev {nic.name}",
+                    f"    pre-down ip route del {cidr} via {via} dev {nic.name} || true"]  # fmt: skip
     return "\n".join(out) + "\n"
 
 
@@ -188,6 +198,12 @@ def configure_network(guest: Guest, config: contract.BootConfig) -> None:
         contract.ipaddress.IPv4Address(config.gateway) in n.interface.network for n in config.nics.values()
     ):
         guest.log(f"gateway {config.gateway} is on none of the NICs' networks; skipped")
+    try:
+        route = contract.management_route(config)
+        if route:
+            guest.log(f"management network {route[0]} routed via {route[1]} on {route[2]}")
+    except ValueError as exc:
+        guest.log(f"mgmtcidr {config.mgmt_cidr} not routed: {exc}")
     wanted = {nic.name for nic in config.nics.values()}
     deadline = guest.clock() + NIC_WAIT
     while True:
@@ -200,6 +216,28 @@ def configure_network(guest: Guest, config: contract.BootConfig) -> None:
     guest.write("/etc/network/interfaces", interfaces_text(config, present))
     if config.dns:
         guest.write("/etc/resolv.conf", "".join(f"nameserver {s}\n" for s in config.dns))
+
+
+def write_cloudstack_state(guest: Guest, config: contract.BootConfig) -> None:
+    """What CloudStack's own scripts read at boot: /etc/cloudstack/ and, for a known type,
+    /var/cache/cloud/cmd_line.json (CloudStack keeps it only when the type is one it knows)."""
+    guest.path(contract.CLOUDSTACK_CONF_DIR).mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not config.role:
+        guest.path(contract.CMD_LINE_JSON_PATH).unlink(missing_ok=True)
+        guest.log(f"no known type on the command line: {contract.CMD_LINE_JSON_PATH} not written")
+        return
+    text = json.dumps(contract.cmd_line_json(config.params), indent=2) + "\n"
+    guest.write(contract.CMD_LINE_JSON_PATH, text)
+
+
+def configure_forwarding(guest: Guest, config: contract.BootConfig) -> None:
+    """Routers forward their guest networks' traffic; the other roles do not (their FORWARD policy is
+    DROP either way). Applied now and kept for any later ``sysctl --system``."""
+    value = 1 if config.role in contract.GUEST_FACING_ROLES else 0
+    guest.write(contract.FORWARD_SYSCTL_PATH,
+                f"# Written by cloud-early-config for role {config.role or 'none'}\n"
+                f"net.ipv4.ip_forward = {value}\n")  # fmt: skip
+    guest.path(contract.IP_FORWARD_PATH).write_text(f"{value}\n")
 
 
 def install_authorized_key(guest: Guest, config: contract.BootConfig) -> None:
@@ -336,13 +374,40 @@ def apply_firewall(guest: Guest, config: contract.BootConfig) -> None:
 
 
 def start_ssh(guest: Guest, config: contract.BootConfig) -> None:
+    if guest.late:
+        return  # restart_after_late_config restarts it once the NICs are up
     # Queued, not waited for: ssh.service runs after network.target, which waits for this unit.
     guest.run(["systemctl", "start", "--no-block", "ssh.service"])
 
 
+def bring_up_network(guest: Guest, config: contract.BootConfig) -> None:
+    """Late configuration only: the boot's ifup already ran, so give each NIC its new address now."""
+    for nic in sorted(config.nics.values(), key=lambda n: n.index):
+        if not guest.path(f"/sys/class/net/{nic.name}").exists():
+            guest.log(f"{nic.name} is not present; it comes up when it is plugged in")
+            continue
+        for argv in (["ip", "addr", "flush", "dev", nic.name], ["ifup", "--force", nic.name]):
+            try:
+                guest.run(argv)
+            except Exception as exc:  # noqa: BLE001 - one NIC must not stop the others
+                guest.log(f"{' '.join(argv)} failed: {exc}")
+
+
+def restart_after_late_config(guest: Guest, config: contract.BootConfig) -> None:
+    """Late configuration only: sshd binds the new control address; cloud-patch re-reads the command
+    line and waits for the patch the host copies once SSH answers."""
+    for unit in ("ssh.service", "cloud-patch.service"):
+        try:
+            guest.run(["systemctl", "restart", "--no-block", unit])
+        except Exception as exc:  # noqa: BLE001 - e.g. an image without the agent element
+            guest.log(f"restarting {unit} failed: {exc}")
+
+
 STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
     configure_hostname,
+    write_cloudstack_state,
     configure_network,
+    configure_forwarding,
     install_authorized_key,
     configure_ssh_listen,
     apply_firewall,
@@ -351,27 +416,79 @@ STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
 )
 
 
+LATE_STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
+    bring_up_network,
+    restart_after_late_config,
+)
+# Sources that mean the host has not (yet) written this boot's command line.
+FALLBACK_SOURCES = ("previous boot", "/proc/cmdline")
+
+
 def early_config(guest: Guest) -> contract.BootConfig:
     guest.path(contract.CACHE_DIR).mkdir(parents=True, exist_ok=True)
     text, source, hypervisor = obtain_cmdline(guest)
     if source != "qemu-guest-agent":
         guest.write(contract.CMDLINE_PATH, text + "\n")
+    config = configure(guest, text, source, hypervisor)
+    if source in FALLBACK_SOURCES and hypervisor == "kvm":
+        # A loaded host may deliver the command line after our wait: keep listening for it, or the VM
+        # stays unconfigured (and unreachable) for good.
+        try:
+            guest.run(["systemctl", "start", "--no-block", contract.CMDLINE_WATCH_UNIT])
+            guest.log(f"listening for a command line from the host ({contract.CMDLINE_WATCH_UNIT})")
+        except Exception as exc:  # noqa: BLE001 - the boot goes on with what it has
+            guest.log(f"starting {contract.CMDLINE_WATCH_UNIT} failed: {exc}")
+    return config
+
+
+def late_config(guest: Guest) -> contract.BootConfig | None:
+    """The host wrote /var/cache/cloud/cmdline after the boot stopped waiting: configure from it now.
+
+    Run by cloud-late-config.service when cloud-cmdline-watch.path sees the file change. Nothing is done
+    when the file is empty or is the command line this boot already applied (the host retries writes).
+    """
+    guest.late = True
+    text = contract.wait_for_cmdline_file(
+        str(guest.path(contract.CMDLINE_PATH)), 10.0, 0.0, guest.clock, guest.sleep
+    )
+    if not text:
+        guest.log("the command line file changed but holds no command line; nothing to do")
+        return None
+    applied = guest.path(contract.APPLIED_CMDLINE_PATH)
+    if applied.is_file() and applied.read_text(errors="replace").strip() == text:
+        guest.log("the host wrote the command line this boot applied already; nothing to do")
+        return None
+    hypervisor = contract.detect_hypervisor(
+        guest.run, str(guest.path(contract.DMI_DIR)), str(guest.path("/proc/xen"))
+    )
+    return configure(guest, text, "qemu-guest-agent, after the boot", contract.CHANNEL_HYPERVISOR.get(
+        hypervisor or "", "kvm"))  # fmt: skip
+
+
+def configure(guest: Guest, text: str, source: str, hypervisor: str) -> contract.BootConfig:
     config = contract.read_config(contract.parse_cmdline(text), hypervisor)
     guest.log(f"command line from {source}: role {config.role or 'none'}, name {config.name or '-'}, "
               f"control NIC {config.control_nic} on {hypervisor}")  # fmt: skip
     for problem in config.problems:
         guest.log(problem)
-    for step in STEPS:
+    for step in (*STEPS, *LATE_STEPS) if guest.late else STEPS:
         try:
             step(guest, config)
         except Exception as exc:  # noqa: BLE001 - one failed step must not stop the others
             guest.log(f"{step.__name__} failed: {type(exc).__name__}: {exc}")
-    guest.log("early configuration done")
+    try:
+        guest.write(contract.APPLIED_CMDLINE_PATH, text.strip() + "\n")
+    except OSError as exc:
+        guest.log(f"recording the applied command line failed: {exc}")
+    guest.log("late configuration done" if guest.late else "early configuration done")
     return config
 
 
-def main() -> int:
-    early_config(Guest())
+def main(argv: list[str] | None = None) -> int:
+    if "--late" in (sys.argv[1:] if argv is None else argv):
+        late_config(Guest(program="cloud-late-config"))
+    else:
+        early_config(Guest())
     return 0
 
 
