@@ -67,6 +67,7 @@ def setup_key(base: str) -> str:
     """What the root after setup.sh depends on: the Debian root, setup.sh and the Python requirements."""
     parts = {
         "base": base,
+        "installs": "the list under test",  # setup.sh installs the list given, not the repository's
         "setup.sh": hashlib.sha256((REPO / "setup.sh").read_bytes()).hexdigest(),
         "pyproject.toml": hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest(),
     }
@@ -154,12 +155,12 @@ def _make_base(tarball: Path, packages: list[str], sources: str, proxy: str, log
         _remove_root(work)
 
 
-def _make_setup(tarball: Path, base: Path, proxy: str, log: Path) -> None:
+def _make_setup(tarball: Path, base: Path, packages: list[str], proxy: str, log: Path) -> None:
     """The Debian root after the project's own ./setup.sh, as a new user runs it."""
     work = Path(tempfile.mkdtemp(prefix="setup-", dir=tarball.parent))
     try:
         _run(["tar", "-C", str(work), "-xf", str(base)], log, "tar")
-        _prepare(work, proxy)
+        _prepare(work, proxy, packages)
         with _mounted(work):
             _chroot(work, "cd /src && ./setup.sh", log, "setup.sh in the clean root", proxy)
         _pack(work, tarball, log)
@@ -167,10 +168,12 @@ def _make_setup(tarball: Path, base: Path, proxy: str, log: Path) -> None:
         _remove_root(work)
 
 
-def _prepare(root: Path, proxy: str) -> None:
+def _prepare(root: Path, proxy: str, packages: list[str]) -> None:
     """The tree under test at /src, and how this host reaches the network (its resolver and the CA bundle
     its TLS connections need); no package or file of the host's software goes in."""
     _copy_source(root)
+    # the list under test is the one setup.sh installs (it may be a trial list, not the repository's)
+    (root / "src" / "host-packages.txt").write_text("\n".join(packages) + "\n")
     shutil.copy2("/etc/resolv.conf", root / "etc" / "resolv.conf")
     shutil.copy2(HOST_CA_BUNDLE, root / "etc" / "ssl" / HOST_CA_NAME)
     (root / "etc/apt/apt.conf.d/99mmdebstrap").write_text(f'Acquire::http::Proxy "{proxy}";\n')
@@ -290,7 +293,7 @@ def check_host_packages(
                 _make_base(base, packages, sources, proxy, log)
         if not reused:
             with phase("clean room: ./setup.sh in it"):
-                _make_setup(tarball, base, proxy, log)
+                _make_setup(tarball, base, packages, proxy, log)
         seconds["root"] = round(time.monotonic() - start, 1)
         _prune(cache, "base-", base)
         _prune(cache, "setup-", tarball)
@@ -299,7 +302,7 @@ def check_host_packages(
             in_memory = _memory_root(root)
             with phase(f"clean room: unpack the root{' (tmpfs)' if in_memory else ''}"):
                 _run(["tar", "-C", str(root), "-xf", str(tarball)], log, "tar")
-            _prepare(root, proxy)  # the tree under test, which may be newer than the cached root's
+            _prepare(root, proxy, packages)  # the tree under test, which may be newer than the cached root's
             with _mounted(root):
                 doctor_rc, doctor_output = _doctor_inside(root, flavours, proxy, logs, seconds)
                 trials = {arch: _trial_inside(root, arch, sources, proxy, logs, seconds) for arch in flavours}

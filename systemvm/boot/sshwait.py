@@ -77,9 +77,7 @@ def wait_for_ssh(
     raise TimeoutError(f"SSH on {host}:{port} did not answer within {timeout:.0f} s")
 
 
-def wait_for_banner(
-    host: str, port: int, timeout: float, alive: Callable[[], bool] | None = None
-) -> float:
+def wait_for_banner(host: str, port: int, timeout: float, alive: Callable[[], bool] | None = None) -> float:
     """Without a private key: poll until ``host:port`` greets with an SSH banner; return the seconds it took.
 
     ``alive()`` returning False ends the wait early. Raises TimeoutError with the last reason.
