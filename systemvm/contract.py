@@ -346,6 +346,8 @@ def management_route(config: BootConfig) -> tuple[str, str, str] | None:
     cidr = ipaddress.IPv4Network(config.mgmt_cidr)
     gateway = ipaddress.IPv4Address(config.local_gateway)
     for nic in sorted(config.nics.values(), key=lambda n: n.index):
+        if nic.interface is None:  # a NIC without an address (bootproto=dhcp) holds no known network
+            continue
         network = nic.interface.network
         if gateway in network:
             if cidr.subnet_of(network):
