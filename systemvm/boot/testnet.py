@@ -108,8 +108,10 @@ def qemu_netdev_args(plan: TestNetwork, device: str = "virtio-net-pci") -> list[
 # A management network the harness asks the storage and console VMs to route through localgw, as
 # CloudStack does for a management server in another subnet (nothing listens there).
 TEST_MGMT_CIDR = "10.250.0.0/16"
-# Public resolver the command line lists after the zone's internal one (dns1 after internaldns1).
-TEST_PUBLIC_DNS = "8.8.8.8"
+# The "public" resolver the command line lists after the zone's internal one (dns1 after internaldns1).
+# Never a real public address: a guest's queries must stay on this machine (the guest's own loopback,
+# where nothing answers, so a lookup the internal DNS cannot answer fails at once).
+TEST_PUBLIC_DNS = "127.0.0.1"
 
 
 def internal_dns(plan: TestNetwork) -> str:
