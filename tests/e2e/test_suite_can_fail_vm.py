@@ -18,6 +18,7 @@ import pytest
 
 from systemvm import naming, testagent
 from systemvm.boot.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
+from systemvm.boot.testnet import TEST_MGMT_CIDR
 from systemvm.check.report import parse_junit
 from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
 from tests.e2e import artifacts
@@ -48,6 +49,7 @@ I = check_node("test_ipsec.py")  # noqa: E741
 A = check_node("test_agent.py")
 B = check_node("test_boot_health.py")
 R = check_node("test_role_contract.py")
+C = check_node("test_cloudstack_state.py")
 
 # case -> (break, repair, params overrides, checks expected to fail). Cases run in this order on one VM.
 CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
@@ -228,6 +230,51 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         "cp -p /root/machine-id.bak /etc/machine-id",
         {},
         [R + "test_machine_id_is_this_clones"],
+    ),
+    "sshd refuses ssh-rsa signatures": (
+        f"echo 'PubkeyAcceptedAlgorithms -ssh-rsa' > /etc/ssh/sshd_config.d/00-broken.conf && {SSHD_HUP}",
+        f"rm -f /etc/ssh/sshd_config.d/00-broken.conf && {SSHD_HUP}",
+        {},
+        [
+            S + "test_rsa_key_login_with_sha1_signatures",
+            S + "test_sshd_accepts_what_cloudstacks_java_client_sends",
+        ],
+    ),
+    "a program CloudStack's scripts call is missing": (
+        "mv /usr/bin/zip /root/zip.bak",
+        "mv /root/zip.bak /usr/bin/zip",
+        {},
+        [P + "test_programs_cloudstack_scripts_run_are_present"],
+    ),
+    "cmd_line.json lost": (
+        "mv /var/cache/cloud/cmd_line.json /root/cmd_line.json.bak",
+        "mv /root/cmd_line.json.bak /var/cache/cloud/cmd_line.json",
+        {},
+        [C + "test_cmd_line_json_holds_the_command_line_in_cloudstacks_shape"],
+    ),
+    "/etc/cloudstack missing": (
+        "mv /etc/cloudstack /root/etc-cloudstack.bak",
+        "mv /root/etc-cloudstack.bak /etc/cloudstack",
+        {},
+        [C + "test_cloudstack_config_directory_exists"],
+    ),
+    "the public resolver first": (
+        "cp -p /etc/resolv.conf /root/resolv.conf.bak && printf 'nameserver 127.0.0.1\\n' > /etc/resolv.conf",
+        "cp -p /root/resolv.conf.bak /etc/resolv.conf",
+        {},
+        [C + "test_internal_dns_is_the_first_resolver"],
+    ),
+    "management network not routed": (
+        f"ip route show {TEST_MGMT_CIDR} > /root/mgmt.route && ip route del {TEST_MGMT_CIDR}",
+        "ip route add $(cat /root/mgmt.route)",
+        {},
+        [C + "test_management_network_is_routed_via_localgw"],
+    ),
+    "a secstorage forwards packets": (
+        "sysctl -qw net.ipv4.ip_forward=1",
+        "sysctl -qw net.ipv4.ip_forward=0",
+        {},
+        [C + "test_routers_forward_and_other_roles_do_not"],
     ),
     "release names another version": (
         "cp -p /etc/cloudstack-release /root/release.bak && "
