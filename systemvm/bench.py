@@ -135,6 +135,17 @@ def print_table(rows: Rows) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def bench_clean_room(flavours: list[str]) -> Rows:
+    """The clean-room check of host-packages.txt: what each stage cost, and whether the root was reused."""
+    from systemvm.cleanroom import check_host_packages
+
+    result = check_host_packages(flavours)
+    rows: Rows = [(f"clean room: {stage}", f"{seconds:.0f} s") for stage, seconds in result.seconds.items()]
+    rows.append(("clean room: root", "reused" if result.root_reused else "made"))
+    rows.append(("clean room", "PASS" if result.ok else "FAIL"))
+    return rows
+
+
 def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str], cold: bool) -> Rows:
     rows: Rows = []
     vdir = naming.version_dir(artifacts, version)
@@ -165,6 +176,8 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
         from systemvm.seed.install import bench_seed
 
         rows += run_section("seed", bench_seed)
+    if "cleanroom" in sections:
+        rows += run_section("cleanroom", lambda: bench_clean_room(flavours))
     if "matrix" in sections:
         from systemvm.check.matrix import bench_matrix
 
