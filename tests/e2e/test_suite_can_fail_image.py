@@ -41,6 +41,11 @@ IMAGE_CHECKS = {
     "test_required_plugin_libraries_are_installed",
     "test_ipsec_service_is_enabled_only_where_the_role_needs_it",
     "test_sshd_is_configured_for_3922_and_keys_only",
+    "test_sshd_accepts_what_cloudstacks_java_client_sends",
+    "test_scp_binary_is_present",
+    "test_programs_cloudstack_scripts_run_are_present",
+    "test_cloudstack_config_directory_exists",
+    "test_release_line_parses_as_cloudstack_reads_it",
 }
 
 FAKE_PACKAGE = (
