@@ -179,10 +179,15 @@ def _prepare(root: Path, proxy: str, packages: list[str]) -> None:
     (root / "etc/apt/apt.conf.d/99mmdebstrap").write_text(f'Acquire::http::Proxy "{proxy}";\n')
 
 
+def _mounts_at_or_below(path: Path) -> list[str]:
+    """Mount points at ``path`` or inside it, from the kernel's mount table."""
+    mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return [m for m in mounted if m == str(path) or m.startswith(f"{path}/")]
+
+
 def _remove_root(root: Path) -> None:
     """Remove a root only once nothing is mounted below it: never delete through an rbind of /dev."""
-    mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-    inside = [m for m in mounted if m == str(root) or m.startswith(f"{root}/")]
+    inside = _mounts_at_or_below(root)
     if inside:
         raise UserError(f"{inside[0]} is still mounted: run umount -R {inside[0]}, then remove {root}")
     shutil.rmtree(root, ignore_errors=True)
@@ -214,8 +219,7 @@ def _remove_leftovers(cache: Path) -> None:
     """Work trees of a run that was killed (SIGKILL, power loss): unmount what is left inside, remove them."""
     for leftover in [*cache.glob("run-*"), *cache.glob("base-*"), *cache.glob("setup-*")]:
         if leftover.is_dir():
-            mounted = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-            for target in sorted((m for m in mounted if m.startswith(f"{leftover}/")), reverse=True):
+            for target in sorted(_mounts_at_or_below(leftover), reverse=True):
                 subprocess.run(["umount", "-R", "-l", target], check=False, capture_output=True)
             _remove_root(leftover)
         elif leftover.suffix == ".partial":
