@@ -18,6 +18,7 @@ from systemvm import naming
 from systemvm.atomic import atomic_path, require_free_space
 from systemvm.errors import UserError
 from systemvm.export import detect, publish
+from systemvm.export.decompress import keep_unpacked
 from systemvm.progress import human_bytes, phase
 
 FORMATS = ("qcow2", "vhd", "ova")
@@ -79,23 +80,25 @@ def space_needed(raw: Path, formats: list[str]) -> int:
     return data * (1 + len(formats)) + HEADROOM
 
 
-def _write_qcow2_bz2(raw: Path, final: Path, work: Path) -> None:
+def _write_qcow2_bz2(raw: Path, final: Path, work: Path) -> Path:
+    """Write ``final``; return the uncompressed qcow2 it was made from (the caller keeps or drops it)."""
     from systemvm.export.formats.qcow2 import write_qcow2
 
     plain = work / "disk.qcow2"
     write_qcow2(raw, plain)
     publish.compress_bz2(plain, final)
-    plain.unlink()
+    return plain
 
 
-def _write_vhd_bz2(raw: Path, final: Path, work: Path, epoch: int) -> None:
+def _write_vhd_bz2(raw: Path, final: Path, work: Path, epoch: int) -> Path:
+    """Write ``final``; return the uncompressed VHD it was made from (the caller keeps or drops it)."""
     from systemvm.export.formats.vhd import check_vhd, write_dynamic_vhd
 
     plain = work / "disk.vhd"
     write_dynamic_vhd(raw, plain, timestamp=epoch)
     check_vhd(plain, check_data=False)
     publish.compress_bz2(plain, final)
-    plain.unlink()
+    return plain
 
 
 def _write_ova(raw: Path, final: Path, name: str, flavour: str, epoch: int) -> None:
@@ -134,13 +137,19 @@ def export_flavour(
         for fmt in formats:
             final = out_dir / naming.export_name(version, flavour, fmt)
             with phase(f"export {flavour} {fmt} -> {final.name}"):
+                plain = None
                 if fmt == "qcow2":
-                    _write_qcow2_bz2(raw, final, work)
+                    plain = _write_qcow2_bz2(raw, final, work)
                 elif fmt == "vhd":
-                    _write_vhd_bz2(raw, final, work, epoch)
+                    plain = _write_vhd_bz2(raw, final, work, epoch)
                 else:
                     _write_ova(raw, final, stem, flavour, epoch)
                 digests = publish.file_digests(final)
+            if plain is not None:
+                # What a later boot or upload would unpack from ``final``: hand it to the cache of unpacked
+                # artifacts instead of deleting it (a rename; skipped across filesystems).
+                if not keep_unpacked(plain, str(digests["sha512"]), fmt):
+                    plain.unlink()
             results[fmt] = {"file": final.name, **digests}
     publish.refresh_listing(out_dir, version, {r["file"]: r for r in results.values()}, base_url)
     record_in_manifest(out_dir / naming.manifest(Path("."), version, flavour).name, results)

@@ -28,9 +28,6 @@ def test_environment(artifacts: Path, version: str) -> dict[str, str]:
     env["SYSTEMVM_RAW_DISKS"] = ":".join(p for p in raws if Path(p).exists())
     # SYSTEMVM_KVM_QCOW2 stays unset: tests/e2e/test_matrix.py boots both flavours through libvirt (as every
     # role), so tests/e2e/test_kvm_boot.py would only repeat two of its boots. Set it to run that test too.
-    vhd = out / naming.export_name(version, "amd64", "vhd")
-    if vhd.exists():
-        env["SYSTEMVM_XEN_VHD"] = str(vhd)
     return env
 
 

@@ -17,6 +17,7 @@ from systemvm import contract
 from systemvm.boot import testnet
 from systemvm.boot.hypervisors import kvm, registry
 from systemvm.errors import UserError
+from systemvm.export import decompress
 
 QEMU = {"qemu": kvm.QEMU_NS}
 
@@ -140,7 +141,9 @@ def sha(path: Path) -> str:
     return hashlib.sha512(path.read_bytes()).hexdigest()
 
 
-def test_bz2_artifact_is_decompressed_once_into_a_cache_named_by_its_sha512(tmp_path: Path) -> None:
+def test_bz2_artifact_is_decompressed_once_into_a_cache_named_by_its_sha512(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plain = make_qcow2(tmp_path / "plain.qcow2")
     packed = tmp_path / "t-kvm.qcow2.bz2"
     packed.write_bytes(bz2.compress(plain.read_bytes()))
@@ -148,10 +151,11 @@ def test_bz2_artifact_is_decompressed_once_into_a_cache_named_by_its_sha512(tmp_
     first = kvm.prepare_artifact(packed, cache)
     assert first == cache / f"{sha(packed)}.qcow2"
     assert first.read_bytes() == plain.read_bytes()
-    mtime = first.stat().st_mtime_ns
-    assert kvm.prepare_artifact(packed, cache) == first and first.stat().st_mtime_ns == mtime
+    inode = first.stat().st_ino
+    monkeypatch.setattr(decompress, "decompress_bz2", lambda *a: pytest.fail("unpacked a second time"))
+    assert kvm.prepare_artifact(packed, cache) == first and first.stat().st_ino == inode
     # no temporary left behind (the lock file stays: removing a lock others may wait on is a race)
-    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, kvm.DECOMPRESS_LOCK])
+    assert sorted(p.name for p in cache.iterdir()) == sorted([first.name, decompress.LOCK_NAME])
 
 
 def test_runs_starting_together_decompress_an_artifact_once(
@@ -163,14 +167,14 @@ def test_runs_starting_together_decompress_an_artifact_once(
     packed.write_bytes(bz2.compress(plain.read_bytes()))
     cache = tmp_path / "cache"
     calls: list[Path] = []
-    real = kvm.decompress_bz2
+    real = decompress.decompress_bz2
 
     def slow_decompress(source: Path, target: Path) -> None:
         calls.append(target)
         time.sleep(0.3)  # long enough for the other threads to reach the lock
         real(source, target)
 
-    monkeypatch.setattr(kvm, "decompress_bz2", slow_decompress)
+    monkeypatch.setattr(decompress, "decompress_bz2", slow_decompress)
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         paths = list(pool.map(lambda _: kvm.prepare_artifact(packed, cache), range(3)))
     assert len(calls) == 1
@@ -190,7 +194,7 @@ def test_artifact_of_the_wrong_format_is_one_line_error(tmp_path: Path, content:
     with pytest.raises(UserError, match="qcow2") as info:
         kvm.prepare_artifact(wrong, tmp_path / "cache")
     assert "\n" not in str(info.value)
-    assert [p.name for p in (tmp_path / "cache").glob("*")] in ([], [kvm.DECOMPRESS_LOCK])
+    assert [p.name for p in (tmp_path / "cache").glob("*")] in ([], [decompress.LOCK_NAME])
 
 
 def test_missing_artifact_is_one_line_error(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """KVM through libvirt (libvirt-python), as a CloudStack KVM host boots a system VM.
 
-- The artifact (``.qcow2`` or ``.qcow2.bz2``) is never modified: a ``.bz2`` is decompressed once into a cache
-  file named by its sha512, and every VM runs on a qcow2 overlay (``qemu-img create -b artifact -F qcow2``) in
-  the run's work directory.
+- The artifact (``.qcow2`` or ``.qcow2.bz2``) is never modified: a ``.bz2`` is unpacked once into the cache
+  of unpacked artifacts (:mod:`systemvm.export.decompress`), and every VM runs on a qcow2 overlay
+  (``qemu-img create -b artifact -F qcow2``) in the run's work directory.
 - The domain XML is built with lxml: virtio disk and NICs, the serial console logged to a file, a
   qemu-guest-agent channel, domain type ``kvm`` or ``qemu`` (TCG) from :mod:`systemvm.boot.hypervisors.accel`.
 - The command line reaches the guest as CloudStack's KVM agent sends it: ``guest-sync``, then
@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -31,21 +30,19 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lxml import etree
 
 from systemvm import contract
-from systemvm.atomic import atomic_path
 from systemvm.boot import sshwait, testnet
 from systemvm.boot.hypervisors import accel
 from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
-from systemvm.defaults import cache_root
 from systemvm.errors import UserError
 from systemvm.export import detect
-from systemvm.export.decompress import decompress_bz2
+from systemvm.export.decompress import unpacked_copy
 from systemvm.hosttools import require_tools
 from systemvm.progress import phase, say
 
@@ -209,66 +206,23 @@ def domain_xml(spec: DomainSpec) -> str:
 # ---------------------------------------------------------------------------------------------- artifacts
 
 
-def cache_dir() -> Path:
-    """Decompressed artifacts: ``$SYSTEMVM_CACHE_DIR``, else ``kvm/`` under the project's one cache root."""
-    explicit = os.environ.get("SYSTEMVM_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    return cache_root() / "kvm"
-
-
-def _sha512(path: Path) -> str:
-    digest = hashlib.sha512()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-DECOMPRESS_LOCK = ".decompress.lock"
-
-
-@contextlib.contextmanager
-def _decompress_lock(cache: Path) -> Iterator[None]:
-    """One decompression at a time per cache: matrix cells of one flavour start together, and each used to
-    decompress the same artifact (three lbzip2 runs of a 330 MB export on 2 cores, measured). The others
-    wait, then find the file made."""
-    with open(cache / DECOMPRESS_LOCK, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            with phase("wait for another run decompressing into the same cache"):
-                fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def prepare_artifact(artifact: Path, cache: Path | None = None) -> Path:
-    """The qcow2 to use as a read-only backing file: ``artifact`` itself, or its decompressed cache copy.
-
-    A ``.bz2`` is decompressed once (atomically) to ``<cache>/<sha512 of the .bz2>.qcow2``. Anything that is
-    not qcow2 is refused with one line.
+    """The qcow2 to use as a read-only backing file: ``artifact`` itself, or its unpacked copy in the one
+    cache of unpacked artifacts (:func:`systemvm.export.decompress.unpacked_copy`). Anything that is not
+    qcow2 is refused with one line.
     """
     artifact = Path(artifact).resolve()
     if not artifact.is_file():
         raise UserError(f"artifact {artifact} does not exist: build and export it first (invoke export)")
     kind = detect.kind_of(artifact)
     if kind == "bz2":
-        cache = cache or cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        target = cache / f"{_sha512(artifact)}.qcow2"
-        if not target.is_file():
-            with _decompress_lock(cache):
-                if not target.is_file():  # another run may have made it while we waited
-                    with phase(f"decompress {artifact.name} to {target}"), atomic_path(target) as tmp:
-                        decompress_bz2(artifact, tmp)
-                        if detect.kind_of(tmp) != "qcow2":
-                            raise UserError(
-                                f"{artifact} does not hold a qcow2 disk: give KVM the *-kvm.qcow2.bz2 export"
-                            )
-        return target
+        return unpacked_copy(
+            artifact,
+            "qcow2",
+            lambda p: detect.kind_of(p) == "qcow2",
+            f"{artifact} does not hold a qcow2 disk: give KVM the *-kvm.qcow2.bz2 export",
+            cache,
+        )
     if kind != "qcow2":
         raise UserError(
             f"{artifact} is not a qcow2 disk (nor a bzip2 of one): give KVM the *-kvm.qcow2.bz2 export"

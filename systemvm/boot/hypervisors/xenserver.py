@@ -20,8 +20,6 @@ import http.client
 import os
 import socket
 import ssl
-import subprocess
-import tempfile
 import time
 import urllib.parse
 import xmlrpc.client
@@ -36,7 +34,7 @@ from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver,
 from systemvm.boot.hypervisors.settings import load_settings, require, verify_tls
 from systemvm.errors import UserError
 from systemvm.export import detect
-from systemvm.export.decompress import decompress_bz2
+from systemvm.export.decompress import unpacked_copy
 from systemvm.progress import human_bytes, phase, say
 
 TEMPLATE = "Other install media"
@@ -80,26 +78,18 @@ def artifact_kind(path: Path) -> str:
     )
 
 
-def decompress_artifact(artifact: Path, work_dir: Path) -> Path:
-    """The ``.vhd`` to upload: the artifact itself, or its bzip2 content in a temp file under ``work_dir``."""
+def unpacked_vhd(artifact: Path, cache: Path | None = None) -> Path:
+    """The ``.vhd`` to upload: the artifact itself, or its copy in the one cache of unpacked artifacts
+    (:func:`systemvm.export.decompress.unpacked_copy`), shared by every run that uploads the same file."""
     if artifact_kind(artifact) == "vhd":
         return artifact
-    work_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".xen-upload-", suffix=".vhd", dir=work_dir)
-    target = Path(name)
-    try:
-        os.close(fd)
-        decompress_bz2(artifact, target)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        target.unlink(missing_ok=True)
-        raise UserError(f"cannot decompress {artifact}: {exc}; re-download or re-export it") from None
-    except BaseException:
-        target.unlink(missing_ok=True)
-        raise
-    if artifact_kind(target) != "vhd":
-        target.unlink(missing_ok=True)
-        raise UserError(f"{artifact} does not hold a VHD: give the -xen.vhd.bz2 export")
-    return target
+    return unpacked_copy(
+        artifact,
+        "vhd",
+        lambda p: artifact_kind(p) == "vhd",
+        f"{artifact} does not hold a VHD: give the -xen.vhd.bz2 export (re-download or re-export it)",
+        cache,
+    )
 
 
 def vhd_size(path: Path) -> int:
@@ -213,7 +203,6 @@ class XenServerDriver(Driver):
         self.vdi_ref: str | None = None
         self.vm_name = ""
         self.timings: dict[str, float] = {}
-        self._temp_files: list[Path] = []
 
     # ----------------------------------------------------------------------------- session
     def connect(self) -> Any:
@@ -433,7 +422,6 @@ class XenServerDriver(Driver):
             t0 = time.monotonic()
             vdi = self.import_vhd(vhd, sr, f"{self.vm_name}-root")
             self.timings["import"] = time.monotonic() - t0
-        self._drop_temp_files()
         with phase(f"create VM {self.vm_name}"):
             vm = self.build_vm(request, vdi, network)
         with phase(f"start VM {self.vm_name}"):
@@ -496,7 +484,6 @@ class XenServerDriver(Driver):
     # ----------------------------------------------------------------------------- teardown
     def destroy(self) -> None:
         """Shut down and remove the VM (its VBDs and VIFs go with it) and the VDI. Safe to call twice."""
-        self._drop_temp_files()
         if self.session is None:
             return
         api = self.session.xenapi
@@ -540,17 +527,9 @@ class XenServerDriver(Driver):
 
     # ----------------------------------------------------------------------------- helpers
     def _prepare(self, request: BootRequest) -> Path:
-        kind = artifact_kind(request.artifact)
-        if kind == "vhd":
+        if artifact_kind(request.artifact) == "vhd":
             return request.artifact
-        with phase(f"decompress {request.artifact.name}"):
-            vhd = decompress_artifact(request.artifact, request.work_dir)
-        self._temp_files.append(vhd)
-        return vhd
-
-    def _drop_temp_files(self) -> None:
-        while self._temp_files:
-            self._temp_files.pop().unlink(missing_ok=True)
+        return unpacked_vhd(request.artifact)
 
 
 def remove_vm(api: Any, vm: str) -> None:
