@@ -122,6 +122,13 @@ BOOT_DONE_PATH = f"{CACHE_DIR}/boot_up_done"
 ENABLED_SVCS_PATH = f"{CACHE_DIR}/enabled_svcs"
 DISABLED_SVCS_PATH = f"{CACHE_DIR}/disabled_svcs"
 SCRIPTS_SIGNATURE_PATH = f"{CACHE_DIR}/cloud-scripts-signature"
+# The template keeps the scripts it was given here (CloudStack's build and live patch put them there too).
+SCRIPTS_COPY_PATH = "/usr/share/cloud/cloud-scripts.tgz"
+# The management server's version handshake and set-up probe (run over SSH; their output is parsed).
+TEMPLATE_VERSION_SCRIPT = "/opt/cloud/bin/get_template_version.sh"
+PATCHED_SCRIPT = "/opt/cloud/bin/patched.sh"
+LIVE_PATCH_SCRIPT = f"{CACHE_DIR}/patch-sysvms.sh"
+LIVE_PATCH_LOG = "/var/log/livepatchsystemvm.log"
 # The command line as one JSON object, where CloudStack's router scripts (update_config.py) look for it.
 CMD_LINE_JSON_PATH = f"{CACHE_DIR}/cmd_line.json"
 # CloudStack's persistent configuration directory (the routers' JSON data bags live here).

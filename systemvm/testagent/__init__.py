@@ -1,15 +1,18 @@
 """The harness's stand-in for CloudStack's patch: agent.zip, cloud-scripts.tgz and patch-sysvms.sh.
 
 ``agent.zip`` holds ``_run.sh`` and ``agent.py`` (a small agent that reports to the harness's management
-listener, see :mod:`systemvm.mgmt_listener`); ``cloud-scripts.tgz`` holds one marker file that the image
-unpacks under /opt/cloud/ so a test can see that the scripts were applied. The archives are reproducible:
-the same payload id gives byte-identical files (fixed times, owners and order).
+listener, see :mod:`systemvm.boot.listener`); ``cloud-scripts.tgz`` holds a marker file with the payload id
+and ``/opt/cloud/bin/keystore-setup`` (the file whose presence CloudStack's ``patched.sh`` check waits for on
+secondary storage and console proxy VMs); ``patch-sysvms.sh`` performs the steps of CloudStack's live
+patch. The archives are reproducible: the same payload id gives byte-identical files (fixed times, owners
+and order).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import io
 import tarfile
 import zipfile
@@ -19,6 +22,11 @@ from systemvm.atomic import atomic_path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS_MARKER = "opt/cloud/testpayload/PAYLOAD"  # where cloud-scripts.tgz puts its marker, under /
+KEYSTORE_SETUP = "opt/cloud/bin/keystore-setup"
+KEYSTORE_SETUP_TEXT = b"""#!/bin/sh
+# The test payload's stand-in for CloudStack's keystore-setup: the agent of the test payload uses no keystore.
+exit 0
+"""
 _FIXED_TIME = (2024, 1, 1, 0, 0, 0)
 
 
@@ -28,6 +36,10 @@ class Payload:
     cloud_scripts: Path
     patch_script: Path
     payload_id: str
+
+    def signature(self) -> str:
+        """The MD5 of cloud-scripts.tgz: what the VM records and the version handshake compares."""
+        return hashlib.md5(self.cloud_scripts.read_bytes()).hexdigest()
 
     def files(self) -> dict[str, Path]:
         """Name in /var/cache/cloud/ -> local file."""
@@ -54,14 +66,17 @@ def agent_zip_bytes() -> bytes:
 def cloud_scripts_bytes(payload_id: str) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as archive:
-        for directory in ("opt", "opt/cloud", "opt/cloud/testpayload"):
+        for directory in ("opt", "opt/cloud", "opt/cloud/bin", "opt/cloud/testpayload"):
             info = tarfile.TarInfo(directory)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 1704067200
             archive.addfile(info)
-        data = f"{payload_id}\n".encode()
-        info = tarfile.TarInfo(SCRIPTS_MARKER)
-        info.size, info.mode, info.mtime = len(data), 0o644, 1704067200
-        archive.addfile(info, io.BytesIO(data))
+        for name, data, mode in (
+            (KEYSTORE_SETUP, KEYSTORE_SETUP_TEXT, 0o755),
+            (SCRIPTS_MARKER, f"{payload_id}\n".encode(), 0o644),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 1704067200
+            archive.addfile(info, io.BytesIO(data))
     return gzip.compress(raw.getvalue(), mtime=0)
 
 

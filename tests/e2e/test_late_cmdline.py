@@ -11,15 +11,13 @@ import time
 import pytest
 
 from systemvm import contract
-from systemvm.boot import sshwait
 from systemvm.boot.patch import ssh_session
 from systemvm.boot.qemu import QemuVM
-from tests.e2e.artifacts import raw_disks
+from tests.e2e.vmpool import LISTENING, PoolVM
 
 pytestmark = pytest.mark.e2e
 
 DELIVER_AFTER = 180.0  # seconds after the VM started
-LISTENING = "listening for a command line from the host"
 
 
 def _sh(vm: QemuVM, key, command: str) -> str:
@@ -30,32 +28,21 @@ def _sh(vm: QemuVM, key, command: str) -> str:
     return out
 
 
-@pytest.mark.parametrize("flavour", ["amd64"])
-def test_command_line_written_three_minutes_after_boot_configures_the_vm(flavour, tmp_path):
-    disk = raw_disks().get(flavour)
-    if disk is None:
-        pytest.skip(f"no {flavour} raw disk (SYSTEMVM_ARTIFACTS is not set or the build did not make it)")
-    key, public = sshwait.make_keypair(tmp_path / "keys")
-    (tmp_path / "vm").mkdir()
-    vm = QemuVM(disk, role="secstorage", authorized_key=public, name="s-21-VM", work_dir=tmp_path / "vm")
-    vm.start()
-    try:
-        deadline = time.monotonic() + 600
-        while LISTENING not in vm.console_log():
-            assert vm.alive(), f"the VM stopped\n{vm.console_tail()}"
-            assert time.monotonic() < deadline, f"the boot never gave up waiting\n{vm.console_tail()}"
-            time.sleep(2)
-        time.sleep(max(0.0, DELIVER_AFTER - (time.monotonic() - vm.started_at)))
-        vm.deliver_cmdline()
-        vm.wait_ssh(key, timeout=600)
-        assert _sh(vm, key, "hostname").strip() == "s-21-VM"
-        sent = contract.parse_cmdline(vm.cmdline)
-        assert contract.parse_cmdline(_sh(vm, key, f"cat {contract.CMDLINE_PATH}")) == sent
-        assert '"name": "s-21-VM"' in _sh(vm, key, f"cat {contract.CMD_LINE_JSON_PATH}")
-        listening = _sh(vm, key, "ss -Htln")
-        assert f"{sent['eth0ip']}:{contract.SSH_PORT}" in listening
-        log = _sh(vm, key, f"cat {contract.CLOUD_LOG}")
-        assert "late configuration done" in log and "command line from /proc/cmdline" in log
-        assert vm.timings["cmdline_delivered"] >= DELIVER_AFTER
-    finally:
-        vm.stop()
+@pytest.mark.vm("late")
+def test_command_line_written_three_minutes_after_boot_configures_the_vm(pool_vm: PoolVM) -> None:
+    """The VM (amd64 raw disk, secstorage) boots with the pool, which waits until its console says it
+    gave up its first wait; nothing is delivered until 3 minutes after it started."""
+    vm, key = pool_vm.ready(), pool_vm.key
+    assert key is not None and LISTENING in vm.console_log()
+    time.sleep(max(0.0, DELIVER_AFTER - (time.monotonic() - vm.started_at)))
+    vm.deliver_cmdline()
+    vm.wait_ssh(key, timeout=900)
+    assert _sh(vm, key, "hostname").strip() == "s-21-VM"
+    sent = contract.parse_cmdline(vm.cmdline)
+    assert contract.parse_cmdline(_sh(vm, key, f"cat {contract.CMDLINE_PATH}")) == sent
+    assert '"name": "s-21-VM"' in _sh(vm, key, f"cat {contract.CMD_LINE_JSON_PATH}")
+    listening = _sh(vm, key, "ss -Htln")
+    assert f"{sent['eth0ip']}:{contract.SSH_PORT}" in listening
+    log = _sh(vm, key, f"cat {contract.CLOUD_LOG}")
+    assert "late configuration done" in log and "command line from /proc/cmdline" in log
+    assert vm.timings["cmdline_delivered"] >= DELIVER_AFTER

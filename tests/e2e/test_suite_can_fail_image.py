@@ -46,6 +46,10 @@ IMAGE_CHECKS = {
     "test_programs_cloudstack_scripts_run_are_present",
     "test_cloudstack_config_directory_exists",
     "test_release_line_parses_as_cloudstack_reads_it",
+    "test_default_locale_is_cloudstacks",
+    "test_journal_is_bounded_as_cloudstacks",
+    "test_conntrack_helpers_load_at_boot",
+    "test_cloud_log_is_rotated",
 }
 
 FAKE_PACKAGE = (
@@ -105,6 +109,22 @@ CASES: dict[str, tuple[str, dict, set[str]]] = {
         {},
         {"test_sshd_is_configured_for_3922_and_keys_only"},
     ),
+    "default locale C": (
+        "printf 'LANG=C.UTF-8\\n' > /etc/default/locale",
+        {},
+        {"test_default_locale_is_cloudstacks"},
+    ),
+    "journal unbounded": (
+        "rm -f /etc/systemd/journald.conf.d/*.conf",
+        {},
+        {"test_journal_is_bounded_as_cloudstacks"},
+    ),
+    "a conntrack helper pruned": (
+        "find /lib/modules -name 'nf_nat_tftp.ko*' -delete",
+        {},
+        {"test_conntrack_helpers_load_at_boot"},
+    ),
+    "cloud.log never rotated": ("rm -f /etc/logrotate.d/cloud", {}, {"test_cloud_log_is_rotated"}),
 }
 
 

@@ -1,10 +1,10 @@
 """Each appliance check that needs a running system fails on a VM broken for it.
 
-One secstorage VM (amd64) boots through the harness with the patch and the test agent. The whole suite
-must pass on it first; then each case breaks one thing over SSH (a listener on 22, policy ACCEPT, the agent
-stopped, a failed unit...), runs the checks it targets, expects them to fail, and repairs the VM for the
-next case. Artifacts: the amd64 qcow2 export under ``SYSTEMVM_ARTIFACTS`` or in ``SYSTEMVM_KVM_QCOW2``;
-skips only when neither is set.
+One secstorage VM (amd64) boots through the harness with the patch and the test agent (the e2e pool's
+``canfail`` VM, booting in the background from the start of the session). The whole suite must pass on it
+first; then each case breaks one thing over SSH (a listener on 22, policy ACCEPT, the agent stopped, a failed
+unit...), runs the checks it targets, expects them to fail, and repairs the VM for the next case.
+Artifacts: the amd64 qcow2 export under ``SYSTEMVM_ARTIFACTS``; skips when it is not set.
 """
 
 from __future__ import annotations
@@ -17,18 +17,15 @@ import paramiko
 import pytest
 
 from systemvm import naming, testagent
-from systemvm.boot.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
 from systemvm.boot.testnet import TEST_MGMT_CIDR
 from systemvm.check.report import parse_junit
 from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
 from tests.e2e import artifacts
+from tests.e2e.vmpool import SPECS, VmPool, pool_member
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.vm("canfail")]
 
-FLAVOUR = "amd64"
-ARTIFACT = artifacts.export(FLAVOUR, "qcow2") or next(
-    (p for p in kvm_artifacts_from_env() if flavour_of(p) == FLAVOUR), None
-)
+FLAVOUR = SPECS["canfail"].flavour
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHc9nVdpL2Tb5o0Xn5zWbq2S0bXyJ3mLh1Q9T1y0aZkK intruder@x"
 LISTEN = "nohup setsid python3 -c 'import socket,time;s=socket.socket();s.bind((\"{addr}\",{port}));s.listen();time.sleep(3600)' >/dev/null 2>&1 & echo $! > /root/{name}.pid"  # noqa: E501
 KILL = "kill $(cat /root/{name}.pid); rm -f /root/{name}.pid"
@@ -50,6 +47,9 @@ A = check_node("test_agent.py")
 B = check_node("test_boot_health.py")
 R = check_node("test_role_contract.py")
 C = check_node("test_cloudstack_state.py")
+L = check_node("test_live_patch.py")
+SIG = "/var/cache/cloud/cloud-scripts-signature"
+TV = "/opt/cloud/bin/get_template_version.sh"
 
 # case -> (break, repair, params overrides, checks expected to fail). Cases run in this order on one VM.
 CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
@@ -283,6 +283,30 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         {},
         [B + "test_release_file_names_our_version"],
     ),
+    "signature is not the scripts' MD5": (
+        f"cp -p {SIG} /root/sig.bak && echo 0123456789abcdef0123456789abcdef > {SIG}",
+        f"cp -p /root/sig.bak {SIG}",
+        {},
+        [L + "test_scripts_signature_is_the_md5_of_the_kept_scripts"],
+    ),
+    "handshake line without its signature": (
+        f"cp -p {TV} /root/tv.bak && printf '#!/bin/sh\\ncat /etc/cloudstack-release\\n' > {TV}",
+        f"cp -p /root/tv.bak {TV}",
+        {},
+        [L + "test_template_version_answers_as_cloudstack_parses_it"],
+    ),
+    "patched.sh missing": (
+        "mv /opt/cloud/bin/patched.sh /root/patched.sh.bak",
+        "mv /root/patched.sh.bak /opt/cloud/bin/patched.sh",
+        {},
+        [L + "test_patched_probe_passes_once_the_scripts_are_in"],
+    ),
+    "live patch exited 1": (
+        "true",
+        "true",
+        {"live_patch.exit_status": 1},
+        [L + "test_live_patch_exits_0_with_the_version_cloudstack_reads"],
+    ),
 }
 
 
@@ -308,16 +332,14 @@ class Shell:
 
 
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
-    if ARTIFACT is None:
-        pytest.skip("no amd64 qcow2: set SYSTEMVM_ARTIFACTS or SYSTEMVM_KVM_QCOW2")
-    version_dir = artifacts.version_dir()
-    version = version_dir.name if version_dir else "4.20.0"
-    manifest = naming.manifest(version_dir.parent, version, FLAVOUR) if version_dir else None
-    work = tmp_path_factory.mktemp("vm")
-    with boot_system_vm(
-        "kvm", FLAVOUR, "secstorage", artifact=ARTIFACT, work_dir=work, version=version
-    ) as booted:
+def vm(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
+    """The pool's KVM secstorage VM (booted in the background since the session started), then stopped."""
+    member = pool_member(vm_pool, "canfail")
+    try:
+        booted = member.ready()
+        version_dir = artifacts.version_dir()
+        version = version_dir.name if version_dir else "4.20.0"
+        manifest = naming.manifest(version_dir.parent, version, FLAVOUR) if version_dir else None
         try:
             booted.listener.wait_for_startup(booted.name, timeout=180)
         except TimeoutError:
@@ -333,6 +355,17 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, dict[str
             yield booted, params, shell
         finally:
             shell.client.close()
+    finally:
+        vm_pool.release("canfail")
+
+
+def with_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with each override set; a dotted key (``live_patch.exit_status``) sets a nested value."""
+    merged = dict(params)
+    for key, value in overrides.items():
+        outer, _, inner = key.partition(".")
+        merged[outer] = {**merged[outer], inner: value} if inner else value
+    return merged
 
 
 def _results(
@@ -364,7 +397,7 @@ def test_a_broken_vm_fails_the_check(
     break_it, repair, overrides, expected = CASES[case]
     shell.run(break_it)
     try:
-        results = _results({**params, **overrides}, tmp_path, case.replace(" ", "-"), expected)
+        results = _results(with_overrides(params, overrides), tmp_path, case.replace(" ", "-"), expected)
     finally:
         shell.run(repair.format(name=booted.name))
     names = {node.split("::")[1] for node in expected}

@@ -50,6 +50,15 @@ LIVE_ONLY = {
     "test_internal_dns_is_the_first_resolver",
     "test_routers_forward_and_other_roles_do_not",
     "test_management_network_is_routed_via_localgw",
+    "test_live_patch_exits_0_with_the_version_cloudstack_reads",
+    "test_scripts_signature_is_the_md5_of_the_kept_scripts",
+    "test_scripts_of_the_live_patch_are_unpacked_over_root",
+    "test_agent_is_fresh_from_agent_zip_on_agent_roles",
+    "test_live_patch_logged_its_result",
+    "test_template_version_answers_as_cloudstack_parses_it",
+    "test_patched_probe_passes_once_the_scripts_are_in",
+    "test_kernel_runs_with_cloudstacks_sysctl_settings",
+    "test_conntrack_helpers_are_loaded",
 }
 SECTIONS = {
     "3922 access",
@@ -61,6 +70,8 @@ SECTIONS = {
     "Boot health",
     "Role contract",
     "CloudStack state",
+    "Live patch and version handshake",
+    "Kernel and system settings",
 }
 
 

@@ -141,7 +141,10 @@ def test_patch_installs_agent_for_storage_and_marks_the_boot_done(tmp_path):
     marker = (root / testagent.SCRIPTS_MARKER).read_text().strip()
     assert marker == payload.payload_id
     signature = (root / contract.SCRIPTS_SIGNATURE_PATH.lstrip("/")).read_text().strip()
-    assert signature == hashlib.sha512(payload.cloud_scripts.read_bytes()).hexdigest()
+    assert signature == hashlib.md5(payload.cloud_scripts.read_bytes()).hexdigest() == payload.signature()
+    copy = root / contract.SCRIPTS_COPY_PATH.lstrip("/")
+    assert copy.read_bytes() == payload.cloud_scripts.read_bytes()  # kept where CloudStack keeps it
+    assert (root / testagent.KEYSTORE_SETUP).stat().st_mode & 0o100  # what patched.sh waits for
     assert (root / contract.BOOT_DONE_PATH.lstrip("/")).exists()
     assert (root / "etc/cloudstack-release").read_text().startswith("Cloudstack Release 4.20.0 ")
     assert (root / "var/cache/cloud/patch-sysvms.sh").stat().st_mode & 0o100
@@ -151,8 +154,7 @@ def test_patch_for_router_starts_no_agent_and_same_scripts_are_not_reapplied(tmp
     root, guest, run, clock = guest_root(tmp_path, "type=router name=r-1-VM")
     payload = testagent.build_payload(tmp_path / "payload")
     deliver(payload, root)
-    signature = hashlib.sha512(payload.cloud_scripts.read_bytes()).hexdigest()
-    (root / contract.SCRIPTS_SIGNATURE_PATH.lstrip("/")).write_text(signature + "\n")
+    (root / contract.SCRIPTS_SIGNATURE_PATH.lstrip("/")).write_text(payload.signature() + "\n")
     assert cloud_patch.patch(guest, timeout=30)
     assert not (root / testagent.SCRIPTS_MARKER).exists()  # same signature: left alone
     assert not (root / contract.AGENT_DIR.lstrip("/")).exists()

@@ -7,11 +7,14 @@ for the socket to accept a connection.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import grp
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -23,6 +26,7 @@ from systemvm.progress import say
 SYSTEM_URI = "qemu:///system"
 LIBVIRTD_SOCKET = Path("/run/libvirt/libvirt-sock")
 VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
+START_LOCK = Path("/run/lock/systemvm-libvirt-start.lock")
 DEV_KVM = Path("/dev/kvm")
 
 
@@ -89,16 +93,37 @@ def restore_dev_kvm_group(dev_kvm: Path = DEV_KVM, group: str = "kvm") -> bool:
     return True
 
 
+def _running(tool: str, socket: Path) -> bool:
+    return socket.is_socket() and _pid_running(tool)
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    """One starter at a time: the matrix's cells start together, and a second ``virtlogd -d`` started while
+    the first is taking its pid file fails ("Unable to obtain pidfile"; seen with three cells at once)."""
+    START_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(START_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def ensure_libvirtd(timeout: float = 30.0) -> None:
     """Make sure virtlogd and libvirtd run; start them (daemonised) when they do not."""
     restore_dev_kvm_group()
     if os.geteuid() != 0 and not LIBVIRTD_SOCKET.is_socket():
         raise UserError("libvirtd is not running and only root can start it: start it or run as root")
-    if not (VIRTLOGD_SOCKET.is_socket() and _pid_running("virtlogd")):
-        if os.geteuid() == 0:
+    if _running("virtlogd", VIRTLOGD_SOCKET) and _running("libvirtd", LIBVIRTD_SOCKET):
+        return
+    if os.geteuid() != 0:
+        return  # libvirtd's socket answers; virtlogd is its business
+    with _start_lock():  # checked again under the lock: another run may have started them meanwhile
+        if not _running("virtlogd", VIRTLOGD_SOCKET):
             _start_daemon("virtlogd", VIRTLOGD_SOCKET, timeout)
-    if not (LIBVIRTD_SOCKET.is_socket() and _pid_running("libvirtd")):
-        _start_daemon("libvirtd", LIBVIRTD_SOCKET, timeout)
+        if not _running("libvirtd", LIBVIRTD_SOCKET):
+            _start_daemon("libvirtd", LIBVIRTD_SOCKET, timeout)
 
 
 def connect(uri: str = SYSTEM_URI, timeout: float = 30.0) -> libvirt.virConnect:

@@ -6,8 +6,9 @@ patch-sysvms.sh into /var/cache/cloud/ over SSH (port 3922) and then waits for
 wait for it) and does the image's half:
 
 1. wait, with a bound, until all three files are there and no longer growing;
-2. when cloud-scripts.tgz differs (sha512) from the one recorded in cloud-scripts-signature, unpack it over
-   the image's scripts and record the new signature;
+2. when cloud-scripts.tgz differs from the one recorded in cloud-scripts-signature (its MD5, what
+   CloudStack's version handshake compares), unpack it over the image's scripts, record the new signature and
+   keep the tarball as /usr/share/cloud/cloud-scripts.tgz, as CloudStack's template does;
 3. for the roles that run an agent (secstorage, consoleproxy): unpack agent.zip into
    /usr/local/cloud/systemvm/, write the command line into its conf/agent.properties and (re)start
    cloud.service;
@@ -103,16 +104,21 @@ def unpack_scripts(data: bytes, root: Path) -> list[str]:
 
 
 def update_scripts(guest: cloud_boot.Guest) -> bool:
-    """Unpack cloud-scripts.tgz when its sha512 differs from the recorded signature. True when unpacked."""
+    """Unpack cloud-scripts.tgz when its MD5 differs from the recorded signature. True when unpacked."""
     data = guest.path(f"{contract.CACHE_DIR}/cloud-scripts.tgz").read_bytes()
-    signature = hashlib.sha512(data).hexdigest()
+    signature = hashlib.md5(data).hexdigest()  # CloudStack compares MD5s (md5sum's digest, nothing else)
     recorded = guest.path(contract.SCRIPTS_SIGNATURE_PATH)
     if recorded.exists() and recorded.read_text().split()[:1] == [signature]:
         guest.log("cloud-scripts.tgz matches the recorded signature; scripts left as they are")
         return False
     names = unpack_scripts(data, guest.root)
     guest.write(contract.SCRIPTS_SIGNATURE_PATH, signature + "\n")
-    guest.log(f"cloud-scripts.tgz unpacked ({len(names)} files), signature {signature[:16]}...")
+    copy = guest.path(contract.SCRIPTS_COPY_PATH)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_name(f".{copy.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, copy)
+    guest.log(f"cloud-scripts.tgz unpacked ({len(names)} files), signature {signature}")
     return True
 
 

@@ -1,0 +1,222 @@
+"""The VMs the e2e tests share, booting in the background from the start of the test session.
+
+A TCG boot costs a core for minutes, and a test that boots alone leaves the host's other core idle while it
+waits. So every VM the selected tests need (each test declares its VM with ``@pytest.mark.vm(name)``) starts
+booting when the session starts, beside the host-side tests that run first (exports read back, seeding...),
+never more than :data:`BOOT_SLOTS` booting at once (a VM gives its slot back once it is up). Each test waits
+for its own VM and stops it when done. What each VM is, once, lives in :data:`SPECS`: the exported disks read
+back by independent readers, the VM that waits for a late command line, and the KVM VM (libvirt, patch, test
+agent) the can-fail cases break.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import dataclasses
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from systemvm.boot import sshwait
+from systemvm.boot.qemu import QemuVM
+from tests.e2e import artifacts
+
+BOOT_SLOTS = 3  # TCG guests booting at once on 2 cores: more made the matrix's guests time out (measured)
+LISTENING = "listening for a command line from the host"  # the guest's console once its first wait is over
+BOOT_TIMEOUT = 1200.0
+
+
+def vhd_to_qcow2(artifact: Path, tmp: Path) -> Path:
+    """The -xen.vhd.bz2 read back by Python's bz2 and qemu-img's own VHD reader (``-f vpc``)."""
+    vhd = tmp / "disk.vhd"
+    with bz2.open(artifact, "rb") as src, open(vhd, "wb") as dst:
+        shutil.copyfileobj(src, dst, 8 << 20)
+    out = tmp / "from-vhd.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "qcow2", str(vhd), str(out)], check=True)
+    vhd.unlink()
+    return out
+
+
+def ova_to_qcow2(artifact: Path, tmp: Path) -> Path:
+    """The OVA's VMDK taken out with Python's tarfile and read by qemu-img's VMDK reader."""
+    with tarfile.open(artifact) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".vmdk"))
+        tar.extract(member, tmp, filter="data")
+    out = tmp / "from-vmdk.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", str(tmp / member.name), str(out)], check=True
+    )
+    (tmp / member.name).unlink()
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One shared VM. ``kind``: ``plain`` (plain QEMU, :class:`QemuVM`) or ``kvm`` (through libvirt with the
+    harness: patch, test agent, management listener). ``artifact``: ``raw`` or an export format; ``disk``
+    turns it into what QEMU boots. ``deliver``: the pool sends the command line as soon as the guest agent
+    answers (``False``: the test does, later)."""
+
+    kind: str
+    flavour: str
+    artifact: str
+    role: str
+    name: str = ""
+    disk: Callable[[Path, Path], Path] | None = None
+    deliver: bool = True
+
+
+SPECS = {
+    "late": Spec("plain", "amd64", "raw", "secstorage", "s-21-VM", deliver=False),
+    "canfail": Spec("kvm", "amd64", "qcow2", "secstorage"),
+    "vhd": Spec("plain", "amd64", "vhd", "consoleproxy", "v-vhd-VM", vhd_to_qcow2),
+    "ova": Spec("plain", "i386", "ova", "consoleproxy", "v-ova-VM", ova_to_qcow2),
+}
+
+
+class PoolVM:
+    """One VM of the pool, booting in its own thread. :meth:`ready` waits for it and re-raises a failed boot.
+
+    ``vm`` is the :class:`QemuVM` (plain) or the harness's ``BootedVM`` (kvm); ``key`` the SSH key of a
+    plain VM."""
+
+    def __init__(self, name: str, spec: Spec, source: Path, work: Path) -> None:
+        self.name, self.spec, self.source, self.work = name, spec, source, work
+        self.key: Path | None = None
+        self.vm: Any = None
+        self.error: BaseException | None = None
+        self.boot_seconds = 0.0
+        self._up = threading.Event()
+        self._stack = contextlib.ExitStack()
+        self._stopped = threading.Event()
+        self.run_prefix = ""
+
+    def boot(self, slots: threading.Semaphore) -> None:
+        """The thread's body: take a boot slot, boot, give the slot back once the VM is up."""
+        started = time.monotonic()
+        try:
+            with slots:
+                if self._stopped.is_set():
+                    return
+                if self.spec.kind == "kvm":
+                    self._boot_kvm()
+                else:
+                    self._boot_plain()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test that waits for this VM
+            self.error = exc
+        finally:
+            self.boot_seconds = time.monotonic() - started
+            self._up.set()
+
+    def _boot_plain(self) -> None:
+        self.key, public = sshwait.make_keypair(self.work / "keys")
+        disk = self.spec.disk(self.source, self.work) if self.spec.disk else self.source
+        (self.work / "vm").mkdir()
+        vm = QemuVM(
+            disk, role=self.spec.role, authorized_key=public, name=self.spec.name, work_dir=self.work / "vm"
+        )
+        self.vm = vm
+        vm.start()
+        if self.spec.deliver:
+            vm.deliver_cmdline(timeout=BOOT_TIMEOUT)
+            vm.wait_ssh(self.key, timeout=BOOT_TIMEOUT)
+            return
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while LISTENING not in vm.console_log():  # booted as far as it goes without a command line
+            if not vm.alive() or self._stopped.is_set() or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: the boot never reached its wait\n{vm.console_tail()}")
+            time.sleep(2)
+
+    def _boot_kvm(self) -> None:
+        from systemvm.boot.harness import boot_system_vm
+        from systemvm.boot.hypervisors.base import new_run_prefix
+
+        self.run_prefix = new_run_prefix()
+        version = artifacts.version() or "4.20.0"
+        self.vm = self._stack.enter_context(
+            boot_system_vm(
+                "kvm", self.spec.flavour, self.spec.role, artifact=self.source, work_dir=self.work,
+                version=version, run_prefix=self.run_prefix, ssh_timeout=BOOT_TIMEOUT,
+            )
+        )  # fmt: skip
+
+    def ready(self) -> Any:
+        """The VM once it is up (re-raises its failed boot)."""
+        self._up.wait()
+        if self.error is not None:
+            raise self.error
+        return self.vm
+
+    def stop(self) -> None:
+        """End the VM, also while it is still booting (its boot then fails and cleans up after itself)."""
+        self._stopped.set()
+        if self.spec.kind == "kvm" and not self._up.is_set() and self.run_prefix:
+            from systemvm.boot.hypervisors.kvm import KvmDriver
+
+            KvmDriver.cleanup_leftovers(self.run_prefix, work_dir=self.work)
+            self._up.wait(timeout=60)
+        if isinstance(self.vm, QemuVM):
+            self.vm.stop()
+        self._stack.close()
+
+
+class VmPool:
+    """Boot every wanted VM in the background (:meth:`start`); ``get(name)``; ``stop`` ends them all."""
+
+    def __init__(self, wanted: list[str], work: Path) -> None:
+        unknown = sorted(set(wanted) - set(SPECS))
+        if unknown:
+            raise ValueError(f"unknown vm {unknown}: use one of {sorted(SPECS)}")
+        self.wanted = [n for n in SPECS if n in wanted]  # SPECS order: what boots soonest or waits longest
+        self.work = work
+        self.vms: dict[str, PoolVM] = {}
+        self.missing: dict[str, str] = {}
+        self._slots = threading.Semaphore(BOOT_SLOTS)
+
+    def start(self) -> None:
+        for name in self.wanted:
+            spec = SPECS[name]
+            if spec.artifact == "raw":
+                source = artifacts.raw_disks().get(spec.flavour)
+            else:
+                source = artifacts.export(spec.flavour, spec.artifact)
+            if source is None:
+                self.missing[name] = f"no {spec.flavour} {spec.artifact} artifact (set SYSTEMVM_ARTIFACTS)"
+                continue
+            work = self.work / name
+            work.mkdir(parents=True)
+            member = PoolVM(name, spec, source, work)
+            self.vms[name] = member
+            threading.Thread(
+                target=member.boot, args=(self._slots,), daemon=True, name=f"boot-{name}"
+            ).start()
+            time.sleep(1)  # keep the start order: the semaphore serves threads in the order they ask
+
+    def get(self, name: str) -> PoolVM | None:
+        return self.vms.get(name)
+
+    def release(self, name: str) -> None:
+        """Stop one VM as soon as its tests are done (the cores go to the VMs still booting)."""
+        member = self.vms.get(name)
+        if member is not None:
+            member.stop()
+
+    def stop(self) -> None:
+        for member in self.vms.values():
+            member.stop()
+
+
+def pool_member(pool: VmPool, name: str) -> PoolVM:
+    """The pool's VM ``name``; the test skips when its artifact was not built (SYSTEMVM_ARTIFACTS unset)."""
+    member = pool.get(name)
+    if member is None:
+        pytest.skip(pool.missing.get(name, f"{name} is not in the pool"))
+    return member
