@@ -17,7 +17,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from systemvm.defaults import cache_root
 from systemvm.errors import UserError
