@@ -59,7 +59,7 @@ def test_export_writes_every_format_listing_and_manifest(tmp_path, need_tools):
     # listings
     assert publish.verify_listing(out) == []
     sha = publish.parse_checksums(out / "sha512sum.txt")
-    assert {info["file"] for info in results.values()} == set(sha)
+    assert {info["file"] for info in results.values()} | {"metadata.ini"} == set(sha)
     meta = publish.parse_metadata(out / "metadata.ini")
     assert meta["kvm-x86_64"]["checksum"] == meta["kvm"]["checksum"] == results["qcow2"]["md5"]
     assert meta["xenserver"]["downloadurl"] == "http://127.0.0.1/t/" + results["vhd"]["file"]
@@ -95,7 +95,7 @@ def test_flavours_merge_in_one_version_dir(tmp_path, need_tools):
     export_flavour(raw32, out, VERSION, "i386", ["vhd", "qcow2"], epoch=EPOCH)
     meta = publish.parse_metadata(out / "metadata.ini")
     assert set(meta) == {"default", "xenserver", "xenserver-i386", "kvm-i386"}
-    assert len(publish.parse_checksums(out / "md5sum.txt")) == 3
+    assert len(publish.parse_checksums(out / "md5sum.txt")) == 3 + 1  # artifacts and metadata.ini
 
 
 def test_formats_parsing():
