@@ -104,8 +104,9 @@ class PackageRecord(TypedDict):
 
 # How the build decides where a package came from; the release diff quotes it.
 APT_ORIGIN_METHOD = (
-    "suites whose Packages index (as apt in the image chroot had it during the build) lists the "
-    "installed version and architecture, read by elements/systemvm-base/post-install.d/89-record-apt-origins"
+    "the build records per package the suites whose Packages index (as apt in the image chroot had it) "
+    "lists the installed version and architecture "
+    "(elements/systemvm-base/post-install.d/89-record-apt-origins)"
 )
 
 
