@@ -81,12 +81,9 @@ def kernel_package(manifest: dict[str, Any]) -> str:
 def make_bom(manifest: dict[str, Any], epoch: int):  # -> cyclonedx.model.bom.Bom
     """The SBOM of one flavour's build ``manifest``, without its serial number."""
     from cyclonedx.model import (
-        ExternalReference,
-        ExternalReferenceType,
         HashAlgorithm,
         HashType,
         Property,
-        XsUri,
     )
     from cyclonedx.model.bom import Bom, BomMetaData
     from cyclonedx.model.component import Component, ComponentType
@@ -156,13 +153,6 @@ def make_bom(manifest: dict[str, Any], epoch: int):  # -> cyclonedx.model.bom.Bo
         version=project_version(),
         bom_ref=f"tool:{PROJECT}",
         properties=props(git_commit=manifest.get("git_commit", "unknown")),
-        external_references=[
-            ExternalReference(
-                type=ExternalReferenceType.VCS,
-                url=XsUri(f"git+commit:{manifest.get('git_commit', 'unknown')}"),
-                comment="the commit of this project the template was built from",
-            )
-        ],
     )
     bom = Bom(
         components=[*packages, *files],
