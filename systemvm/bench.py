@@ -146,6 +146,39 @@ def bench_clean_room(flavours: list[str]) -> Rows:
     return rows
 
 
+def bench_sbom(flavours: list[str], version: str, artifacts: Path) -> Rows:
+    """Per flavour with a build manifest: time to make the SBOM and to validate it, its size and counts."""
+    from systemvm.export import sbom
+
+    rows: Rows = []
+    for flavour in flavours:
+        path = naming.manifest(artifacts, version, flavour)
+        if not path.is_file():
+            rows.append((f"{flavour}: SBOM", f"skipped: no {path.name}; run 'invoke build' first"))
+            continue
+        manifest = json.loads(path.read_text())
+        start = time.monotonic()
+        text = sbom.render_sbom(manifest, int(manifest.get("source_date_epoch", 0)))
+        made = time.monotonic() - start
+        start = time.monotonic()
+        errors = sbom.schema_errors(text)
+        checked = time.monotonic() - start
+        components = json.loads(text)["components"]
+        files = sum(1 for c in components if c["type"] == "file")
+        rows += [
+            (f"{flavour}: SBOM generation", f"{made:.2f} s"),
+            (
+                f"{flavour}: SBOM schema validation",
+                f"{checked:.2f} s, {'valid' if not errors else errors[0]}",
+            ),
+            (
+                f"{flavour}: SBOM size",
+                f"{human_bytes(len(text.encode()))}, {len(components) - files} packages, {files} artifacts",
+            ),  # fmt: skip
+        ]
+    return rows
+
+
 def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str], cold: bool) -> Rows:
     rows: Rows = []
     vdir = naming.version_dir(artifacts, version)
@@ -163,6 +196,8 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
                     (f"{flavour}: {k}", v)
                     for k, v in run_section("export", functools.partial(bench_export, raw, Path(tmp)))
                 ]
+    if "sbom" in sections:
+        rows += run_section("sbom", lambda: bench_sbom(flavours, version, artifacts))
     if "kvm" in sections:
         from systemvm.boot.harness import bench_kvm
 

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 ELEMENTS_DIR = REPO / "elements"
 DEBIAN_RELEASE = "bookworm"
 LABEL = "cloudrootfs"
+BUILD_RECORD = "/usr/share/systemvm/build"  # what elements/systemvm-base records inside the image
 # Ours after diskimage-builder's debian-minimal; order does not matter to DIB (phases order the scripts).
 ELEMENTS = (
     "debian-minimal",
@@ -91,6 +92,24 @@ class ManifestDisk(TypedDict):
     core_img_sectors: int
 
 
+class PackageRecord(TypedDict):
+    """One installed package: dpkg's fields and the apt suites whose index lists this version."""
+
+    version: str
+    architecture: str
+    source: str
+    source_version: str
+    suites: list[str]
+
+
+# How the build decides where a package came from; the release diff quotes it.
+APT_ORIGIN_METHOD = (
+    "the build records per package the suites whose Packages index (as apt in the image chroot had it) "
+    "lists the installed version and architecture "
+    "(elements/systemvm-base/post-install.d/89-record-apt-origins)"
+)
+
+
 class BuildManifest(TypedDict):
     """``<stem>.manifest.json``: what one flavour's build made (the export adds to ``artifacts``)."""
 
@@ -105,6 +124,8 @@ class BuildManifest(TypedDict):
     elements: list[str]
     package_list: list[str]
     packages: dict[str, str]
+    package_records: dict[str, PackageRecord]
+    apt_origin_method: str
     sizes: ManifestSizes
     disk: ManifestDisk
     timings: dict[str, float]
@@ -216,13 +237,49 @@ def allocated_bytes(path: Path) -> int:
     return os.stat(path).st_blocks * 512
 
 
-def read_packages(fs_image: Path) -> dict[str, str]:
-    text = _debugfs_read(fs_image, "/usr/share/systemvm/build/packages.tsv").decode()
-    packages = {}
-    for line in text.splitlines():
-        name, version, _arch = line.split("\t")
-        packages[name] = version
+def read_packages(fs_image: Path) -> dict[str, PackageRecord]:
+    """The image's record of its packages: ``packages.tsv`` (dpkg) joined with ``apt-origins.tsv``."""
+    packages = parse_package_records(_debugfs_read(fs_image, f"{BUILD_RECORD}/packages.tsv").decode())
+    try:
+        origins = _debugfs_read(fs_image, f"{BUILD_RECORD}/apt-origins.tsv").decode()
+    except UserError:  # an image built before the element recorded origins
+        origins = ""
+    add_apt_origins(packages, origins)
     return packages
+
+
+def parse_package_records(text: str) -> dict[str, PackageRecord]:
+    """``name, version, architecture[, source, source version]`` lines (dpkg-query) -> records.
+
+    dpkg-query leaves the source fields empty for a package built from a source of its own name and
+    version; a three-column file (an older image) gives the same.
+    """
+    packages: dict[str, PackageRecord] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name, version, arch, *rest = line.split("\t")
+        source, source_version = (rest + ["", ""])[:2]
+        packages[name] = {
+            "version": version,
+            "architecture": arch,
+            "source": source or name,
+            "source_version": source_version or version,
+            "suites": [],
+        }
+    return packages
+
+
+def add_apt_origins(packages: dict[str, PackageRecord], text: str) -> None:
+    """Add to each record the suites whose index lists its installed version (``apt-origins.tsv``)."""
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) != 4:
+            continue
+        name, version, arch, suite = fields
+        record = packages.get(name)
+        if record and (record["version"], record["architecture"]) == (version, arch):
+            record["suites"] = sorted({*record["suites"], suite})
 
 
 def requested_packages(flavour: str) -> list[str]:
@@ -406,8 +463,9 @@ def build_flavour(
             core_img = _debugfs_read(fs_image, "/boot/grub/i386-pc/core.img")
             layout = disk.assemble_disk(fs_image, raw_tmp, boot_img, core_img)
             timings["assemble_seconds"] = round(time.monotonic() - t0, 1)
-        kernel = _debugfs_read(fs_image, "/usr/share/systemvm/build/kernel").decode().strip()
-        packages = read_packages(fs_image)
+        kernel = _debugfs_read(fs_image, f"{BUILD_RECORD}/kernel").decode().strip()
+        records = read_packages(fs_image)
+        packages = {name: record["version"] for name, record in records.items()}
         missing = [p for p in requested_packages(flavour) if p not in packages]
         if missing:
             raise UserError(f"requested packages not installed: {', '.join(missing)}; see {log_path}")
@@ -423,6 +481,8 @@ def build_flavour(
             "elements": available_elements(),
             "package_list": requested_packages(flavour),
             "packages": packages,
+            "package_records": records,
+            "apt_origin_method": APT_ORIGIN_METHOD,
             "sizes": {
                 "rootfs_bytes": layout.fs_bytes,
                 "rootfs_used_bytes": filesystem_used_bytes(fs_image),

@@ -1,8 +1,9 @@
 """Export a flavour's raw disk as CloudStack publishes it: qcow2.bz2 (KVM), vhd.bz2 (Xen), ova (VMware).
 
 Inputs are checked before anything is written; every output goes through a temporary name, so a failed or
-interrupted export leaves no partial file. Afterwards sha512sum.txt, md5sum.txt, metadata.ini and the
-flavour's build manifest (key ``artifacts``) are refreshed.
+interrupted export leaves no partial file. Afterwards the flavour's build manifest (key ``artifacts``)
+and its SBOM (:mod:`systemvm.export.sbom`) are written, and sha512sum.txt, md5sum.txt (which list every
+published file: artifacts, manifests, SBOMs, metadata.ini) and metadata.ini are refreshed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from systemvm import naming
 from systemvm.atomic import atomic_path, require_free_space
 from systemvm.errors import UserError
-from systemvm.export import detect, publish
+from systemvm.export import detect, publish, sbom
 from systemvm.export.decompress import keep_unpacked
 from systemvm.progress import human_bytes, phase
 
@@ -151,8 +152,14 @@ def export_flavour(
                 if not keep_unpacked(plain, str(digests["sha512"]), fmt):
                     plain.unlink()
             results[fmt] = {"file": final.name, **digests}
-    publish.refresh_listing(out_dir, version, {r["file"]: r for r in results.values()}, base_url)
-    record_in_manifest(out_dir / naming.manifest(Path("."), version, flavour).name, results)
+    manifest = out_dir / naming.manifest(Path("."), version, flavour).name
+    record_in_manifest(manifest, results)
+    listed: dict[str, dict] = {r["file"]: r for r in results.values()}
+    if manifest.is_file():
+        with phase(f"SBOM {flavour} -> {sbom.sbom_name(version, flavour)}"):
+            written = sbom.write_sbom(out_dir, manifest, epoch)
+        listed.update({p.name: publish.file_digests(p) for p in (manifest, written)})
+    publish.refresh_listing(out_dir, version, listed, base_url)
     return results
 
 

@@ -215,9 +215,42 @@ def parse_metadata(path: Path) -> dict[str, dict[str, str]]:
 
 
 def refresh_listing(directory: Path, version: str, digests: dict[str, dict], base_url: str) -> None:
-    """Update the checksum lists with ``digests`` and rewrite metadata.ini from them."""
+    """Update the checksum lists with ``digests``, rewrite metadata.ini from them, then list it too.
+
+    metadata.ini names only the hypervisor artifacts, so listing it (and the manifests, SBOMs and
+    reports) in md5sum.txt does not change it, and no name of ours contains the
+    ``<version>-<arch>-<hypervisor>`` that CloudStack's templateConfig.sh looks for in md5sum.txt.
+    """
     update_checksums(directory, digests)
     write_metadata(directory, version, base_url)
+    update_checksums(directory, {METADATA_FILE: file_digests(Path(directory) / METADATA_FILE)})
+
+
+def list_files(directory: Path, paths: list[Path]) -> None:
+    """Add ``paths`` (files in ``directory``: a manifest, an SBOM, a report) to both checksum lists."""
+    update_checksums(directory, {Path(p).name: file_digests(Path(p)) for p in paths})
+
+
+# Top-level files of a release directory that are not published: the checksum lists themselves and the
+# raw disks (the 5 GiB build output the exports are made from; CloudStack publishes none).
+NOT_PUBLISHED = (SHA512_FILE, MD5_FILE, "*.raw")
+
+
+def published_files(directory: Path) -> list[str]:
+    """Every file placed beside the artifacts that a user downloads, so each must be checksummed."""
+    return sorted(
+        path.name
+        for path in Path(directory).iterdir()
+        if path.is_file()
+        and not path.name.startswith(".")  # a temporary file of a write in progress
+        and not any(path.match(pattern) for pattern in NOT_PUBLISHED)
+    )
+
+
+def unlisted_files(directory: Path) -> list[str]:
+    """Published files missing from sha512sum.txt or md5sum.txt; empty when every one is listed."""
+    listed = [set(parse_checksums(Path(directory) / name)) for name in (SHA512_FILE, MD5_FILE)]
+    return [name for name in published_files(directory) if not all(name in names for names in listed)]
 
 
 def verify_listing(directory: Path) -> list[str]:
@@ -239,6 +272,9 @@ __all__ = [
     "compress_bz2",
     "file_digests",
     "lbzip2_usable",
+    "list_files",
+    "published_files",
+    "unlisted_files",
     "parse_checksums",
     "parse_metadata",
     "refresh_listing",

@@ -10,7 +10,7 @@ from systemvm import naming
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
 from systemvm.tasks import user_errors
 
-SECTIONS = "build,boot,export,kvm,xenserver,vmware,seed,cleanroom,matrix"
+SECTIONS = "build,boot,export,sbom,kvm,xenserver,vmware,seed,cleanroom,matrix"
 
 
 @task(

@@ -24,6 +24,7 @@ from systemvm.tasks import user_errors
         "artifacts": "output directory",
         "size_gib": "root filesystem size in GiB (the template's virtual disk size)",
         "jobs": "flavours built at once (default: one per core, at most the number of flavours)",
+        "previous": "previous release's directory: write release-diff.md/.json against it after the exports",
     }
 )
 def build(
@@ -38,6 +39,7 @@ def build(
     artifacts=str(ARTIFACTS_DIR),
     size_gib=5,
     jobs=None,
+    previous=None,
 ):
     """Build the System VM template (Debian 12) from our diskimage-builder elements."""
     from systemvm.build.image import build_flavours, check_host
@@ -47,6 +49,10 @@ def build(
         check_host(*flavours)  # before anything starts: a missing tool fails now, naming its package
         if export:
             hosttools.check_phase("export")
+        if previous:  # a wrong directory fails now, not after the build
+            from systemvm.export.releasediff import load_release
+
+            load_release(Path(previous), "previous")
         build_flavours(
             flavours,
             version,
@@ -70,3 +76,8 @@ def build(
                     epoch=source_date_epoch(),
                     base_url=base_url,
                 )
+        if previous:
+            from systemvm.export.releasediff import write_release_diff
+
+            for path in write_release_diff(Path(previous), naming.version_dir(Path(artifacts), version)):
+                print(path)

@@ -17,9 +17,10 @@ from systemvm.tasks import user_errors
         "version": "template version X.Y.Z, e.g. 4.20.0",
         "base-url": "URL of the directory the files will be published in (metadata.ini downloadurl)",
         "artifacts": "artifacts directory holding <version>/ (default ./artifacts)",
+        "previous": "directory of the previous release: also write release-diff.md/.json against it",
     }
 )
-def export(c, version, flavour="all", formats="qcow2,vhd,ova", base_url=None, artifacts=None):
+def export(c, version, flavour="all", formats="qcow2,vhd,ova", base_url=None, artifacts=None, previous=None):
     """Export VERSION's raw disks as CloudStack publishes them (SOURCE_DATE_EPOCH: env, else manifest)."""
     with user_errors():
         from systemvm import naming
@@ -28,6 +29,10 @@ def export(c, version, flavour="all", formats="qcow2,vhd,ova", base_url=None, ar
         root = Path(artifacts) if artifacts else ARTIFACTS_DIR
         chosen = parse_formats(formats)
         out_dir = naming.version_dir(root, version)
+        if previous:  # a wrong directory fails before the exports
+            from systemvm.export.releasediff import load_release
+
+            load_release(Path(previous), "previous")
         for name in naming.flavours(flavour):
             epoch = epoch_for(naming.manifest(root, version, name))
             results = export_flavour(
@@ -41,3 +46,8 @@ def export(c, version, flavour="all", formats="qcow2,vhd,ova", base_url=None, ar
             )
             for info in results.values():
                 print(f"{info['file']}  {info['size']} bytes  sha512 {info['sha512'][:16]}...")
+        if previous:
+            from systemvm.export.releasediff import write_release_diff
+
+            for path in write_release_diff(Path(previous), out_dir):
+                print(path)

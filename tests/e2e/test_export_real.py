@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from systemvm import naming
-from systemvm.export import publish
+from systemvm.export import publish, sbom
 from systemvm.export.export import export_flavour
 from systemvm.export.formats.vhd import check_vhd
 from tests.unit.conftest import libvhdi_reads_the_raw_disk, qemu_reads_the_raw_disk
@@ -87,6 +87,9 @@ def test_real_disk_exports_read_back(raw, tmp_path):
         assert ova.ova_virtual_size(files["ova"]) == size
 
     assert publish.verify_listing(out) == []
+    assert publish.unlisted_files(out) == []  # manifests and SBOMs too
+    manifest = json.loads(naming.manifest(out.parent, _version, _flavour).read_text())
+    assert sbom.check_sbom(out / sbom.sbom_name(_version, _flavour), manifest) == []
 
 
 def test_second_export_is_byte_identical(tmp_path):
@@ -96,10 +99,13 @@ def test_second_export_is_byte_identical(tmp_path):
     manifest = json.loads(naming.manifest(out.parent, version, flavour).read_text())
     again = tmp_path / version
     again.mkdir()
+    shutil.copy(naming.manifest(out.parent, version, flavour), again)  # so the SBOM is made again too
     second = export_flavour(
         raw, again, version, flavour, list(files), epoch=manifest["source_date_epoch"], base_url="http://x/"
     )
     published = publish.parse_checksums(out / "sha512sum.txt")
     for fmt, path in files.items():
         assert second[fmt]["sha512"] == publish.file_digests(path)["sha512"] == published[path.name], fmt
+    name = sbom.sbom_name(version, flavour)
+    assert (again / name).read_bytes() == (out / name).read_bytes()
     assert manifest["artifacts"], "the build recorded no artifacts in its manifest"

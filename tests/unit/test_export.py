@@ -14,10 +14,11 @@ import pytest
 
 from systemvm import naming
 from systemvm.errors import UserError
-from systemvm.export import publish
+from systemvm.export import publish, sbom
 from systemvm.export.export import bench_export, export_flavour, parse_formats
 from systemvm.export.formats.vhd import check_vhd
 from tests.unit.conftest import MIB, make_raw, pattern, read_with_libvhdi, read_with_qemu, same_disk
+from tests.unit.manifests import ORIGINS_NEW, PACKAGES_NEW, make_manifest
 
 EPOCH = 1_700_000_000
 VERSION = "4.20.0"
@@ -41,7 +42,7 @@ def test_export_writes_every_format_listing_and_manifest(tmp_path, need_tools):
     need_tools("qemu-img", "bzip2")
     out, raw = version_dir(tmp_path)
     manifest = naming.manifest(tmp_path, VERSION, "amd64")
-    manifest.write_text(json.dumps({"source_date_epoch": EPOCH, "flavour": "amd64"}))
+    manifest.write_text(json.dumps(make_manifest(PACKAGES_NEW, ORIGINS_NEW, version=VERSION)))
     results = export_flavour(raw, out, VERSION, "amd64", FORMATS, epoch=EPOCH, base_url="http://127.0.0.1/t")
     assert sorted(results) == sorted(FORMATS)
     for fmt, info in results.items():
@@ -58,14 +59,25 @@ def test_export_writes_every_format_listing_and_manifest(tmp_path, need_tools):
     assert same_disk(raw, read_with_qemu(plain_qcow2, "qcow2", tmp_path / "q.raw"), raw.stat().st_size)
     # listings
     assert publish.verify_listing(out) == []
-    sha = publish.parse_checksums(out / "sha512sum.txt")
-    assert {info["file"] for info in results.values()} == set(sha)
+    # every published file is listed: artifacts, the manifest, the SBOM, metadata.ini (not the raw disk)
+    sbom_file = out / "systemvmtemplate-4.20.0-x86_64.cdx.json"
+    published = {info["file"] for info in results.values()} | {manifest.name, sbom_file.name, "metadata.ini"}
+    assert set(publish.parse_checksums(out / "sha512sum.txt")) == published
+    assert set(publish.parse_checksums(out / "md5sum.txt")) == published
+    assert publish.unlisted_files(out) == []
+    # metadata.ini names the hypervisor artifacts only, as before the other files were listed
+    artifact_md5 = {info["file"]: info["md5"] for info in results.values()}
+    assert (out / "metadata.ini").read_text() == publish.render_metadata(
+        VERSION, artifact_md5, "http://127.0.0.1/t"
+    )
+    # the SBOM validates and holds each artifact's SHA-512
+    assert sbom.check_sbom(sbom_file, json.loads(manifest.read_text())) == []
     meta = publish.parse_metadata(out / "metadata.ini")
     assert meta["kvm-x86_64"]["checksum"] == meta["kvm"]["checksum"] == results["qcow2"]["md5"]
     assert meta["xenserver"]["downloadurl"] == "http://127.0.0.1/t/" + results["vhd"]["file"]
     # manifest keeps its keys and records every artifact
     data = json.loads(manifest.read_text())
-    assert data["flavour"] == "amd64"
+    assert data["flavour"] == "amd64" and data["package_records"]["libc6"]["source"] == "glibc"
     for fmt, info in results.items():
         assert data["artifacts"][info["file"]] == {
             "format": fmt,
@@ -95,7 +107,7 @@ def test_flavours_merge_in_one_version_dir(tmp_path, need_tools):
     export_flavour(raw32, out, VERSION, "i386", ["vhd", "qcow2"], epoch=EPOCH)
     meta = publish.parse_metadata(out / "metadata.ini")
     assert set(meta) == {"default", "xenserver", "xenserver-i386", "kvm-i386"}
-    assert len(publish.parse_checksums(out / "md5sum.txt")) == 3
+    assert len(publish.parse_checksums(out / "md5sum.txt")) == 3 + 1  # artifacts and metadata.ini
 
 
 def test_formats_parsing():

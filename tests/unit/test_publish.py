@@ -147,3 +147,43 @@ def test_verify_listing_checks_the_md5_list_too(tmp_path):
     md5[names[0]] = "0" * 32
     (tmp_path / "md5sum.txt").write_text(publish.render_checksums(md5))
     assert publish.verify_listing(tmp_path) == [names[0]]
+
+
+def test_every_published_file_is_listed_and_cloudstack_still_finds_only_its_artifacts(tmp_path):
+    names = _fake_artifacts(tmp_path)
+    others = [
+        "systemvmtemplate-4.20.0-x86_64.manifest.json",
+        "systemvmtemplate-4.20.0-x86_64.cdx.json",
+        "release-diff.md",
+        "release-diff.json",
+    ]
+    for name in others:
+        (tmp_path / name).write_text(f"{name}\n")
+    (tmp_path / "systemvmtemplate-4.20.0-x86_64.raw").write_bytes(b"\0" * 512)  # not published
+    assert "metadata.ini" not in publish.published_files(tmp_path)
+    publish.refresh_listing(
+        tmp_path,
+        "4.20.0",
+        {n: publish.file_digests(tmp_path / n) for n in names + others},
+        publish.default_base_url("4.20.0"),
+    )
+    published = sorted(names + others + ["metadata.ini"])
+    assert publish.published_files(tmp_path) == published
+    assert publish.unlisted_files(tmp_path) == []
+    for listing in ("sha512sum.txt", "md5sum.txt"):
+        assert sorted(publish.parse_checksums(tmp_path / listing)) == published
+    for tool, listing in (("sha512sum", "sha512sum.txt"), ("md5sum", "md5sum.txt")):
+        run = subprocess.run([tool, "-c", "--strict", listing], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+    # metadata.ini is what the artifacts alone give: the other files change none of its lines
+    artifact_md5 = {n: publish.file_digests(tmp_path / n)["md5"] for n in names}
+    expected = publish.render_metadata("4.20.0", artifact_md5, publish.default_base_url("4.20.0"))
+    assert (tmp_path / "metadata.ini").read_text() == expected
+    md5_lines = (tmp_path / "md5sum.txt").read_text().splitlines()
+    for generic in ("4.20.0-x86_64-kvm", "4.20.0-x86_64-vmware", "4.20.0-x86_64-xen"):
+        assert len([line for line in md5_lines if generic in line]) == 1, generic
+    # a file placed beside them without listing it shows
+    (tmp_path / "systemvmtemplate-4.20.0-x86_64-hyperv.vhd.zip").write_bytes(b"PK")
+    assert publish.unlisted_files(tmp_path) == ["systemvmtemplate-4.20.0-x86_64-hyperv.vhd.zip"]
+    publish.list_files(tmp_path, [tmp_path / "systemvmtemplate-4.20.0-x86_64-hyperv.vhd.zip"])
+    assert publish.unlisted_files(tmp_path) == [] and publish.verify_listing(tmp_path) == []
