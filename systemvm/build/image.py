@@ -43,6 +43,7 @@ ELEMENTS = (
     "systemvm-cleanup",
     "systemvm-packages",
     "systemvm-ssh",
+    "systemvm-guest",
     "systemvm-boot",
     "systemvm-firewall",
     "systemvm-agent",
