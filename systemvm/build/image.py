@@ -33,7 +33,7 @@ from systemvm.errors import UserError, tool_failed
 from systemvm.progress import human_bytes, phase, say
 
 REPO = Path(__file__).resolve().parents[2]
-ELEMENTS_DIR = REPO / "elements"
+ELEMENTS_DIR = defaults.elements_dir()
 DEBIAN_RELEASE = "bookworm"
 LABEL = "cloudrootfs"
 # Ours after diskimage-builder's debian-minimal; order does not matter to DIB (phases order the scripts).
