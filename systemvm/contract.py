@@ -1,7 +1,8 @@
 """The CloudStack boot contract: command line keys, roles, NIC layout and ports.
 
-Both the image (elements/systemvm-boot reads a copy of the same rules) and the harness follow this
-module, so a key or a NIC position changes in one place.
+Both the image (element systemvm-guest installs this very module beside :mod:`systemvm.guest`) and the
+harness follow it, so a key or a NIC position changes in one place. Standard library only: it runs on the
+image's python3 too.
 """
 
 from __future__ import annotations
@@ -152,11 +153,6 @@ APPLIED_CMDLINE_PATH = "/run/cloud-cmdline.applied"
 CMDLINE_WATCH_UNIT = "cloud-cmdline-watch.path"
 # Xen HVM keeps the command line here; '%' stands for a space.
 XENSTORE_KEY = "vm-data/cloudstack/init"
-# Hyper-V: the pool the host writes key/value pairs into (hv_kvp_daemon keeps it), fixed-size records.
-HYPERV_KVP_POOL = "/var/lib/hyperv/.kvp_pool_0"
-KVP_KEY_SIZE = 512
-KVP_VALUE_SIZE = 2048
-DMI_DIR = "/sys/class/dmi/id"
 # Role -> UDP ports (DNS and DHCP for the routers).
 ROLE_UDP_PORTS: dict[str, tuple[int, ...]] = {
     "secstorage": (),
@@ -172,8 +168,6 @@ ROLE_SERVICE_POOL = (
     "apache2", "cloud", "conntrackd", "dnsmasq", "frr", "haproxy", "keepalived", "nfs-common",
     "nfs-server", "radvd", "strongswan-starter", "xl2tpd",
 )  # fmt: skip
-# A command runner: argv -> stdout; raises OSError or subprocess.CalledProcessError on failure.
-Runner = Callable[[list[str]], str]
 SSH_KEY_TYPES = ("ssh-rsa", "ssh-ed25519", "ssh-dss", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
 
 
@@ -370,143 +364,6 @@ def cmd_line_json(params: dict[str, str]) -> dict[str, Any]:
     Unlike CloudStack's shell split, a value keeps any '=' after the first (base64 padding survives).
     """
     return {"type": "cmdline", "cmd_line": {key: str(value) for key, value in params.items()}}
-
-
-# --- channels: where the command line comes from. Each takes paths and a command runner, so tests can feed
-# --- recorded outputs. ``run(argv)`` returns stdout and raises OSError or subprocess.CalledProcessError.
-
-
-def parse_virt_what(output: str) -> str | None:
-    """Map ``virt-what`` facts to a channel name: kvm, xen-hvm, xen-pv, vmware, hyperv (None: unknown)."""
-    facts = output.split()
-    if "xen" in facts:
-        if "xen-hvm" in facts:
-            return "xen-hvm"
-        return "xen-pv" if "xen-domU" in facts else None
-    for fact, channel in (("vmware", "vmware"), ("hyperv", "hyperv"), ("kvm", "kvm"), ("qemu", "kvm")):
-        if fact in facts:
-            return channel
-    return None
-
-
-def hypervisor_from_dmi(dmi_dir: str = DMI_DIR, proc_xen: str = "/proc/xen") -> str | None:
-    """The hypervisor from DMI strings when they name one (None when they do not)."""
-    import os
-
-    strings = []
-    for name in ("sys_vendor", "product_name", "bios_vendor"):
-        try:
-            with open(os.path.join(dmi_dir, name), encoding="utf-8", errors="replace") as f:
-                strings.append(f.read().strip())
-        except OSError:
-            pass
-    text = " ".join(strings)
-    if "QEMU" in text or "KVM" in text:
-        return "kvm"
-    if "Xen" in text:
-        return "xen-hvm"
-    if "VMware" in text:
-        return "vmware"
-    if "Microsoft Corporation" in text and "Virtual Machine" in text:
-        return "hyperv"
-    if not strings and os.path.isdir(proc_xen):
-        return "xen-pv"  # PV guests have no DMI tables
-    return None
-
-
-CHANNEL_HYPERVISOR = {
-    "kvm": "kvm",
-    "xen-hvm": "xenserver",
-    "xen-pv": "xenserver",
-    "vmware": "vmware",
-    "hyperv": "hyperv",
-}
-
-
-def detect_hypervisor(run: Runner, dmi_dir: str = DMI_DIR, proc_xen: str = "/proc/xen") -> str | None:
-    """DMI first (three file reads), virt-what when DMI does not say (e.g. a host that sets its own SMBIOS).
-
-    virt-what is a shell script of many small processes: 2 s on an idle emulated CPU and up to 20 s in
-    the middle of a boot, where it delayed everything after the command line arrived.
-    """
-    found = hypervisor_from_dmi(dmi_dir, proc_xen)
-    if found:
-        return found
-    try:
-        return parse_virt_what(run(["virt-what"]))
-    except Exception:  # noqa: BLE001 - any failure of the tool: nothing more to learn
-        return None
-
-
-def read_xenstore_cmdline(run: Runner) -> str:
-    return run(["xenstore-read", XENSTORE_KEY]).strip().replace("%", " ")
-
-
-def read_proc_cmdline(path: str = "/proc/cmdline") -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read().strip()
-
-
-def read_vmware_cmdline(run: Runner) -> str:
-    return run(["vmtoolsd", "--cmd", "machine.id.get"]).strip()
-
-
-def parse_kvp_pool(data: bytes) -> dict[str, str]:
-    """Records of a NUL-padded 512-byte key and 2048-byte value, as hv_kvp_daemon stores them."""
-    size = KVP_KEY_SIZE + KVP_VALUE_SIZE
-    pairs: dict[str, str] = {}
-    for offset in range(0, len(data) - size + 1, size):
-        key = data[offset : offset + KVP_KEY_SIZE].split(b"\0", 1)[0].decode("utf-8", "replace")
-        value = data[offset + KVP_KEY_SIZE : offset + size].split(b"\0", 1)[0].decode("utf-8", "replace")
-        if key:
-            pairs[key] = value
-    return pairs
-
-
-def read_hyperv_cmdline(pool_path: str = HYPERV_KVP_POOL) -> str:
-    """The ``cmdline`` item of the host's KVP pool, else the first value that looks like one."""
-    with open(pool_path, "rb") as f:
-        pairs = parse_kvp_pool(f.read())
-    if "cmdline" in pairs:
-        return pairs["cmdline"].strip()
-    for value in pairs.values():
-        if "type=" in value:
-            return value.strip()
-    raise ValueError(f"no command line among the keys of {pool_path}: {', '.join(pairs) or 'empty pool'}")
-
-
-def wait_for_cmdline_file(
-    path: str = CMDLINE_PATH,
-    timeout: float = KVM_CMDLINE_WAIT,
-    not_before: float = 0.0,
-    clock: Callable[[], float] | None = None,
-    sleep: Callable[[float], None] | None = None,
-) -> str | None:
-    """KVM: wait for the host to write ``path`` (newer than ``not_before``, i.e. this boot) and return it.
-
-    The host writes through qemu-guest-agent in one or more chunks, so the content must be non-empty and
-    the same on two reads in a row. None when nothing arrived in time.
-    """
-    import os
-    import time
-
-    clock = clock or time.monotonic
-    sleep = sleep or time.sleep
-    deadline = clock() + timeout
-    previous = None
-    while True:
-        try:
-            if os.stat(path).st_mtime >= not_before:
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    text = f.read().strip()
-                if text and text == previous:
-                    return text
-                previous = text
-        except OSError:
-            previous = None
-        if clock() >= deadline:
-            return None
-        sleep(0.5)
 
 
 def service_lists(role: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:

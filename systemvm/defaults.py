@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from enum import StrEnum
+from importlib import resources
 from pathlib import Path
 
 
@@ -47,6 +48,12 @@ DEFAULT_VERSION = "4.20.0"
 ARTIFACTS_DIR = Path("artifacts")
 # Where metadata.ini points when no --base-url is given: a placeholder, to be replaced by the real mirror.
 DOWNLOAD_BASE_URL = "https://download.example.org/systemvm"
+
+
+def elements_dir() -> Path:
+    """The diskimage-builder elements: ``systemvm/elements`` is package data (in the repository a link to
+    the top-level ``elements/``), so an installed package finds the package lists the checks read."""
+    return Path(str(resources.files("systemvm") / "elements")).resolve()
 
 
 def cache_root() -> Path:

@@ -8,7 +8,6 @@ so a tool added to a phase without its package shows up at once, on every host, 
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import subprocess
@@ -163,9 +162,3 @@ def read_host_packages(path: Path) -> list[str]:
     for line in path.read_text().splitlines():
         names.extend(line.split("#", 1)[0].split())
     return names
-
-
-def path_of(root: Path) -> str:
-    """A PATH that looks for commands inside ``root`` (a clean-room tree) the way a login shell would."""
-    dirs = ("usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin")
-    return os.pathsep.join(str(root / d) for d in dirs)

@@ -144,21 +144,21 @@ class BootedVM:
 
 
 def deliver_patch(vm: BootedVM, timeout: float) -> float:
-    """Copy the test payload (:mod:`systemvm.testagent`) over SSH and wait for boot_up_done."""
-    from systemvm import testagent
+    """Copy the test payload (:mod:`systemvm.boot.payload`) over SSH and wait for boot_up_done."""
     from systemvm.boot import patch
+    from systemvm.boot import payload as testpayload
 
-    payload = testagent.build_payload(vm.work_dir / "payload", payload_id=vm.run_prefix)
+    payload = testpayload.build_payload(vm.work_dir / "payload", payload_id=vm.run_prefix)
     return patch.deliver_patch(vm.target.host, vm.target.port, vm.key_file, payload, timeout)
 
 
 def run_live_patch(vm: BootedVM, timeout: float) -> LivePatch:
     """Patch the running VM again, the 4.16+ way, with a payload of its own id (so its effects are told
     apart from the boot's patch): what the appliance suite's live-patch checks then look at."""
-    from systemvm import testagent
     from systemvm.boot import patch
+    from systemvm.boot import payload as testpayload
 
-    payload = testagent.build_payload(vm.work_dir / "live-payload", payload_id=f"{vm.run_prefix}-live")
+    payload = testpayload.build_payload(vm.work_dir / "live-payload", payload_id=f"{vm.run_prefix}-live")
     return patch.live_patch(vm.target.host, vm.target.port, vm.key_file, payload, timeout)
 
 

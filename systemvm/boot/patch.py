@@ -18,7 +18,7 @@ from pathlib import Path
 import paramiko
 
 from systemvm import contract
-from systemvm.testagent import Payload
+from systemvm.boot.payload import Payload
 
 
 @contextlib.contextmanager

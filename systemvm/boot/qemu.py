@@ -17,16 +17,13 @@ from pathlib import Path
 
 from systemvm import contract
 from systemvm.boot import qga, sshwait, testnet
+from systemvm.boot.hypervisors.accel import domain_type
 from systemvm.export import detect
 from systemvm.hosttools import require_tools
 
 
 def qemu_accel() -> str:
     """``kvm`` only where hardware virtualisation really works, else TCG (override: SYSTEMVM_DOMAIN_TYPE)."""
-    try:
-        from systemvm.boot.hypervisors.accel import domain_type
-    except ImportError:  # pragma: no cover - accel module not present
-        return "tcg"
     return "kvm" if domain_type() == "kvm" else "tcg"
 
 

@@ -82,7 +82,3 @@ def _wait_listening(port: int, timeout: float = 15.0) -> None:
         time.sleep(0.1)
     raise UserError(f"apt-cacher-ng did not listen on 127.0.0.1:{port}: see {cache_root()}/apt-cacher-ng/log")
 
-
-def cache_bytes() -> int:
-    root = cache_root() / "apt-cacher-ng" / "cache"
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0

@@ -33,7 +33,7 @@ from systemvm.errors import UserError, tool_failed
 from systemvm.progress import human_bytes, phase, say
 
 REPO = Path(__file__).resolve().parents[2]
-ELEMENTS_DIR = REPO / "elements"
+ELEMENTS_DIR = defaults.elements_dir()
 DEBIAN_RELEASE = "bookworm"
 LABEL = "cloudrootfs"
 BUILD_RECORD = "/usr/share/systemvm/build"  # what elements/systemvm-base records inside the image
@@ -44,6 +44,7 @@ ELEMENTS = (
     "systemvm-cleanup",
     "systemvm-packages",
     "systemvm-ssh",
+    "systemvm-guest",
     "systemvm-boot",
     "systemvm-firewall",
     "systemvm-agent",

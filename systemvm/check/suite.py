@@ -31,7 +31,7 @@ from systemvm import naming
 from systemvm.atomic import atomic_path
 from systemvm.check.report import RunSummary, parse_junit, write_report
 from systemvm.contract import AGENT_ROLES, ROLES
-from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
+from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION, elements_dir
 from systemvm.errors import UserError
 from systemvm.progress import phase, say
 
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 SUITE_DIR = Path(__file__).resolve().parent / "appliance"
 # The directory that holds the systemvm package: the checks import systemvm.check.appliance.target from it.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-PACKAGES_DIR = REPO / "elements" / "systemvm-packages"
+PACKAGES_DIR = elements_dir() / "systemvm-packages"
 AGENT_WAIT_SECONDS = 180.0
 PARAMS_ENV = "SYSTEMVM_APPLIANCE_PARAMS"
 

@@ -103,12 +103,8 @@ def _write_vhd_bz2(raw: Path, final: Path, work: Path, epoch: int) -> Path:
 
 
 def _write_ova(raw: Path, final: Path, name: str, flavour: str, epoch: int) -> None:
-    try:
-        from systemvm.export.formats import ova
-    except ImportError:
-        raise UserError(
-            "OVA export is not available in this checkout (systemvm/formats/ova.py missing)"
-        ) from None
+    from systemvm.export.formats import ova
+
     ova.write_ova(raw, final, name=name, flavour=flavour, epoch=epoch)
 
 
@@ -223,13 +219,10 @@ def bench_export(raw: Path, tmp: Path) -> list[tuple[str, str]]:
     timed("qcow2 (qemu-img -c)", lambda: write_qcow2(raw, qcow2), qcow2)
     timed("vhd (our writer)", lambda: write_dynamic_vhd(raw, vhd, timestamp=0), vhd)
     timed("vhd.bz2", lambda: publish.compress_bz2(vhd, tmp / "bench.vhd.bz2"), tmp / "bench.vhd.bz2")
-    try:
-        from systemvm.export.formats import ova
-    except ImportError:
-        rows.append(("ova", "skipped: systemvm/formats/ova.py not present"))
-    else:
-        out = tmp / "bench.ova"
-        timed("ova", lambda: ova.write_ova(raw, out, name="bench", flavour="amd64", epoch=0), out)
+    from systemvm.export.formats import ova
+
+    out = tmp / "bench.ova"
+    timed("ova", lambda: ova.write_ova(raw, out, name="bench", flavour="amd64", epoch=0), out)
     plain = tmp / "bench.plain.bz2"
     parallel = tmp / "bench.parallel.bz2"
     timed("qcow2.bz2 with bzip2", lambda: publish.compress_bz2(qcow2, plain, parallel=False), plain)

@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tqdm import tqdm
+
 if TYPE_CHECKING:
     from pymysql.connections import Connection
 
@@ -168,46 +170,18 @@ def check_kind(path: Path, ext: str, source_name: str) -> str:
 def virtual_size(path: Path, kind: str) -> int:
     """The disk size the image presents, read from the image itself."""
     if kind == "qcow2":
-        try:
-            from systemvm.export.formats.qcow2 import qcow2_virtual_size
-        except ImportError:
-            return _qemu_img_virtual_size(path)
+        from systemvm.export.formats.qcow2 import qcow2_virtual_size
+
         return int(qcow2_virtual_size(path))
     if kind == "vhd":
-        try:
-            from systemvm.export.formats.vhd import vhd_virtual_size
-        except ImportError:
-            return _qemu_img_virtual_size(path)
+        from systemvm.export.formats.vhd import vhd_virtual_size
+
         return int(vhd_virtual_size(path))
     if kind == "ova":
-        try:
-            from systemvm.export.formats.ova import ova_virtual_size
-        except ImportError:
-            return _ova_capacity_by_qemu_img(path)
+        from systemvm.export.formats.ova import ova_virtual_size
+
         return int(ova_virtual_size(path))
     return path.stat().st_size
-
-
-def _qemu_img_virtual_size(path: Path) -> int:
-    import json
-
-    require_tools("qemu-img")
-    done = subprocess.run(
-        ["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise UserError(
-            f"qemu-img cannot read {path.name}: {done.stderr.strip()[:200]}; the image is damaged"
-        )
-    return int(json.loads(done.stdout)["virtual-size"])
-
-
-def _ova_capacity_by_qemu_img(path: Path) -> int:
-    """Fallback: the sum of the virtual sizes of the VMDKs unpacked next to the OVA."""
-    disks = sorted(path.parent.glob("*.vmdk"))
-    if not disks:
-        raise UserError(f"{path.name} holds no VMDK disk: give a VMware OVA")
-    return sum(_qemu_img_virtual_size(disk) for disk in disks)
 
 
 def unpack_ova(ova: Path, into: Path) -> list[str]:
@@ -384,18 +358,12 @@ def _wants_db(request: SeedRequest) -> bool:
     return request.db_properties is not None and request.db_properties.is_file()
 
 
-def _progress_bar(total: int | None, name: str, enabled: bool):  # -> tqdm or a null object
-    if enabled:
-        try:
-            from tqdm import tqdm
-
-            return tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
-                disable=None, leave=False,
-            )  # fmt: skip
-        except ImportError:
-            pass
-    return contextlib.nullcontext(type("NoBar", (), {"update": lambda self, n: None})())
+def _progress_bar(total: int | None, name: str, enabled: bool) -> tqdm:
+    """A byte counter on stderr (shown on a terminal only); ``enabled=False`` never shows one."""
+    return tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
+        disable=None if enabled else True, leave=False,
+    )  # fmt: skip
 
 
 def _free_space_needed(source: FileSource | HttpSource, ext: str) -> int:

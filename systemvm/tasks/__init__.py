@@ -1,4 +1,4 @@
-"""Invoke task modules, one per area. ``tasks.py`` at the top of the repository collects them.
+"""Invoke task modules, one per area; ``program.collection`` gathers them (``tasks.py``, ``systemvm-tasks``).
 
 Each module defines plain ``@task`` functions that parse options and call the library; wrap the body in
 :func:`user_errors` so bad input ends with one line and a non-zero exit.

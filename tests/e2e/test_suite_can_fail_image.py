@@ -44,6 +44,7 @@ IMAGE_CHECKS = {
     "test_sshd_accepts_what_cloudstacks_java_client_sends",
     "test_scp_binary_is_present",
     "test_programs_cloudstack_scripts_run_are_present",
+    "test_the_boot_programs_import_the_installed_guest_package",
     "test_cloudstack_config_directory_exists",
     "test_release_line_parses_as_cloudstack_reads_it",
     "test_default_locale_is_cloudstacks",
@@ -103,6 +104,11 @@ CASES: dict[str, tuple[str, dict, set[str]]] = {
         "systemctl enable strongswan-starter >/dev/null 2>&1",
         {},
         {"test_ipsec_service_is_enabled_only_where_the_role_needs_it"},
+    ),
+    "guest module deleted": (
+        "rm /opt/cloud/lib/systemvm/guest/channels.py",
+        {},
+        {"test_the_boot_programs_import_the_installed_guest_package"},
     ),
     "sshd on 22 with passwords": (
         "printf 'Port 22\\nPasswordAuthentication yes\\n' > /etc/ssh/sshd_config.d/00-broken.conf",

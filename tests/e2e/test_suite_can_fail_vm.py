@@ -16,7 +16,8 @@ from typing import Any
 import paramiko
 import pytest
 
-from systemvm import naming, testagent
+from systemvm import naming
+from systemvm.boot import payload
 from systemvm.boot.testnet import TEST_MGMT_CIDR
 from systemvm.check.report import parse_junit
 from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
@@ -214,8 +215,8 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         [R + "test_role_services_are_in_their_state"],
     ),
     "patch not applied": (
-        f"mv /{testagent.SCRIPTS_MARKER} /root/marker.bak",
-        f"mv /root/marker.bak /{testagent.SCRIPTS_MARKER}",
+        f"mv /{payload.SCRIPTS_MARKER} /root/marker.bak",
+        f"mv /root/marker.bak /{payload.SCRIPTS_MARKER}",
         {},
         [R + "test_the_delivered_patch_was_applied"],
     ),

@@ -1,5 +1,5 @@
 """Each hypervisor channel of the boot command line, fed with recorded inputs, and the early configuration
-run end to end on a temporary root (elements/systemvm-boot/static/opt/cloud/lib/cloud_boot.py)."""
+run end to end on a temporary root (systemvm/guest/channels.py, systemvm/guest/early_config.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,15 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from systemvm import contract
+from systemvm.guest import channels, early_config
+from systemvm.guest.system import Guest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "elements/systemvm-boot/static/opt/cloud/lib"))
-sys.path.insert(0, str(REPO / "elements/systemvm-firewall/static/opt/cloud/lib"))
-import cloud_boot  # noqa: E402
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFak test@harness"
 CMDLINE = contract.BootArgs(
@@ -52,8 +50,8 @@ class Recorded:
 
 
 def kvp_record(key: str, value: str) -> bytes:
-    return key.encode().ljust(contract.KVP_KEY_SIZE, b"\0") + value.encode().ljust(
-        contract.KVP_VALUE_SIZE, b"\0"
+    return key.encode().ljust(channels.KVP_KEY_SIZE, b"\0") + value.encode().ljust(
+        channels.KVP_VALUE_SIZE, b"\0"
     )
 
 
@@ -63,8 +61,8 @@ def kvp_record(key: str, value: str) -> bytes:
      ("hyperv", "hyperv"), ("docker", None)],
 )  # fmt: skip
 def test_virt_what_facts_name_the_channel(facts, channel):
-    assert contract.parse_virt_what(VIRT_WHAT[facts]) == channel
-    assert contract.detect_hypervisor(Recorded({("virt-what",): VIRT_WHAT[facts]}), "/nonexistent") == channel
+    assert channels.parse_virt_what(VIRT_WHAT[facts]) == channel
+    assert channels.detect_hypervisor(Recorded({("virt-what",): VIRT_WHAT[facts]}), "/nonexistent") == channel
 
 
 @pytest.mark.parametrize(
@@ -76,53 +74,53 @@ def test_virt_what_facts_name_the_channel(facts, channel):
 def test_dmi_answers_when_virt_what_is_missing(tmp_path, vendor, product, channel):
     (tmp_path / "sys_vendor").write_text(vendor + "\n")
     (tmp_path / "product_name").write_text(product + "\n")
-    assert contract.detect_hypervisor(Recorded({}), str(tmp_path), str(tmp_path / "no-xen")) == channel
+    assert channels.detect_hypervisor(Recorded({}), str(tmp_path), str(tmp_path / "no-xen")) == channel
 
 
 def test_dmi_that_names_a_hypervisor_spares_the_slow_virt_what(tmp_path):
     (tmp_path / "sys_vendor").write_text("QEMU\n")
     run = Recorded({("virt-what",): "xen\nxen-hvm\n"})
-    assert contract.detect_hypervisor(run, str(tmp_path), str(tmp_path / "no-xen")) == "kvm"
+    assert channels.detect_hypervisor(run, str(tmp_path), str(tmp_path / "no-xen")) == "kvm"
     assert run.calls == []
     # a host that writes its own SMBIOS strings: virt-what decides
     (tmp_path / "sys_vendor").write_text("Apache Software Foundation\n")
-    assert contract.detect_hypervisor(run, str(tmp_path), str(tmp_path / "no-xen")) == "xen-hvm"
+    assert channels.detect_hypervisor(run, str(tmp_path), str(tmp_path / "no-xen")) == "xen-hvm"
     assert run.calls == [["virt-what"]]
 
 
 def test_xen_pv_has_no_dmi_but_proc_xen(tmp_path):
     (tmp_path / "xen").mkdir()
-    assert contract.hypervisor_from_dmi(str(tmp_path / "no-dmi"), str(tmp_path / "xen")) == "xen-pv"
+    assert channels.hypervisor_from_dmi(str(tmp_path / "no-dmi"), str(tmp_path / "xen")) == "xen-pv"
 
 
 def test_xenstore_percent_stands_for_space():
     run = Recorded({("xenstore-read", contract.XENSTORE_KEY): contract.xenstore_value(CMDLINE) + "\n"})
-    assert contract.read_xenstore_cmdline(run) == CMDLINE
+    assert channels.read_xenstore_cmdline(run) == CMDLINE
 
 
 def test_proc_cmdline_for_xen_pv(tmp_path):
     proc = tmp_path / "cmdline"
     proc.write_text(f"root=/dev/xvda1 ro console=hvc0 {CMDLINE}\n")
-    params = contract.parse_cmdline(contract.read_proc_cmdline(str(proc)))
+    params = contract.parse_cmdline(channels.read_proc_cmdline(str(proc)))
     assert params["type"] == "secstorage" and params["root"] == "/dev/xvda1"
 
 
 def test_vmware_machine_id():
     run = Recorded({("vmtoolsd", "--cmd", "machine.id.get"): CMDLINE + "\n"})
-    assert contract.read_vmware_cmdline(run) == CMDLINE
+    assert channels.read_vmware_cmdline(run) == CMDLINE
 
 
 def test_hyperv_kvp_pool(tmp_path):
     pool = tmp_path / ".kvp_pool_0"
     pool.write_bytes(kvp_record("OtherKey", "x") + kvp_record("cmdline", CMDLINE))
-    assert contract.parse_kvp_pool(pool.read_bytes()) == {"OtherKey": "x", "cmdline": CMDLINE}
-    assert contract.read_hyperv_cmdline(str(pool)) == CMDLINE
+    assert channels.parse_kvp_pool(pool.read_bytes()) == {"OtherKey": "x", "cmdline": CMDLINE}
+    assert channels.read_hyperv_cmdline(str(pool)) == CMDLINE
     # a pool without the cmdline key: the value that looks like one
     pool.write_bytes(kvp_record("Something", CMDLINE) + b"\0" * 100)  # a torn trailing record is ignored
-    assert contract.read_hyperv_cmdline(str(pool)) == CMDLINE
+    assert channels.read_hyperv_cmdline(str(pool)) == CMDLINE
     pool.write_bytes(kvp_record("OtherKey", "x"))
     with pytest.raises(ValueError, match="OtherKey"):
-        contract.read_hyperv_cmdline(str(pool))
+        channels.read_hyperv_cmdline(str(pool))
 
 
 class FakeClock:
@@ -146,7 +144,7 @@ def test_kvm_waits_for_the_file_the_host_writes(tmp_path):
         if clock.now in writes:
             path.write_text(writes[clock.now])
 
-    assert contract.wait_for_cmdline_file(str(path), 60, 0, clock, sleep) == CMDLINE
+    assert channels.wait_for_cmdline_file(str(path), 60, 0, clock, sleep) == CMDLINE
     assert 2.5 < clock.now < 4
 
 
@@ -155,7 +153,7 @@ def test_kvm_wait_is_bounded_and_ignores_a_file_from_an_earlier_boot(tmp_path):
     path.write_text(CMDLINE)
     os.utime(path, (1000, 1000))
     clock = FakeClock()
-    assert contract.wait_for_cmdline_file(str(path), 60, 2000, clock, clock.sleep) is None
+    assert channels.wait_for_cmdline_file(str(path), 60, 2000, clock, clock.sleep) is None
     assert 60 <= clock.now <= 61
 
 
@@ -216,7 +214,7 @@ def test_early_config_from_mnt_cmdline_override(tmp_path):
     (root / "mnt/cmdline").write_text(CMDLINE + " gateway=10.9.9.9 mtu=oops\n")
     run = guest_runner(VIRT_WHAT["kvm"])
     clock = FakeClock()
-    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    config = early_config.early_config(Guest(root, run, clock, clock.sleep, echo=False))
 
     assert clock.now < 1, "an override must not wait for the guest agent"
     assert (root / "var/cache/cloud/cmdline").read_text().startswith("template=domP type=secstorage")
@@ -231,7 +229,7 @@ def test_early_config_from_mnt_cmdline_override(tmp_path):
         "auto eth0\niface eth0 inet static\n    address 169.254.10.20\n    netmask 255.255.0.0" in interfaces
     )
     assert "gateway" not in interfaces  # 10.9.9.9 is on none of the NICs: logged, skipped
-    listen = (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    listen = (root / early_config.SSH_LISTEN_CONF.lstrip("/")).read_text()
     assert "ListenAddress 169.254.10.20:3922" in listen
     # sshd starts even when eth0 comes late
     assert (root / "proc/sys/net/ipv4/ip_nonlocal_bind").read_text() == "1\n"
@@ -267,7 +265,7 @@ def test_early_config_router_on_xen_hvm_with_missing_nic(tmp_path):
     run = guest_runner(VIRT_WHAT["xen-hvm"])
     run.outputs = {("xenstore-read",): contract.xenstore_value(cmdline), **run.outputs}
     clock = FakeClock()
-    cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    early_config.early_config(Guest(root, run, clock, clock.sleep, echo=False))
 
     assert (root / "var/cache/cloud/cmdline").read_text().strip() == cmdline
     interfaces = (root / "etc/network/interfaces").read_text()
@@ -275,7 +273,7 @@ def test_early_config_router_on_xen_hvm_with_missing_nic(tmp_path):
     assert "allow-hotplug eth1" in interfaces  # not present in /sys: hotplug, never a failed networking
     assert 15 <= clock.now < 17  # waited for the NIC, with a bound
     assert (root / "etc/resolv.conf").read_text() == "nameserver 10.1.1.53\n"
-    assert "ListenAddress 169.254.4.4:3922" in (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    assert "ListenAddress 169.254.4.4:3922" in (root / early_config.SSH_LISTEN_CONF.lstrip("/")).read_text()
     rules = (root / "etc/iptables/rules.v4").read_text()
     assert "-A INPUT -i eth1 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules
     assert "-A INPUT ! -i eth1 -p udp -m udp --dport 67 -j ACCEPT" in rules
@@ -286,11 +284,11 @@ def test_early_config_without_any_command_line_is_not_fatal(tmp_path):
     root = make_root(tmp_path)
     run = guest_runner("")  # virt-what finds nothing; no DMI either
     clock = FakeClock()
-    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    config = early_config.early_config(Guest(root, run, clock, clock.sleep, echo=False))
     assert config.role is None
     assert 60 <= clock.now < 62  # the bounded KVM wait, then /proc/cmdline
     assert not (root / "etc/network/interfaces").exists()
-    assert not (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).exists()
+    assert not (root / early_config.SSH_LISTEN_CONF.lstrip("/")).exists()
     assert (root / "var/cache/cloud/enabled_svcs").read_text() == ""
     assert ["systemctl", "start", "--no-block", "ssh.service"] in run.calls
     assert "no authorized_key" in (root / "var/log/cloud.log").read_text()
@@ -302,21 +300,9 @@ def test_a_failing_step_does_not_stop_the_others(tmp_path):
     run = guest_runner(VIRT_WHAT["kvm"])
     del run.outputs[("iptables-restore",)]  # the firewall step fails
 
-    cloud_boot.early_config(cloud_boot.Guest(root, run, echo=False))
+    early_config.early_config(Guest(root, run, echo=False))
     assert ["systemctl", "start", "--no-block", "ssh.service"] in run.calls
     assert "apply_firewall failed" in (root / "var/log/cloud.log").read_text()
-
-
-def test_boot_program_runs_under_the_image_layout(tmp_path):
-    """In the image cloud_boot imports a plain contract.py from /opt/cloud/lib, not the systemvm package."""
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    (lib / "contract.py").write_bytes((REPO / "systemvm/contract.py").read_bytes())
-    (lib / "cloud_boot.py").write_bytes(Path(cloud_boot.__file__).read_bytes())
-    code = "import cloud_boot, contract; print(cloud_boot.contract is contract)"
-    argv = [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(lib)!r}); {code}"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert out.stdout.strip() == "True"
 
 
 def test_authorized_key_decoding_roundtrip():
@@ -336,7 +322,7 @@ def test_one_failing_service_does_not_stop_the_rest(tmp_path):
             raise subprocess.CalledProcessError(1, argv)
         return run(argv)
 
-    cloud_boot.early_config(cloud_boot.Guest(root, runner, echo=False))
+    early_config.early_config(Guest(root, runner, echo=False))
     # the batch failed, so each unit was tried alone: keepalived still got disabled
     assert [*NO_SYSV, "disable", "--no-reload", "keepalived.service"] in run.calls
     assert [
@@ -358,15 +344,15 @@ def test_ssh_listens_everywhere_when_non_local_binds_cannot_be_allowed(tmp_path)
     (root / "proc/sys/net/ipv4/ip_nonlocal_bind").unlink()
     (root / "proc/sys/net/ipv4").rmdir()
     (root / "mnt/cmdline").write_text(CMDLINE)
-    cloud_boot.early_config(cloud_boot.Guest(root, guest_runner(VIRT_WHAT["kvm"]), echo=False))
-    assert not (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).exists()
+    early_config.early_config(Guest(root, guest_runner(VIRT_WHAT["kvm"]), echo=False))
+    assert not (root / early_config.SSH_LISTEN_CONF.lstrip("/")).exists()
     rules = (root / "etc/iptables/rules.v4").read_text()
     assert "-A INPUT -i eth0 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules  # still only the control NIC
 
 
 def test_hyperv_waits_for_the_kvp_daemon_to_fill_the_pool(tmp_path):
     root = make_root(tmp_path)
-    pool = root / contract.HYPERV_KVP_POOL.lstrip("/")
+    pool = root / channels.HYPERV_KVP_POOL.lstrip("/")
     pool.parent.mkdir(parents=True)
     run = guest_runner(VIRT_WHAT["hyperv"])
     clock = FakeClock()
@@ -376,7 +362,7 @@ def test_hyperv_waits_for_the_kvp_daemon_to_fill_the_pool(tmp_path):
         if clock.now >= 5 and not pool.exists():
             pool.write_bytes(kvp_record("cmdline", CMDLINE))
 
-    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, sleep, echo=False))
+    config = early_config.early_config(Guest(root, run, clock, sleep, echo=False))
     assert ["systemctl", "start", "--no-block", "hv-kvp-daemon.service"] in run.calls
     assert config.role == "secstorage" and config.hypervisor == "hyperv"
     assert config.control_nic == "eth1"  # no link-local network on Hyper-V
@@ -395,7 +381,7 @@ def test_early_config_writes_the_state_cloudstacks_scripts_read(tmp_path):
     (root / "mnt/cmdline").write_text(cmdline + "\n")
     run = guest_runner(VIRT_WHAT["kvm"])
     clock = FakeClock()
-    cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    early_config.early_config(Guest(root, run, clock, clock.sleep, echo=False))
 
     document = json.loads((root / "var/cache/cloud/cmd_line.json").read_text())
     assert document == {"type": "cmdline", "cmd_line": contract.parse_cmdline(cmdline)}
@@ -424,9 +410,7 @@ def test_routers_forward_and_a_stray_localgw_is_logged(tmp_path):
     ).to_cmdline()  # fmt: skip
     (root / "mnt/cmdline").write_text(cmdline)
     clock = FakeClock()
-    cloud_boot.early_config(
-        cloud_boot.Guest(root, guest_runner(VIRT_WHAT["kvm"]), clock, clock.sleep, echo=False)
-    )
+    early_config.early_config(Guest(root, guest_runner(VIRT_WHAT["kvm"]), clock, clock.sleep, echo=False))
     assert (root / "proc/sys/net/ipv4/ip_forward").read_text() == "1\n"
     assert "net.ipv4.ip_forward = 1" in (root / "etc/sysctl.d/60-cloud-role.conf").read_text()
     assert "ip route" not in (root / "etc/network/interfaces").read_text()
@@ -439,7 +423,7 @@ def test_no_cmd_line_json_for_an_unknown_type(tmp_path):
     root = make_root(tmp_path)
     (root / "var/cache/cloud/cmd_line.json").write_text('{"type": "cmdline", "cmd_line": {}}')  # a stale one
     (root / "mnt/cmdline").write_text(CMDLINE.replace("type=secstorage", "type=fileserver"))
-    config = cloud_boot.early_config(cloud_boot.Guest(root, guest_runner(VIRT_WHAT["kvm"]), echo=False))
+    config = early_config.early_config(Guest(root, guest_runner(VIRT_WHAT["kvm"]), echo=False))
     assert config.role is None
     assert not (root / "var/cache/cloud/cmd_line.json").exists()
     assert (root / "etc/cloudstack").is_dir()
@@ -451,7 +435,7 @@ def test_a_command_line_written_after_the_wait_still_configures_the_vm(tmp_path)
     root = make_root(tmp_path)
     run = guest_runner(VIRT_WHAT["kvm"])
     clock = FakeClock()
-    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    config = early_config.early_config(Guest(root, run, clock, clock.sleep, echo=False))
     assert config.role is None and 60 <= clock.now < 62  # the host was too slow: /proc/cmdline
     assert ["systemctl", "start", "--no-block", contract.CMDLINE_WATCH_UNIT] in run.calls
     assert not (root / "var/cache/cloud/cmd_line.json").exists()
@@ -465,11 +449,11 @@ def test_a_command_line_written_after_the_wait_still_configures_the_vm(tmp_path)
     run = guest_runner(VIRT_WHAT["kvm"])
     run.outputs.update({("ip",): "", ("ifup",): ""})
     clock = FakeClock()
-    config = cloud_boot.late_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    config = early_config.late_config(Guest(root, run, clock, clock.sleep, echo=False))
     assert config is not None and config.role == "secstorage" and clock.now < 5
     assert (root / "etc/hostname").read_text() == "s-5-VM\n"
     assert "address 169.254.7.7" in (root / "etc/network/interfaces").read_text()
-    assert "ListenAddress 169.254.7.7:3922" in (root / cloud_boot.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    assert "ListenAddress 169.254.7.7:3922" in (root / early_config.SSH_LISTEN_CONF.lstrip("/")).read_text()
     assert (root / "root/.ssh/authorized_keys").read_text() == KEY + "\n"
     assert json.loads((root / "var/cache/cloud/cmd_line.json").read_text())["cmd_line"]["name"] == "s-5-VM"
     # the boot's ifup is long over: the NIC gets its address now, then sshd and cloud-patch restart
@@ -483,7 +467,7 @@ def test_a_command_line_written_after_the_wait_still_configures_the_vm(tmp_path)
 
     # the host retries the same write: nothing is done again
     run = guest_runner(VIRT_WHAT["kvm"])
-    assert cloud_boot.late_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False)) is None
+    assert early_config.late_config(Guest(root, run, clock, clock.sleep, echo=False)) is None
     assert not [c for c in run.calls if c[0] in ("ip", "ifup")]
     assert "nothing to do" in (root / "var/log/cloud.log").read_text()
 
@@ -495,7 +479,7 @@ def test_a_command_line_that_arrived_in_time_needs_no_listener(tmp_path):
     os.utime(path, (1700000100, 1700000100))  # written during this boot (btime 1700000000)
     run = guest_runner(VIRT_WHAT["kvm"])
     clock = FakeClock()
-    config = cloud_boot.early_config(cloud_boot.Guest(root, run, clock, clock.sleep, echo=False))
+    config = early_config.early_config(Guest(root, run, clock, clock.sleep, echo=False))
     assert config.role == "secstorage" and clock.now < 2
     assert not [c for c in run.calls if contract.CMDLINE_WATCH_UNIT in c]
 

@@ -1,4 +1,5 @@
-"""Per-role iptables rules (contract.firewall_rules_v4/v6), loaded into real netfilter in a private netns."""
+"""Per-role iptables rules (contract.firewall_rules_v4/v6), loaded into real netfilter in a private netns,
+and the rules systemvm.guest.firewall saves."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import subprocess
 import pytest
 
 from systemvm import contract
+from systemvm.guest import firewall
+from systemvm.guest.system import Guest
 
 
 def load_and_save(v4: str, v6: str, tmp_path) -> tuple[str, str]:
@@ -69,3 +72,12 @@ def test_no_role_opens_only_ssh():
     v4 = contract.firewall_rules_v4(None, "eth0")
     accepted = [line for line in v4.splitlines() if "--dport" in line]
     assert accepted == ["-A INPUT -i eth0 -p tcp -m tcp --dport 3922 -j ACCEPT"]
+
+
+def test_the_image_is_built_with_the_no_role_rules(tmp_path):
+    """systemvm-firewall's install step: an image no command line configured accepts SSH on eth0 only."""
+    firewall.write_default_rules(Guest(tmp_path, echo=False))
+    v4 = (tmp_path / contract.RULES_V4_PATH.lstrip("/")).read_text()
+    assert v4 == contract.firewall_rules_v4(None, "eth0")
+    assert (tmp_path / contract.RULES_V6_PATH.lstrip("/")).read_text() == contract.firewall_rules_v6()
+    assert oct((tmp_path / contract.RULES_V4_PATH.lstrip("/")).stat().st_mode & 0o777) == "0o644"

@@ -1,5 +1,5 @@
 """The test payload: the real agent against the real listener over TCP, and the image's patch step
-(elements/systemvm-agent/static/opt/cloud/lib/cloud_patch.py) applied to a temporary root."""
+(systemvm/guest/patch.py) applied to a temporary root."""
 
 from __future__ import annotations
 
@@ -15,14 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from systemvm import contract, testagent
+from systemvm import contract
+from systemvm.boot import payload as testagent
 from systemvm.boot.listener import ManagementListener
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "elements/systemvm-boot/static/opt/cloud/lib"))
-sys.path.insert(0, str(REPO / "elements/systemvm-agent/static/opt/cloud/lib"))
-import cloud_boot  # noqa: E402
-import cloud_patch  # noqa: E402
+from systemvm.guest import patch as cloud_patch
+from systemvm.guest.system import Guest
 
 
 def test_payload_is_reproducible_and_complete(tmp_path):
@@ -107,7 +104,7 @@ class Clock:
         self.now += seconds
 
 
-def guest_root(tmp_path: Path, cmdline: str) -> tuple[Path, cloud_boot.Guest, Runner, Clock]:
+def guest_root(tmp_path: Path, cmdline: str) -> tuple[Path, Guest, Runner, Clock]:
     root = tmp_path / "root"
     for d in ("var/cache/cloud", "var/log", "etc", "opt/cloud/lib"):
         (root / d).mkdir(parents=True)
@@ -116,7 +113,7 @@ def guest_root(tmp_path: Path, cmdline: str) -> tuple[Path, cloud_boot.Guest, Ru
     run, clock = Runner(), Clock()
     return (
         root,
-        cloud_boot.Guest(root, run, clock, clock.sleep, echo=False, program="cloud-patch"),
+        Guest(root, run, clock, clock.sleep, echo=False, program="cloud-patch"),
         run,
         clock,
     )

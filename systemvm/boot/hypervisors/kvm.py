@@ -418,7 +418,7 @@ class KvmDriver(Driver):
                     libvirt_agent(self.domain), request.boot_args.to_cmdline(), budget, self._alive
                 )
             remaining = max(1.0, budget - (time.monotonic() - started))
-            key_file = self.key_file or getattr(request, "ssh_key_file", None)
+            key_file = self.key_file or request.ssh_key_file
             with phase(f"wait for SSH on 3922 ({host}:{port})"):
                 if key_file is not None:
                     sshwait.wait_for_ssh(host, port, Path(key_file), remaining, alive=self._alive)

@@ -20,13 +20,7 @@ def driver_class(name: str) -> type[Driver]:
     if name not in DRIVERS:
         raise UserError(f"unknown hypervisor '{name}': use one of {', '.join(DRIVERS)}")
     module_name, class_name = DRIVERS[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise UserError(
-            f"the {name} driver cannot be loaded ({exc}): install the project's dependencies"
-        ) from None
-    return getattr(module, class_name)
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def get_driver(name: str, **options: object) -> Driver:

@@ -427,7 +427,7 @@ class XenServerDriver(Driver):
         with phase(f"start VM {self.vm_name}"):
             self._call("VM.start", self.api.VM.start, vm, False, False)
         self.timings["start"] = time.monotonic() - started
-        key_file = self.key_file or getattr(request, "ssh_key_file", None)
+        key_file = self.key_file or request.ssh_key_file
         return SshTarget(host=self.address(request), port=contract.SSH_PORT, key_file=key_file)
 
     def address(self, request: BootRequest) -> str:

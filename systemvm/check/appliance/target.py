@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from systemvm.defaults import elements_dir
+
 PARAMS_ENV = "SYSTEMVM_APPLIANCE_PARAMS"
-REPO = Path(__file__).resolve().parents[3]
 
 
 class Params(dict):
@@ -60,7 +61,7 @@ def load_params() -> Params:
         raise pytest.UsageError(f"{path}: missing keys {', '.join(missing)}")
     data.setdefault("kind", "vm")
     data.setdefault("hypervisor", "kvm")
-    data.setdefault("packages_dir", str(REPO / "elements" / "systemvm-packages"))
+    data.setdefault("packages_dir", str(elements_dir() / "systemvm-packages"))
     return Params(data)
 
 

@@ -12,7 +12,8 @@ import shlex
 
 import pytest
 
-from systemvm import contract, testagent
+from systemvm import contract
+from systemvm.boot import payload
 from systemvm.boot.patch import template_version
 from systemvm.check.appliance.target import run_ok
 
@@ -50,7 +51,7 @@ def test_scripts_signature_is_the_md5_of_the_kept_scripts(host, patched) -> None
 
 def test_scripts_of_the_live_patch_are_unpacked_over_root(host, patched) -> None:
     """The live patch's cloud-scripts.tgz was unpacked over / (its marker names the live payload)"""
-    marker = host.file(f"/{testagent.SCRIPTS_MARKER}")
+    marker = host.file(f"/{payload.SCRIPTS_MARKER}")
     assert marker.exists and marker.content_string.strip() == patched["payload_id"]
 
 

@@ -107,3 +107,24 @@ def test_programs_cloudstack_scripts_run_are_present(host) -> None:
     """Every program CloudStack's scripts call on a system VM is installed"""
     missing = [name for name in CLOUDSTACK_PROGRAMS if not host.exists(name)]
     assert not missing, f"not on the image: {', '.join(missing)} (CloudStack's scripts call them)"
+
+
+# The image's own programs and the systemvm.guest modules each imports (element systemvm-guest installs
+# the package in /opt/cloud/lib/systemvm/; tests/unit/test_guest_layout.py checks the same on its copy).
+GUEST_PROGRAMS = {"/opt/cloud/bin/cloud-early-config": "early_config", "/opt/cloud/bin/cloud-patch": "patch"}
+
+
+def test_the_boot_programs_import_the_installed_guest_package(host) -> None:
+    """The boot and patch programs import systemvm.guest from /opt/cloud/lib with the image's python3 alone"""
+    for program, module in GUEST_PROGRAMS.items():
+        file = host.file(program)
+        assert file.exists and file.mode & 0o111, f"{program} is missing or not executable"
+        # -I -S: the standard library and /opt/cloud/lib only, as the guest code promises
+        code = (
+            "import sys; sys.path.insert(0, '/opt/cloud/lib'); "
+            f"from systemvm.guest import {module}; import systemvm.contract; "
+            f"print({module}.__file__, systemvm.contract.__file__)"
+        )
+        where = run_ok(host, f'python3 -I -S -c "{code}"').split()
+        expected = [f"/opt/cloud/lib/systemvm/guest/{module}.py", "/opt/cloud/lib/systemvm/contract.py"]
+        assert where == expected, f"{program}: systemvm.guest.{module} comes from {where}"

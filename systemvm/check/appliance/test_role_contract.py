@@ -12,7 +12,8 @@ import shlex
 
 import pytest
 
-from systemvm import contract, testagent
+from systemvm import contract
+from systemvm.boot import payload
 from systemvm.check.appliance.target import run_ok
 
 pytestmark = pytest.mark.live
@@ -57,8 +58,8 @@ def test_the_delivered_patch_was_applied(host, params) -> None:
     """The patch the harness delivered was unpacked over / (its marker names this run)"""
     if not params.get("payload_id"):
         pytest.skip("the harness delivered no patch payload")
-    marker = host.file(f"/{testagent.SCRIPTS_MARKER}")
-    assert marker.exists, f"/{testagent.SCRIPTS_MARKER} is missing: the patch was not unpacked"
+    marker = host.file(f"/{payload.SCRIPTS_MARKER}")
+    assert marker.exists, f"/{payload.SCRIPTS_MARKER} is missing: the patch was not unpacked"
     assert marker.content_string.strip() == params["payload_id"]
 
 

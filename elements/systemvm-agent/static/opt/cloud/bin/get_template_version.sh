@@ -3,6 +3,9 @@
 # and splits the line on '&'): "<contents of /etc/cloudstack-release>&<MD5 of the cloud scripts applied>".
 # The release line is only final once the boot is done, so wait for boot_up_done first (at most 240 s, as
 # the management server allows); answer anyway after that, so the server can report the mismatch itself.
+# A program CloudStack runs on the VM, not a build hook: it answers even when a file is missing, so no
+# set -e, and DIB_DEBUG_TRACE means nothing at run time.
+# dib-lint: disable=sete dibdebugtrace
 set -u
 set -o pipefail
 

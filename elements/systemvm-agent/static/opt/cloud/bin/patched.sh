@@ -2,6 +2,9 @@
 # CloudStack's "is this system VM set up" probe: after copying the patch, the management server runs
 # `patched.sh /opt/cloud/bin/keystore*` over SSH until it exits 0, i.e. until the patch's scripts are in place.
 # Exit 0 when every path given exists (listing them, oldest first), 1 otherwise.
+# A program CloudStack runs on the VM, not a build hook: it answers even when a file is missing, so no
+# set -e, and DIB_DEBUG_TRACE means nothing at run time.
+# dib-lint: disable=sete dibdebugtrace
 set -u
 set -o pipefail
 

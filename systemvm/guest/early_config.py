@@ -3,7 +3,7 @@
 Runs once per boot before the network comes up (cloud-early-config.service). Every step is independent and
 never fatal: a step that fails is logged to /var/log/cloud.log and the next one runs, so a bad value can
 cost a feature but never the SSH access needed to look at it. The rules themselves (keys, roles, NICs,
-ports) come from contract.py, the same file the harness uses.
+ports) come from :mod:`systemvm.contract`, the module the harness uses.
 
 Paths are resolved under ``Guest.root`` and commands go through ``Guest.run`` so the unit tests can run the
 whole sequence on a temporary directory with recorded command outputs.
@@ -13,137 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-try:  # in the image: /opt/cloud/lib/contract.py, a copy of systemvm/contract.py
-    import contract
-except ImportError:  # in the repository (unit tests)
-    from systemvm import contract  # type: ignore[no-redef]
+from systemvm import contract
+from systemvm.guest import channels, firewall
+from systemvm.guest.system import Guest
 
 SSH_LISTEN_CONF = "/etc/ssh/sshd_config.d/60-cloud-listen.conf"
 NIC_WAIT = 15.0  # seconds to wait for the command line's NICs to appear before writing the config
-
-
-def _run_command(argv: list[str]) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
-
-
-class Guest:
-    """The system being configured: a root directory, a command runner, a log."""
-
-    def __init__(
-        self,
-        root: str | os.PathLike[str] = "/",
-        run: Callable[[list[str]], str] = _run_command,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        echo: bool = True,
-        program: str = "cloud-early-config",
-    ) -> None:
-        self.program = program
-        self.root = Path(root)
-        self.run = run
-        self.clock = clock
-        self.sleep = sleep
-        self.echo = echo
-        self.late = False  # True when configuring from a command line the host wrote after the boot
-
-    def path(self, absolute: str) -> Path:
-        return self.root / absolute.lstrip("/")
-
-    def log(self, message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {self.program}: {message}"
-        if self.echo:
-            print(message, flush=True)
-        try:
-            with open(self.path(contract.CLOUD_LOG), "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-        except OSError:
-            pass
-
-    def write(self, absolute: str, text: str, mode: int = 0o644) -> None:
-        """Write beside the target and rename: a power cut never leaves half a file."""
-        target = self.path(absolute)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink():
-            target.unlink()  # e.g. a resolv.conf link into a resolver we do not run
-        tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-
-
-def boot_time(guest: Guest) -> float:
-    """Wall-clock time this boot started (btime in /proc/stat); 0 when unknown."""
-    try:
-        for line in guest.path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return 0.0
-
-
-def obtain_cmdline(guest: Guest) -> tuple[str, str, str]:
-    """(command line, where it came from, hypervisor) -- /mnt/cmdline first, then the hypervisor's channel."""
-    hypervisor = contract.detect_hypervisor(
-        guest.run, str(guest.path(contract.DMI_DIR)), str(guest.path("/proc/xen"))
-    )
-    hypervisor_name = contract.CHANNEL_HYPERVISOR.get(hypervisor or "", "kvm")
-    override = guest.path(contract.OVERRIDE_PATH)
-    if override.is_file():
-        return override.read_text(errors="replace").strip(), contract.OVERRIDE_PATH, hypervisor_name
-    guest.log(f"hypervisor channel: {hypervisor or 'unknown (trying KVM, then /proc/cmdline)'}")
-    try:
-        if hypervisor == "xen-hvm":
-            return contract.read_xenstore_cmdline(guest.run), "xenstore", hypervisor_name
-        if hypervisor == "xen-pv":
-            return (
-                contract.read_proc_cmdline(str(guest.path("/proc/cmdline"))),
-                "/proc/cmdline",
-                hypervisor_name,
-            )
-        if hypervisor == "vmware":
-            return contract.read_vmware_cmdline(guest.run), "vmtoolsd", hypervisor_name
-        if hypervisor == "hyperv":
-            return read_hyperv_when_ready(guest), "kvp", hypervisor_name
-    except Exception as exc:  # noqa: BLE001 - a broken channel must not stop the boot
-        guest.log(f"reading the command line from {hypervisor} failed: {exc}")
-    # KVM (and unknown): the host writes the file through qemu-guest-agent, which udev starts.
-    cached = guest.path(contract.CMDLINE_PATH)
-    text = contract.wait_for_cmdline_file(
-        str(cached), contract.KVM_CMDLINE_WAIT, boot_time(guest), guest.clock, guest.sleep
-    )
-    if text:
-        return text, "qemu-guest-agent", hypervisor_name
-    if cached.is_file() and cached.read_text().strip():
-        guest.log("no command line from the host this boot; using the one from the previous boot")
-        return cached.read_text(errors="replace").strip(), "previous boot", hypervisor_name
-    return contract.read_proc_cmdline(str(guest.path("/proc/cmdline"))), "/proc/cmdline", hypervisor_name
-
-
-def read_hyperv_when_ready(guest: Guest) -> str:
-    """hv_kvp_daemon fills the pool from the host after it starts (normally after this unit): start it
-    now and wait, with the KVM bound, for the command line to show up in the pool."""
-    try:
-        guest.run(["systemctl", "start", "--no-block", "hv-kvp-daemon.service"])
-    except Exception as exc:  # noqa: BLE001 - the pool may be filled already
-        guest.log(f"starting hv-kvp-daemon failed: {exc}")
-    pool = str(guest.path(contract.HYPERV_KVP_POOL))
-    deadline = guest.clock() + contract.KVM_CMDLINE_WAIT
-    while True:
-        try:
-            return contract.read_hyperv_cmdline(pool)
-        except (OSError, ValueError):
-            if guest.clock() >= deadline:
-                raise
-            guest.sleep(1.0)
 
 
 def configure_hostname(guest: Guest, config: contract.BootConfig) -> None:
@@ -159,6 +38,11 @@ def configure_hostname(guest: Guest, config: contract.BootConfig) -> None:
         guest.run(["hostname", config.name])
 
 
+def _holds(nic: contract.Nic, address: contract.ipaddress.IPv4Address) -> bool:
+    """True when ``address`` is on the NIC's network (a NIC without an address holds none)."""
+    return nic.interface is not None and address in nic.interface.network
+
+
 def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
     """/etc/network/interfaces for the command line's NICs (ifupdown brings them up after this unit).
 
@@ -170,7 +54,7 @@ def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
     gateway_nic = None
     if config.gateway:
         gateway = contract.ipaddress.IPv4Address(config.gateway)
-        gateway_nic = next((n.index for n in config.nics.values() if gateway in n.interface.network), None)
+        gateway_nic = next((n.index for n in config.nics.values() if _holds(n, gateway)), None)
     try:
         route = contract.management_route(config)
     except ValueError:
@@ -195,7 +79,7 @@ def configure_network(guest: Guest, config: contract.BootConfig) -> None:
         guest.log("no NIC addresses on the command line; network configuration left as it is")
         return
     if config.gateway and not any(
-        contract.ipaddress.IPv4Address(config.gateway) in n.interface.network for n in config.nics.values()
+        _holds(n, contract.ipaddress.IPv4Address(config.gateway)) for n in config.nics.values()
     ):
         guest.log(f"gateway {config.gateway} is on none of the NICs' networks; skipped")
     try:
@@ -364,15 +248,6 @@ def apply_services(guest: Guest, config: contract.BootConfig) -> None:
     )
 
 
-def apply_firewall(guest: Guest, config: contract.BootConfig) -> None:
-    try:
-        import cloud_firewall  # from the systemvm-firewall element
-    except ImportError:
-        guest.log("systemvm-firewall is not installed; no rules applied")
-        return
-    cloud_firewall.apply(guest, config)
-
-
 def start_ssh(guest: Guest, config: contract.BootConfig) -> None:
     if guest.late:
         return  # restart_after_late_config restarts it once the NICs are up
@@ -410,7 +285,7 @@ STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
     configure_forwarding,
     install_authorized_key,
     configure_ssh_listen,
-    apply_firewall,
+    firewall.apply_firewall,
     apply_services,
     start_ssh,
 )
@@ -426,7 +301,7 @@ FALLBACK_SOURCES = ("previous boot", "/proc/cmdline")
 
 def early_config(guest: Guest) -> contract.BootConfig:
     guest.path(contract.CACHE_DIR).mkdir(parents=True, exist_ok=True)
-    text, source, hypervisor = obtain_cmdline(guest)
+    text, source, hypervisor = channels.obtain_cmdline(guest)
     if source != "qemu-guest-agent":
         guest.write(contract.CMDLINE_PATH, text + "\n")
     config = configure(guest, text, source, hypervisor)
@@ -448,7 +323,7 @@ def late_config(guest: Guest) -> contract.BootConfig | None:
     when the file is empty or is the command line this boot already applied (the host retries writes).
     """
     guest.late = True
-    text = contract.wait_for_cmdline_file(
+    text = channels.wait_for_cmdline_file(
         str(guest.path(contract.CMDLINE_PATH)), 10.0, 0.0, guest.clock, guest.sleep
     )
     if not text:
@@ -458,10 +333,10 @@ def late_config(guest: Guest) -> contract.BootConfig | None:
     if applied.is_file() and applied.read_text(errors="replace").strip() == text:
         guest.log("the host wrote the command line this boot applied already; nothing to do")
         return None
-    hypervisor = contract.detect_hypervisor(
-        guest.run, str(guest.path(contract.DMI_DIR)), str(guest.path("/proc/xen"))
+    hypervisor = channels.detect_hypervisor(
+        guest.run, str(guest.path(channels.DMI_DIR)), str(guest.path("/proc/xen"))
     )
-    return configure(guest, text, "qemu-guest-agent, after the boot", contract.CHANNEL_HYPERVISOR.get(
+    return configure(guest, text, "qemu-guest-agent, after the boot", channels.CHANNEL_HYPERVISOR.get(
         hypervisor or "", "kvm"))  # fmt: skip
 
 

@@ -31,18 +31,14 @@ import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
-import cloud_boot
-
-try:  # in the image: /opt/cloud/lib/contract.py, a copy of systemvm/contract.py
-    import contract
-except ImportError:  # in the repository (unit tests)
-    from systemvm import contract  # type: ignore[no-redef]
+from systemvm import contract
+from systemvm.guest.system import Guest
 
 PATCH_WAIT = 900.0  # seconds; CloudStack patches a VM within a few minutes of SSH answering
-VERSION_FILE = "/opt/cloud/lib/VERSION"
+VERSION_FILE = "/opt/cloud/lib/VERSION"  # the template version (element systemvm-guest writes it)
 
 
-def patch_files_ready(guest: cloud_boot.Guest, seen: dict[str, int]) -> bool:
+def patch_files_ready(guest: Guest, seen: dict[str, int]) -> bool:
     """True when every patch file exists and kept its size since the previous call (no copy under way)."""
     sizes = {}
     for name in contract.PATCH_FILES:
@@ -57,7 +53,7 @@ def patch_files_ready(guest: cloud_boot.Guest, seen: dict[str, int]) -> bool:
     return ready
 
 
-def wait_for_patch(guest: cloud_boot.Guest, timeout: float = PATCH_WAIT) -> bool:
+def wait_for_patch(guest: Guest, timeout: float = PATCH_WAIT) -> bool:
     deadline = guest.clock() + timeout
     seen: dict[str, int] = {}
     while not patch_files_ready(guest, seen):
@@ -103,7 +99,7 @@ def unpack_scripts(data: bytes, root: Path) -> list[str]:
     return names
 
 
-def update_scripts(guest: cloud_boot.Guest) -> bool:
+def update_scripts(guest: Guest) -> bool:
     """Unpack cloud-scripts.tgz when its MD5 differs from the recorded signature. True when unpacked."""
     data = guest.path(f"{contract.CACHE_DIR}/cloud-scripts.tgz").read_bytes()
     signature = hashlib.md5(data).hexdigest()  # CloudStack compares MD5s (md5sum's digest, nothing else)
@@ -147,7 +143,7 @@ def agent_properties(existing: str, params: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def install_agent(guest: cloud_boot.Guest, config: contract.BootConfig) -> None:
+def install_agent(guest: Guest, config: contract.BootConfig) -> None:
     target = guest.path(contract.AGENT_DIR)
     unpack_agent(guest.path(f"{contract.CACHE_DIR}/agent.zip").read_bytes(), target)
     properties = guest.path(contract.AGENT_PROPERTIES)
@@ -158,7 +154,7 @@ def install_agent(guest: cloud_boot.Guest, config: contract.BootConfig) -> None:
     guest.run(["systemctl", "restart", "--no-block", "cloud.service"])
 
 
-def finish(guest: cloud_boot.Guest) -> None:
+def finish(guest: Guest) -> None:
     version_file = guest.path(VERSION_FILE)
     version = version_file.read_text().strip() if version_file.exists() else "unknown"
     guest.write(contract.RELEASE_PATH, f"Cloudstack Release {version} {time.strftime('%a %b %d %Y')}\n")
@@ -166,7 +162,7 @@ def finish(guest: cloud_boot.Guest) -> None:
     guest.log("boot up done")
 
 
-def patch(guest: cloud_boot.Guest, timeout: float = PATCH_WAIT) -> bool:
+def patch(guest: Guest, timeout: float = PATCH_WAIT) -> bool:
     """The whole sequence; False when the files did not arrive in time (then nothing is changed)."""
     config = contract.read_config(contract.parse_cmdline(_read(guest, contract.CMDLINE_PATH)))
     guest.log(f"waiting up to {timeout:.0f}s for {', '.join(contract.PATCH_FILES)} in {contract.CACHE_DIR}")
@@ -184,7 +180,7 @@ def patch(guest: cloud_boot.Guest, timeout: float = PATCH_WAIT) -> bool:
     return True
 
 
-def _read(guest: cloud_boot.Guest, absolute: str) -> str:
+def _read(guest: Guest, absolute: str) -> str:
     try:
         return guest.path(absolute).read_text(errors="replace")
     except OSError:
@@ -192,7 +188,7 @@ def _read(guest: cloud_boot.Guest, absolute: str) -> str:
 
 
 def main() -> int:
-    guest = cloud_boot.Guest(program="cloud-patch")
+    guest = Guest(program="cloud-patch")
     guest.path(contract.BOOT_DONE_PATH).unlink(missing_ok=True)  # this boot is not done yet
     patch(guest)
     return 0  # an unpatched VM is not a failed unit: it stays reachable over SSH

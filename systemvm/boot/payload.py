@@ -1,11 +1,11 @@
 """The harness's stand-in for CloudStack's patch: agent.zip, cloud-scripts.tgz and patch-sysvms.sh.
 
-``agent.zip`` holds ``_run.sh`` and ``agent.py`` (a small agent that reports to the harness's management
-listener, see :mod:`systemvm.boot.listener`); ``cloud-scripts.tgz`` holds a marker file with the payload id
-and ``/opt/cloud/bin/keystore-setup`` (the file whose presence CloudStack's ``patched.sh`` check waits for on
-secondary storage and console proxy VMs); ``patch-sysvms.sh`` performs the steps of CloudStack's live
-patch. The archives are reproducible: the same payload id gives byte-identical files (fixed times, owners
-and order).
+``agent.zip`` holds ``_run.sh`` and ``agent.py`` of :mod:`systemvm.guest.testagent` (a small agent that
+reports to the harness's management listener, see :mod:`systemvm.boot.listener`); ``cloud-scripts.tgz``
+holds a marker file with the payload id and ``/opt/cloud/bin/keystore-setup`` (the file whose presence
+CloudStack's ``patched.sh`` check waits for on secondary storage and console proxy VMs);
+``patch-sysvms.sh`` performs the steps of CloudStack's live patch. The archives are reproducible: the
+same payload id gives byte-identical files (fixed times, owners and order).
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import hashlib
 import io
 import tarfile
 import zipfile
+from importlib import resources
 from pathlib import Path
 
 from systemvm.atomic import atomic_path
 
-HERE = Path(__file__).resolve().parent
+AGENT_FILES = resources.files("systemvm.guest.testagent")  # runs in the VM; packed here, on the host
 SCRIPTS_MARKER = "opt/cloud/testpayload/PAYLOAD"  # where cloud-scripts.tgz puts its marker, under /
 KEYSTORE_SETUP = "opt/cloud/bin/keystore-setup"
 KEYSTORE_SETUP_TEXT = b"""#!/bin/sh
@@ -55,7 +56,7 @@ def agent_zip_bytes() -> bytes:
             info.external_attr = (0o100000 | mode) << 16
             info.create_system = 3  # Unix, so the mode bits mean something
             info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, (HERE / name).read_bytes())
+            archive.writestr(info, (AGENT_FILES / name).read_bytes())
         conf = zipfile.ZipInfo("conf/agent.properties", date_time=_FIXED_TIME)
         conf.external_attr = 0o100644 << 16
         conf.create_system = 3
@@ -87,7 +88,7 @@ def build_payload(out_dir: str | Path, payload_id: str = "test-payload-1") -> Pa
     contents = {
         "agent.zip": agent_zip_bytes(),
         "cloud-scripts.tgz": cloud_scripts_bytes(payload_id),
-        "patch-sysvms.sh": (HERE / "patch-sysvms.sh").read_bytes(),
+        "patch-sysvms.sh": (AGENT_FILES / "patch-sysvms.sh").read_bytes(),
     }
     for name, data in contents.items():
         with atomic_path(out / name) as tmp:
