@@ -10,9 +10,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -20,7 +22,10 @@ from pathlib import Path
 import pytest
 
 from systemvm.build import cloudstack_scripts as cs
+from systemvm.build.image import check_baked_scripts
+from systemvm.errors import UserError
 
+REPO = Path(__file__).resolve().parents[2]
 PATCH_SCRIPT = b"#!/bin/bash\necho version:$(md5sum /var/cache/cloud/cloud-scripts.tgz)\n"
 
 
@@ -282,3 +287,73 @@ def test_package_versions_become_cloudstack_versions() -> None:
     assert cs.cloudstack_version("4.20.0.0~bookworm1") == "4.20.0.0"
     assert cs.cloudstack_version("1:4.19.1.2-1") == "4.19.1.2"
     assert cs.cloudstack_version("4.20.1.0") == "4.20.1.0"
+
+
+# --- staging and the read-back in the built filesystem --------------------------------------------------
+
+
+def test_staging_writes_what_the_element_installs(tmp_path: Path) -> None:
+    scripts = cs.load(make_deb(tmp_path))
+    staged = scripts.stage(tmp_path / "stage")
+    assert sorted(p.name for p in staged.iterdir()) == sorted([*cs.DEB_FILES, cs.INFO_NAME])
+    assert json.loads((staged / cs.INFO_NAME).read_text())["cloud_scripts_md5"] == scripts.md5
+    element = REPO / "elements" / cs.ELEMENT
+    assert (element / "README.rst").exists()
+    assert os.access(element / "install.d" / "70-bake-cloudstack-scripts", os.X_OK)
+
+
+def _ext4(tmp_path: Path, signature: str) -> Path:
+    tree = tmp_path / "root"
+    (tree / "var/cache/cloud").mkdir(parents=True)
+    (tree / "usr/share/systemvm/build").mkdir(parents=True)
+    (tree / cs.SIGNATURE_PATH.lstrip("/")).write_text(signature + "\n")
+    (tree / cs.REPLACED_RECORD.lstrip("/")).write_text("/etc/sysctl.conf\n")
+    image = tmp_path / "fs.img"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image)], check=True, capture_output=True)
+    return image
+
+
+def test_the_build_reads_the_baked_signature_back(tmp_path: Path) -> None:
+    scripts = cs.load(make_tgz(tmp_path / "cloud-scripts.tgz"))
+    record = check_baked_scripts(_ext4(tmp_path, scripts.md5), scripts)
+    assert record["cloud_scripts_md5"] == scripts.md5
+    assert record["replaced_image_files"] == ["/etc/sysctl.conf"]
+
+
+def test_a_signature_that_is_not_the_md5_fails_the_build(tmp_path: Path) -> None:
+    scripts = cs.load(make_tgz(tmp_path / "cloud-scripts.tgz"))
+    sha512 = hashlib.sha512(scripts.tarball).hexdigest()
+    with pytest.raises(UserError, match="not the MD5"):
+        check_baked_scripts(_ext4(tmp_path, sha512), scripts)
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["missing", "not gzip", "deb without vms"])
+def test_invoke_build_with_bad_scripts_says_one_line_exits_1_and_builds_nothing(
+    tmp_path: Path, case: str
+) -> None:
+    """PATH is empty: were the input not checked first, the host check would end the run (exit 2) instead."""
+    if case == "missing":
+        given = tmp_path / "cloud-scripts.tgz"
+    elif case == "not gzip":
+        given = tmp_path / "cloud-scripts.tgz"
+        given.write_bytes(b"<html>not found</html>\n")
+    else:
+        given = make_deb(tmp_path, vms={}, name="cloudstack-usage")
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    artifacts = tmp_path / "artifacts"
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "build", "--flavour", "amd64", "--artifacts", str(artifacts),
+         "--cloudstack-scripts", str(given)],
+        cwd=REPO, env={**os.environ, "PATH": str(empty)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert str(given) in lines[0]
+    assert not artifacts.exists()
