@@ -43,6 +43,7 @@ DEB_FILES = (TARBALL, AGENT, PATCH_SCRIPT)
 IMAGE_DIR = "/usr/share/cloud"
 SIGNATURE_PATH = "/var/cache/cloud/cloud-scripts-signature"
 INFO_NAME = "cloudstack-scripts.json"
+MEMBERS_NAME = "members.txt"  # the tarball's files and links, one relative path a line (the element reads it)
 REPLACED_RECORD = "/usr/share/systemvm/build/cloudstack-scripts-replaced"  # image files the tree replaced
 
 FIX_TGZ = (
@@ -109,7 +110,20 @@ class CloudStackScripts:
         if self.patch_script is not None:
             (directory / PATCH_SCRIPT).write_bytes(self.patch_script)
         (directory / INFO_NAME).write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
+        # Listed here: inside the chroot the staged directory is mounted read-only, so the element
+        # cannot write a listing of its own next to the tarball.
+        (directory / MEMBERS_NAME).write_text("".join(f"{name}\n" for name in member_paths(self.tarball)))
         return directory
+
+
+def member_paths(data: bytes) -> list[str]:
+    """The relative paths of a checked tarball's files and links (no directories), without ``./``."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        return [
+            str(PurePosixPath(*[p for p in PurePosixPath(m.name).parts if p != "."]))
+            for m in archive
+            if not m.isdir()
+        ]
 
 
 def check_tarball(data: bytes, label: str) -> int:

@@ -95,14 +95,23 @@ def overlay(lower: Path, work: Path) -> Iterator[Path]:
 
 
 def bake(root: Path, scripts: cs.CloudStackScripts, work: Path) -> str:
-    """The element's two phases as diskimage-builder runs them: extra-data.d outside, install.d inside."""
-    hooks = root / "tmp/in_target.d"
-    hooks.mkdir(parents=True)
+    """The element's two phases as diskimage-builder runs them: extra-data.d outside the chroot, then
+    install.d inside it, with the hooks directory bind-mounted read-only at /tmp/in_target.d (as
+    diskimage-builder's img-functions mounts it)."""
+    hooks = work / "hooks"
+    hooks.mkdir()
     staged = scripts.stage(work / "staged")
     env = {**os.environ, "SYSTEMVM_CLOUDSTACK_SCRIPTS": str(staged), "TMP_HOOKS_PATH": str(hooks)}
     subprocess.run([str(ELEMENT / "extra-data.d/50-copy-cloudstack-scripts")], env=env, check=True)
     shutil.copy(ELEMENT / "install.d/70-bake-cloudstack-scripts", hooks / "bake")
-    done = subprocess.run(["chroot", str(root), "/tmp/in_target.d/bake"], capture_output=True, text=True)
+    target = root / "tmp/in_target.d"
+    target.mkdir(parents=True)
+    _run("mount", "--bind", str(hooks), str(target))
+    try:
+        _run("mount", "-o", "remount,ro,bind", str(hooks), str(target))
+        done = subprocess.run(["chroot", str(root), "/tmp/in_target.d/bake"], capture_output=True, text=True)
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

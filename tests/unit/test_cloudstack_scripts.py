@@ -125,7 +125,9 @@ def test_dot_slash_names_and_relative_links_are_fine(tmp_path: Path) -> None:
         files={"./opt/cloud/bin/a.sh": b"#!/bin/sh\n"},
         members=[member("./opt/cloud/bin/b.sh", tarfile.SYMTYPE, "a.sh"), member("./etc", tarfile.DIRTYPE)],
     )
-    assert cs.load(tgz).files == 1
+    scripts = cs.load(tgz)
+    assert scripts.files == 1
+    assert cs.member_paths(scripts.tarball) == ["opt/cloud/bin/a.sh", "opt/cloud/bin/b.sh"]
 
 
 def test_a_missing_file_names_it(tmp_path: Path) -> None:
@@ -295,7 +297,9 @@ def test_package_versions_become_cloudstack_versions() -> None:
 def test_staging_writes_what_the_element_installs(tmp_path: Path) -> None:
     scripts = cs.load(make_deb(tmp_path))
     staged = scripts.stage(tmp_path / "stage")
-    assert sorted(p.name for p in staged.iterdir()) == sorted([*cs.DEB_FILES, cs.INFO_NAME])
+    assert sorted(p.name for p in staged.iterdir()) == sorted([*cs.DEB_FILES, cs.INFO_NAME, cs.MEMBERS_NAME])
+    listed = (staged / cs.MEMBERS_NAME).read_text().splitlines()
+    assert listed == ["opt/cloud/bin/keystore-setup", "etc/marker"]
     assert json.loads((staged / cs.INFO_NAME).read_text())["cloud_scripts_md5"] == scripts.md5
     element = REPO / "elements" / cs.ELEMENT
     assert (element / "README.rst").exists()
