@@ -168,6 +168,17 @@ def check_baked_scripts(fs_image: Path, scripts: CloudStackScripts) -> dict[str,
             f"{scripts.md5} of {scripts.source}: see {cloudstack_scripts_element.ELEMENT} in the build log"
         )
     record = scripts.manifest()
+    kept = {
+        cloudstack_scripts_element.AGENT: scripts.agent_zip,
+        cloudstack_scripts_element.PATCH_SCRIPT: scripts.patch_script,
+    }
+    for name, data in kept.items():  # from a .deb: the other two files, byte for byte
+        path = f"{cloudstack_scripts_element.IMAGE_DIR}/{name}"
+        if data is not None and _debugfs_read(fs_image, path) != data:
+            raise UserError(
+                f"the image's {path} differs from the one in {scripts.source}: "
+                f"see {cloudstack_scripts_element.ELEMENT} in the build log"
+            )
     replaced = _debugfs_read(fs_image, cloudstack_scripts_element.REPLACED_RECORD).decode()
     record["replaced_image_files"] = [line for line in replaced.splitlines() if line]
     return record

@@ -306,10 +306,13 @@ def test_staging_writes_what_the_element_installs(tmp_path: Path) -> None:
     assert os.access(element / "install.d" / "70-bake-cloudstack-scripts", os.X_OK)
 
 
-def _ext4(tmp_path: Path, signature: str) -> Path:
+def _ext4(tmp_path: Path, signature: str, kept: dict[str, bytes] | None = None) -> Path:
     tree = tmp_path / "root"
     (tree / "var/cache/cloud").mkdir(parents=True)
     (tree / "usr/share/systemvm/build").mkdir(parents=True)
+    (tree / "usr/share/cloud").mkdir(parents=True)
+    for name, data in (kept or {}).items():
+        (tree / "usr/share/cloud" / name).write_bytes(data)
     (tree / cs.SIGNATURE_PATH.lstrip("/")).write_text(signature + "\n")
     (tree / cs.REPLACED_RECORD.lstrip("/")).write_text("/etc/sysctl.conf\n")
     image = tmp_path / "fs.img"
@@ -361,3 +364,21 @@ def test_invoke_build_with_bad_scripts_says_one_line_exits_1_and_builds_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert str(given) in lines[0]
     assert not artifacts.exists()
+
+
+def test_a_deb_build_also_checks_agent_zip_and_patch_sysvms_in_the_image(tmp_path: Path) -> None:
+    scripts = cs.load(make_deb(tmp_path))
+    assert scripts.agent_zip is not None and scripts.patch_script is not None
+    whole = {"agent.zip": scripts.agent_zip, "patch-sysvms.sh": scripts.patch_script}
+    (tmp_path / "good").mkdir()
+    check_baked_scripts(_ext4(tmp_path / "good", scripts.md5, whole), scripts)
+    (tmp_path / "missing").mkdir()
+    with pytest.raises(UserError, match="agent.zip is missing"):
+        check_baked_scripts(
+            _ext4(tmp_path / "missing", scripts.md5, {"patch-sysvms.sh": scripts.patch_script}), scripts
+        )
+    (tmp_path / "other").mkdir()
+    with pytest.raises(UserError, match="patch-sysvms.sh differs"):
+        check_baked_scripts(
+            _ext4(tmp_path / "other", scripts.md5, {**whole, "patch-sysvms.sh": b"#!/bin/sh\n"}), scripts
+        )
