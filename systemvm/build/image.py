@@ -29,6 +29,8 @@ from typing import Any, TypedDict
 
 from systemvm import defaults, hosttools, naming
 from systemvm.build import aptcache, disk, mirror
+from systemvm.build import cloudstack_scripts as cloudstack_scripts_element
+from systemvm.build.cloudstack_scripts import CloudStackScripts
 from systemvm.errors import UserError, tool_failed
 from systemvm.progress import human_bytes, phase, say
 
@@ -136,6 +138,7 @@ class BuildManifest(TypedDict):
     git_commit: str
     source_date_epoch: int
     artifacts: dict[str, Any]
+    cloudstack_scripts: dict[str, Any] | None  # what --cloudstack-scripts baked in (None: nothing)
 
 
 def source_date_epoch() -> int:
@@ -165,9 +168,42 @@ def git_commit() -> str:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def available_elements() -> list[str]:
-    """Our elements that exist in this checkout (debian-minimal comes with diskimage-builder)."""
-    return [e for e in ELEMENTS if not e.startswith("systemvm-") or (ELEMENTS_DIR / e).is_dir()]
+def available_elements(cloudstack_scripts: CloudStackScripts | None = None) -> list[str]:
+    """Our elements that exist in this checkout (debian-minimal comes with diskimage-builder), and the one
+    that bakes CloudStack's scripts in when the build was given them."""
+    found = [e for e in ELEMENTS if not e.startswith("systemvm-") or (ELEMENTS_DIR / e).is_dir()]
+    if cloudstack_scripts is not None:
+        found.append(cloudstack_scripts_element.ELEMENT)
+    return found
+
+
+def check_baked_scripts(fs_image: Path, scripts: CloudStackScripts) -> dict[str, Any]:
+    """Read back what the element baked in; the manifest's ``cloudstack_scripts`` record.
+
+    The signature must be the tarball's MD5, the digest alone (as CloudStack's build writes it), or a
+    management server of that version would find a mismatch: then the build fails instead.
+    """
+    signature = _debugfs_read(fs_image, cloudstack_scripts_element.SIGNATURE_PATH).decode().strip()
+    if signature != scripts.md5:
+        raise UserError(
+            f"the image's {cloudstack_scripts_element.SIGNATURE_PATH} reads {signature!r}, not the MD5 "
+            f"{scripts.md5} of {scripts.source}: see {cloudstack_scripts_element.ELEMENT} in the build log"
+        )
+    record = scripts.manifest()
+    kept = {
+        cloudstack_scripts_element.AGENT: scripts.agent_zip,
+        cloudstack_scripts_element.PATCH_SCRIPT: scripts.patch_script,
+    }
+    for name, data in kept.items():  # from a .deb: the other two files, byte for byte
+        path = f"{cloudstack_scripts_element.IMAGE_DIR}/{name}"
+        if data is not None and _debugfs_read(fs_image, path) != data:
+            raise UserError(
+                f"the image's {path} differs from the one in {scripts.source}: "
+                f"see {cloudstack_scripts_element.ELEMENT} in the build log"
+            )
+    replaced = _debugfs_read(fs_image, cloudstack_scripts_element.REPLACED_RECORD).decode()
+    record["replaced_image_files"] = [line for line in replaced.splitlines() if line]
+    return record
 
 
 @contextlib.contextmanager
@@ -380,11 +416,13 @@ def build_flavour(
     offline: bool = False,
     size_gib: int = 5,
     proxy: str | None = None,
+    cloudstack_scripts: CloudStackScripts | None = None,
 ) -> BuildManifest:
     """Build one flavour's raw disk and manifest into ``artifacts/<version>/``; return the manifest.
 
     ``proxy``: the URL of an apt-cacher-ng already running (:func:`build_flavours` shares one between
-    parallel builds); without it this build runs its own.
+    parallel builds); without it this build runs its own. ``cloudstack_scripts``: CloudStack's scripts to
+    bake in, read and checked beforehand (:func:`systemvm.build.cloudstack_scripts.load`).
     """
     check_host(flavour)
     check_version(version)
@@ -449,8 +487,11 @@ def build_flavour(
             )
             if offline:
                 env["DIB_OFFLINE"] = "1"
+            if cloudstack_scripts is not None:
+                staged = cloudstack_scripts.stage(work / "cloudstack-scripts")
+                env[cloudstack_scripts_element.ENV] = str(staged)
             args = ["disk-image-create", "-a", flavour, "-t", "raw", "-o", str(work / "rootfs"),
-                    *available_elements()]  # fmt: skip
+                    *available_elements(cloudstack_scripts)]  # fmt: skip
             with host_devices_kept():
                 _run_dib(env, args, log_path, label=f"{flavour}: ")
             if tarball.exists():
@@ -470,6 +511,7 @@ def build_flavour(
         missing = [p for p in requested_packages(flavour) if p not in packages]
         if missing:
             raise UserError(f"requested packages not installed: {', '.join(missing)}; see {log_path}")
+        baked = check_baked_scripts(fs_image, cloudstack_scripts) if cloudstack_scripts is not None else None
         manifest: BuildManifest = {
             "flavour": flavour,
             "arch": naming.ARCH_OF[flavour],
@@ -479,7 +521,7 @@ def build_flavour(
             "apt_sources": sources.splitlines(),
             "apt_suites_skipped": skipped,
             "kernel": kernel,
-            "elements": available_elements(),
+            "elements": available_elements(cloudstack_scripts),
             "package_list": requested_packages(flavour),
             "packages": packages,
             "package_records": records,
@@ -501,6 +543,7 @@ def build_flavour(
             "git_commit": git_commit(),
             "source_date_epoch": epoch,
             "artifacts": {},
+            "cloudstack_scripts": baked,
         }
         raw_final = naming.raw_disk(artifacts, version, flavour)
         manifest_final = naming.manifest(artifacts, version, flavour)
@@ -538,6 +581,7 @@ def build_flavours(
     offline: bool = False,
     size_gib: int = 5,
     jobs: int | str | None = None,
+    cloudstack_scripts: CloudStackScripts | None = None,
 ) -> list[BuildManifest]:
     """Build several flavours, in parallel up to ``jobs``, sharing one package cache proxy.
 
@@ -549,7 +593,12 @@ def build_flavours(
     workers = build_jobs(flavours, jobs)
     with aptcache.apt_proxy(offline=offline) as proxy:
         one = functools.partial(
-            build_flavour, mirror_url=mirror_url, offline=offline, size_gib=size_gib, proxy=proxy
+            build_flavour,
+            mirror_url=mirror_url,
+            offline=offline,
+            size_gib=size_gib,
+            proxy=proxy,
+            cloudstack_scripts=cloudstack_scripts,
         )
         if workers == 1:
             return [one(f, version, artifacts) for f in flavours]

@@ -25,6 +25,7 @@ from systemvm.tasks import user_errors
         "size_gib": "root filesystem size in GiB (the template's virtual disk size)",
         "jobs": "flavours built at once (default: one per core, at most the number of flavours)",
         "previous": "previous release's directory: write release-diff.md/.json against it after the exports",
+        "cloudstack_scripts": "CloudStack's cloud-scripts.tgz or cloudstack-common .deb to bake in",
     }
 )
 def build(
@@ -40,12 +41,16 @@ def build(
     size_gib=5,
     jobs=None,
     previous=None,
+    cloudstack_scripts=None,
 ):
     """Build the System VM template (Debian 12) from our diskimage-builder elements."""
+    from systemvm.build import cloudstack_scripts as scripts_input
     from systemvm.build.image import build_flavours, check_host
 
     with user_errors():
         flavours = naming.flavours(flavour)
+        # read and checked first: a bad file ends the build here, before anything is started or written
+        scripts = scripts_input.load(cloudstack_scripts) if cloudstack_scripts else None
         check_host(*flavours)  # before anything starts: a missing tool fails now, naming its package
         if export:
             hosttools.check_phase("export")
@@ -61,6 +66,7 @@ def build(
             offline=offline,
             size_gib=int(size_gib),
             jobs=jobs,
+            cloudstack_scripts=scripts,
         )
         for one in flavours:
             if export and importlib.util.find_spec("systemvm.export.export") is not None:
