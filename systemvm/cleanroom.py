@@ -38,7 +38,7 @@ ROOTS_KEPT = 2  # of each stage: the current root and the one before
 HOST_CA_BUNDLE = Path(os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
 HOST_CA_NAME = "host-ca-bundle.crt"
 # What a clean-room run needs of the project's tree (the rest of the repository stays out of the root).
-SOURCE_PARTS = ("setup.sh", "host-packages.txt", "pyproject.toml", "tasks.py", "systemvm")
+SOURCE_PARTS = ("setup.sh", "host-packages.txt", "pyproject.toml", "tasks.py", "systemvm", "elements")
 
 
 @dataclass

@@ -76,3 +76,21 @@ def test_each_program_imports_from_the_image_copy_with_the_standard_library_only
     where, other = out.stdout.splitlines()
     assert where == str(image_lib / "systemvm/__init__.py")
     assert other == "[]"
+
+
+def test_the_image_disables_the_contracts_units_read_from_its_own_copy(image_lib, tmp_path):
+    """elements/systemvm-packages reads the units to leave off from the contract the image holds; a fake
+    systemctl on PATH records what it disables."""
+    from systemvm import contract
+
+    step = ELEMENTS / "systemvm-packages/install.d/30-disable-role-services"
+    text = step.read_text().replace("/opt/cloud/lib", str(image_lib))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "disabled"
+    (bin_dir / "systemctl").write_text(f'#!/bin/sh\necho "$2" >> {record}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    subprocess.run(["bash", "-c", text], env=env, check=True, capture_output=True, text=True)
+    assert record.read_text().split() == list(contract.IMAGE_DISABLED_UNITS)
+    assert set(contract.ROLE_SERVICE_POOL) <= set(contract.IMAGE_DISABLED_UNITS)
