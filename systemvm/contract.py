@@ -169,8 +169,8 @@ ROLE_SERVICE_POOL = (
     "nfs-server", "radvd", "strongswan-starter", "xl2tpd",
 )  # fmt: skip
 # What the image leaves disabled until the boot knows the role (elements/systemvm-packages reads it): the
-# pool, the other names Debian ships two of its services under (ipsec: strongswan-starter's; nfs-kernel-server:
-# nfs-server's), and ipvsadm, which no role enables.
+# pool, the other names Debian ships two of its services under (ipsec: strongswan-starter's;
+# nfs-kernel-server: nfs-server's), and ipvsadm, which no role enables.
 IMAGE_DISABLED_UNITS = (*ROLE_SERVICE_POOL, "ipsec", "nfs-kernel-server", "ipvsadm")
 SSH_KEY_TYPES = ("ssh-rsa", "ssh-ed25519", "ssh-dss", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
 
