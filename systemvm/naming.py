@@ -39,5 +39,10 @@ def manifest(artifacts: Path, version: str, flavour: str) -> Path:
 
 
 def export_name(version: str, flavour: str, fmt: str) -> str:
-    suffix = {"qcow2": "kvm.qcow2.bz2", "vhd": "xen.vhd.bz2", "ova": "vmware.ova"}[fmt]
+    suffix = {
+        "qcow2": "kvm.qcow2.bz2",
+        "vhd": "xen.vhd.bz2",
+        "ova": "vmware.ova",
+        "hyperv": "hyperv.vhd.zip",
+    }[fmt]
     return f"{stem(version, flavour)}-{suffix}"

@@ -1,4 +1,5 @@
-"""Export a flavour's raw disk as CloudStack publishes it: qcow2.bz2 (KVM), vhd.bz2 (Xen), ova (VMware).
+"""Export a flavour's raw disk as CloudStack publishes it: qcow2.bz2 (KVM), vhd.bz2 (Xen), ova (VMware),
+vhd.zip (Hyper-V).
 
 Inputs are checked before anything is written; every output goes through a temporary name, so a failed or
 interrupted export leaves no partial file. Afterwards the flavour's build manifest (key ``artifacts``)
@@ -22,12 +23,12 @@ from systemvm.export import detect, publish, sbom
 from systemvm.export.decompress import keep_unpacked
 from systemvm.progress import human_bytes, phase
 
-FORMATS = ("qcow2", "vhd", "ova")
+FORMATS = ("qcow2", "vhd", "ova", "hyperv")
 HEADROOM = 64 * 2**20
 
 
 def parse_formats(text: str | list[str]) -> list[str]:
-    """``qcow2,vhd,ova`` -> list, in that canonical order; unknown names give one clear line."""
+    """``qcow2,vhd,ova,hyperv`` -> list, in that canonical order; unknown names give one clear line."""
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     if not names:
         raise UserError(f"no export format given: use one or more of {','.join(FORMATS)}")
@@ -102,6 +103,14 @@ def _write_vhd_bz2(raw: Path, final: Path, work: Path, epoch: int) -> Path:
     return plain
 
 
+def _write_hyperv_zip(raw: Path, final: Path, work: Path, epoch: int) -> Path:
+    """Write ``final``; return the uncompressed VHD it holds (the caller drops it)."""
+    from systemvm.export.formats.hyperv import write_hyperv_zip
+
+    entry = final.name.removesuffix(".zip")
+    return write_hyperv_zip(raw, final, work, entry=entry, epoch=epoch)
+
+
 def _write_ova(raw: Path, final: Path, name: str, flavour: str, epoch: int) -> None:
     from systemvm.export.formats import ova
 
@@ -139,6 +148,8 @@ def export_flavour(
                     plain = _write_qcow2_bz2(raw, final, work)
                 elif fmt == "vhd":
                     plain = _write_vhd_bz2(raw, final, work, epoch)
+                elif fmt == "hyperv":
+                    _write_hyperv_zip(raw, final, work, epoch).unlink()  # the cache holds .bz2 contents only
                 else:
                     _write_ova(raw, final, stem, flavour, epoch)
                 digests = publish.file_digests(final)

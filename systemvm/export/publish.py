@@ -9,10 +9,12 @@ own checks and the seeding command.
 
 x86_64 uses CloudStack's section names: ``kvm`` (what 4.20.0's registration looks up) and ``kvm-x86_64``
 (4.20.1 and later, which look up ``<hypervisor>-<arch>`` and have no fallback for KVM) with the same values,
-then ``vmware``, ``xenserver`` and ``lxc`` (the KVM file). i386, which CloudStack does not publish, uses
-``kvm-i386``, ``vmware-i386`` and ``xenserver-i386`` (hypervisor before the first ``-``, as
-templateConfig.sh parses section names). No ``hyperv`` or ``ovm3`` section: a section whose file is
-absent fails CloudStack's registration (CloudStack issue 12077), and we build neither artifact.
+then ``vmware``, ``xenserver``, ``hyperv`` (the ``-hyperv.vhd.zip``; its checksum is the zip's MD5, as
+4.20's registration hashes the file it finds) and ``lxc`` (the KVM file), in templateConfig.sh's order.
+i386, which CloudStack does not publish, uses ``kvm-i386``, ``vmware-i386``, ``xenserver-i386`` and
+``hyperv-i386`` (hypervisor before the first ``-``, as templateConfig.sh parses section names). A section
+is written only when its file is listed: a section whose file is absent fails CloudStack's registration
+(CloudStack issue 12077). No ``ovm3`` section: we build no OVM3 artifact.
 """
 
 from __future__ import annotations
@@ -37,10 +39,17 @@ MD5_FILE = "md5sum.txt"
 METADATA_FILE = "metadata.ini"
 
 # format -> (hypervisor word in the section name, section name for x86_64)
-SECTIONS = {"qcow2": ("kvm", "kvm-x86_64"), "ova": ("vmware", "vmware"), "vhd": ("xenserver", "xenserver")}
-SECTION_ORDER = ("kvm", "vmware", "xenserver", "lxc")
-_NAME = re.compile(r"^systemvmtemplate-(?P<version>[^-]+)-(?P<arch>x86_64|i386)-(?P<kind>kvm|xen|vmware)\.")
-_KIND_FORMAT = {"kvm": "qcow2", "xen": "vhd", "vmware": "ova"}
+SECTIONS = {
+    "qcow2": ("kvm", "kvm-x86_64"),
+    "ova": ("vmware", "vmware"),
+    "vhd": ("xenserver", "xenserver"),
+    "hyperv": ("hyperv", "hyperv"),
+}
+SECTION_ORDER = ("kvm", "vmware", "xenserver", "hyperv", "lxc")
+_NAME = re.compile(
+    r"^systemvmtemplate-(?P<version>[^-]+)-(?P<arch>x86_64|i386)-(?P<kind>kvm|xen|vmware|hyperv)\."
+)
+_KIND_FORMAT = {"kvm": "qcow2", "xen": "vhd", "vmware": "ova", "hyperv": "hyperv"}
 
 
 # ------------------------------------------------------------------------------------------------ bzip2

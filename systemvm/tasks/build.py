@@ -35,7 +35,7 @@ def build(
     mirror=None,
     offline=False,
     export=True,
-    formats="qcow2,vhd,ova",
+    formats="qcow2,vhd,ova,hyperv",
     base_url=None,
     artifacts=str(ARTIFACTS_DIR),
     size_gib=5,

@@ -1,4 +1,5 @@
-"""``invoke export``: qcow2.bz2, vhd.bz2 and ova of the built raw disks, plus checksums and metadata.ini."""
+"""``invoke export``: qcow2.bz2, vhd.bz2, ova and hyperv.vhd.zip of the built raw disks, plus checksums
+and metadata.ini."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from systemvm.tasks import user_errors
 @task(
     help={
         "flavour": "amd64, i386 or all (default all)",
-        "formats": "comma-separated: qcow2,vhd,ova (default all three)",
+        "formats": "comma-separated: qcow2,vhd,ova,hyperv (default all four)",
         "version": "template version X.Y.Z, e.g. 4.20.0",
         "base-url": "URL of the directory the files will be published in (metadata.ini downloadurl)",
         "artifacts": "artifacts directory holding <version>/ (default ./artifacts)",
         "previous": "directory of the previous release: also write release-diff.md/.json against it",
     }
 )
-def export(c, version, flavour="all", formats="qcow2,vhd,ova", base_url=None, artifacts=None, previous=None):
+def export(
+    c, version, flavour="all", formats="qcow2,vhd,ova,hyperv", base_url=None, artifacts=None, previous=None
+):
     """Export VERSION's raw disks as CloudStack publishes them (SOURCE_DATE_EPOCH: env, else manifest)."""
     with user_errors():
         from systemvm import naming

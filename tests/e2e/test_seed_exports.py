@@ -1,6 +1,6 @@
-"""Our own exports (qcow2.bz2, vhd.bz2, ova written by systemvm.export.formats and published with
-sha512sum.txt and
-metadata.ini) seed into an empty directory with CloudStack's layout and keys, and twice with -F alike."""
+"""Our own exports (qcow2.bz2, vhd.bz2, ova, hyperv.vhd.zip written by systemvm.export.formats and
+published with sha512sum.txt and metadata.ini) seed into an empty directory with CloudStack's layout and
+keys, and twice with -F alike."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from tests.unit.test_seed_support import MIB, cloudstack_expected_properties, ma
 
 pytestmark = pytest.mark.e2e
 VERSION = "4.20.0"
-HYPERVISOR_OF = {"qcow2": ("kvm", "qcow2"), "vhd": ("xenserver", "vhd"), "ova": ("vmware", "ova")}
+HYPERVISOR_OF = {
+    "qcow2": ("kvm", "qcow2"),
+    "vhd": ("xenserver", "vhd"),
+    "ova": ("vmware", "ova"),
+    "hyperv": ("hyperv", "vhd"),  # cloud-install-sys-tmplt -h hyperv: extension vhd, the zip unpacked
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,8 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("exports")
     raw = make_raw(out / "disk.raw", 16 * MIB)
     digests = {}
-    for fmt in ("qcow2", "vhd", "ova"):
+    hyperv = pytest.importorskip("systemvm.export.formats.hyperv")
+    for fmt in ("qcow2", "vhd", "ova", "hyperv"):
         target = out / naming.export_name(VERSION, "amd64", fmt)
         if fmt == "qcow2":
             qcow2.write_qcow2(raw, out / "disk.qcow2")
@@ -34,6 +40,9 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
         elif fmt == "vhd":
             vhd.write_dynamic_vhd(raw, out / "disk.vhd", timestamp=1_700_000_000)
             publish.compress_bz2(out / "disk.vhd", target)
+        elif fmt == "hyperv":
+            entry = target.name.removesuffix(".zip")
+            hyperv.write_hyperv_zip(raw, target, out, entry=entry, epoch=1_700_000_000).unlink()
         else:
             ova.write_ova(raw, target, name="systemvm", flavour="amd64", epoch=1_700_000_000)
         digests[target.name] = publish.file_digests(target)
@@ -42,7 +51,7 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["qcow2", "vhd", "ova"])
+@pytest.mark.parametrize("fmt", ["qcow2", "vhd", "ova", "hyperv"])
 def test_each_export_seeds_with_cloudstack_layout(tmp_path: Path, exports: Path, fmt: str) -> None:
     hypervisor, ext = HYPERVISOR_OF[fmt]
     artifact = exports / naming.export_name(VERSION, "amd64", fmt)

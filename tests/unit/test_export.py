@@ -23,7 +23,7 @@ from tests.unit.manifests import ORIGINS_NEW, PACKAGES_NEW, make_manifest
 EPOCH = 1_700_000_000
 VERSION = "4.20.0"
 HAVE_OVA = importlib.util.find_spec("systemvm.export.formats.ova") is not None
-FORMATS = ["qcow2", "vhd"] + (["ova"] if HAVE_OVA else [])
+FORMATS = ["qcow2", "vhd"] + (["ova"] if HAVE_OVA else []) + ["hyperv"]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -75,6 +75,8 @@ def test_export_writes_every_format_listing_and_manifest(tmp_path, need_tools):
     meta = publish.parse_metadata(out / "metadata.ini")
     assert meta["kvm-x86_64"]["checksum"] == meta["kvm"]["checksum"] == results["qcow2"]["md5"]
     assert meta["xenserver"]["downloadurl"] == "http://127.0.0.1/t/" + results["vhd"]["file"]
+    assert meta["hyperv"]["checksum"] == results["hyperv"]["md5"]
+    assert meta["hyperv"]["downloadurl"] == "http://127.0.0.1/t/systemvmtemplate-4.20.0-x86_64-hyperv.vhd.zip"
     # manifest keeps its keys and records every artifact
     data = json.loads(manifest.read_text())
     assert data["flavour"] == "amd64" and data["package_records"]["libc6"]["source"] == "glibc"
@@ -196,7 +198,7 @@ def test_invoke_export_bad_input_is_one_line(tmp_path):
     )  # fmt: skip
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        "error: unknown export format 'zip': use one or more of qcow2,vhd,ova"
+        "error: unknown export format 'zip': use one or more of qcow2,vhd,ova,hyperv"
     ]
     run = subprocess.run(
         [sys.executable, "-m", "invoke", "export", "--version", VERSION, "--flavour", "amd64",

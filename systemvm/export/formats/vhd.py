@@ -1,4 +1,4 @@
-"""Dynamic VHD as XenServer's blktap writes it: our writer and a checker for any VHD.
+"""Dynamic VHD as XenServer's blktap writes it (and as Hyper-V writes it): our writer and a checker.
 
 Layout written by :func:`write_dynamic_vhd` (all integers big-endian)::
 
@@ -11,6 +11,10 @@ Layout written by :func:`write_dynamic_vhd` (all integers big-endian)::
 
 Rules follow the VHD specification plus blktap's libvhd/vhd-util (creator "tap", version 1.3, batmap 1.2,
 creator host OS 0, batmap checksum over ``curr_size >> 24`` bytes rounded up to a sector).
+
+The Hyper-V flavour (:data:`HYPERV`) is the same layout without the batmap (a blktap extension Windows
+neither writes nor reads): the blocks follow the sector-padded BAT, and the footer names Windows as the
+creator (see :data:`HYPERV` for the values and where they come from).
 """
 
 from __future__ import annotations
@@ -61,6 +65,32 @@ HEADER = struct.Struct(">8sQQIIII16sII512s192s256s")
 # batmap header: cookie, batmap offset, batmap size (sectors), version, checksum, marker, rest
 BATMAP_HEADER = struct.Struct(">8sQIIIB483s")
 assert FOOTER.size == SECTOR and HEADER.size == 1024 and BATMAP_HEADER.size == SECTOR
+
+
+@dataclasses.dataclass(frozen=True)
+class Creator:
+    """Who the footer says wrote the VHD, and whether that writer adds blktap's batmap."""
+
+    name: str
+    app: bytes  # creator application, 4 bytes
+    version: int  # creator version, major << 16 | minor
+    host_os: int  # creator host OS, 4 bytes read big-endian
+    batmap: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.app!r} version 0x{self.version:08x} host OS 0x{self.host_os:08x}"
+
+
+XENSERVER = Creator("xenserver", CREATOR_APP, CREATOR_VERSION, CREATOR_HOST_OS, batmap=True)
+# Hyper-V. Creator application "win ": the VHD specification's value for Windows, and the one qemu's
+# block/vpc.c lists as Hyper-V ("'win ' : current_size  Hyper-V", so qemu takes the disk size from the
+# footer's current size, not from the CHS geometry). Creator host OS "Wi2k" (0x5769326B): the VHD
+# specification's value for Windows hosts. Creator version: Windows writes its own NT version there; we
+# write 10.0, the version of Windows Server 2016 and later, the Hyper-V hosts CloudStack 4.20 supports (our
+# reading, not checked against a file Hyper-V wrote). No batmap: that sector is blktap's own extension.
+HYPERV = Creator("hyperv", b"win ", 0x000A0000, 0x5769326B, batmap=False)
+CREATORS = {c.app: c for c in (XENSERVER, HYPERV)}
 
 
 class VhdError(UserError):
@@ -128,6 +158,7 @@ class Layout:
     """Where everything sits in a dynamic VHD of ``size`` bytes as we write it."""
 
     size: int  # current size, a multiple of 2 MiB
+    batmap: bool = True  # blktap's batmap (header sector + bitmap) between the BAT and the blocks
 
     @property
     def blocks(self) -> int:
@@ -151,6 +182,8 @@ class Layout:
 
     @property
     def data_offset(self) -> int:
+        if not self.batmap:
+            return self.batmap_header_offset  # the first block right after the sector-padded BAT
         return self.batmap_offset + self.batmap_sectors * SECTOR
 
 
@@ -182,16 +215,16 @@ def candidate_blocks(fd: int, size: int) -> list[int]:
     return sorted(seen)
 
 
-def _footer_bytes(*, timestamp: int, size: int, unique_id: bytes) -> bytes:
+def _footer_bytes(*, timestamp: int, size: int, unique_id: bytes, creator: Creator = XENSERVER) -> bytes:
     fields = dict(
         cookie=COOKIE,
         features=FEATURES,
         version=FILE_FORMAT_VERSION,
         data_offset=HEADER_OFFSET,
         timestamp=timestamp,
-        creator_app=CREATOR_APP,
-        creator_version=CREATOR_VERSION,
-        creator_os=CREATOR_HOST_OS,
+        creator_app=creator.app,
+        creator_version=creator.version,
+        creator_os=creator.host_os,
         original_size=size,
         current_size=size,
         geometry=encode_geometry(size),
@@ -220,10 +253,14 @@ def _batmap_bytes(layout: Layout, full_blocks: list[int]) -> tuple[bytes, bytes]
     return header, bytes(bitmap)
 
 
-def write_dynamic_vhd(raw: Path, out: Path, *, timestamp: int | None = None) -> None:
+def write_dynamic_vhd(
+    raw: Path, out: Path, *, timestamp: int | None = None, creator: Creator = XENSERVER
+) -> None:
     """Write ``raw`` as a dynamic VHD at ``out`` (atomically). Only 2 MiB blocks holding data are written.
 
-    ``timestamp`` is Unix time (default: SOURCE_DATE_EPOCH, else now); it is clamped to now.
+    ``timestamp`` is Unix time (default: SOURCE_DATE_EPOCH, else now); it is clamped to now. ``creator``
+    picks the footer's creator fields and whether blktap's batmap is written (:data:`XENSERVER`,
+    :data:`HYPERV`).
     """
     raw = Path(raw)
     if not raw.is_file():
@@ -234,7 +271,7 @@ def write_dynamic_vhd(raw: Path, out: Path, *, timestamp: int | None = None) -> 
     size = _round_up(raw_size, BLOCK)
     if size // BLOCK > UNUSED - 1:
         raise UserError(f"source disk {raw} is too large for a VHD (2 TiB max): use a smaller disk")
-    layout = Layout(size)
+    layout = Layout(size, batmap=creator.batmap)
     stamp = vhd_timestamp(timestamp)
     zero = bytes(BLOCK)
     bitmap_full = b"\xff" * SECTOR
@@ -260,14 +297,19 @@ def write_dynamic_vhd(raw: Path, out: Path, *, timestamp: int | None = None) -> 
                 dst.write(data)
                 sector += BITMAP_SECTORS + SECTORS_PER_BLOCK
             name = f"{WRITER_ID} size={size} blocks={layout.blocks} sha256={digest.hexdigest()}"
+            if creator != XENSERVER:  # another writer's file is another disk: its own id
+                name += f" creator={creator.name}"
             unique_id = uuid.uuid5(UUID_NAMESPACE, name).bytes
-            footer = _footer_bytes(timestamp=stamp, size=size, unique_id=unique_id)
+            footer = _footer_bytes(timestamp=stamp, size=size, unique_id=unique_id, creator=creator)
             dst.write(footer)
-            batmap_header, batmap = _batmap_bytes(layout, written)
             bat_bytes = struct.pack(f">{layout.blocks}I", *bat)
             bat_bytes += b"\xff" * (layout.bat_bytes - len(bat_bytes))
+            head = footer + _header_bytes(layout) + bat_bytes
+            if creator.batmap:
+                batmap_header, batmap = _batmap_bytes(layout, written)
+                head += batmap_header + batmap
             dst.seek(0)
-            dst.write(footer + _header_bytes(layout) + bat_bytes + batmap_header + batmap)
+            dst.write(head)
             dst.flush()
             os.fsync(dst.fileno())
 
@@ -305,7 +347,24 @@ def _creator_text(footer: Footer) -> str:
     return f"{app} {footer.creator_version >> 16}.{footer.creator_version & 0xFFFF}"
 
 
-def _check_footer(raw: bytes, where: str, now: int) -> Footer:
+def creator_of(footer: Footer, expected: Creator | None = None) -> Creator:
+    """The known writer named by ``footer`` (or ``expected``, which it must match exactly)."""
+    known = CREATORS.get(footer.creator_app) if expected is None else expected
+    wanted = " or ".join(f"{c.app!r} ({c.name})" for c in ([expected] if expected else CREATORS.values()))
+    if known is None or footer.creator_app != known.app or footer.creator_version != known.version:
+        raise VhdError(
+            f"wrong creator {footer.creator_app!r} version 0x{footer.creator_version:08x}, expected {wanted}"
+            + (f" version 0x{known.version:08x}" if known else "")
+        )
+    if footer.creator_os != known.host_os:
+        raise VhdError(
+            f"creator host OS 0x{footer.creator_os:08x}, "
+            f"expected 0x{known.host_os:08x} as {known.name} writes"
+        )
+    return known
+
+
+def _check_footer(raw: bytes, where: str, now: int, expected: Creator | None = None) -> Footer:
     footer = Footer.parse(raw)
     if footer.cookie != COOKIE:
         raise VhdError(f"{where}: wrong cookie {footer.cookie!r}, expected b'conectix'")
@@ -319,13 +378,10 @@ def _check_footer(raw: bytes, where: str, now: int) -> Footer:
         raise VhdError(f"{where}: features 0x{footer.features:08x}, expected 0x{FEATURES:08x}")
     if footer.version != FILE_FORMAT_VERSION:
         raise VhdError(f"{where}: wrong file format version 0x{footer.version:08x}, expected 0x00010000")
-    if footer.creator_app != CREATOR_APP or footer.creator_version != CREATOR_VERSION:
-        raise VhdError(
-            f"{where}: wrong creator {footer.creator_app!r} version 0x{footer.creator_version:08x}, "
-            f"expected b'tap\\x00' version 0x{CREATOR_VERSION:08x}"
-        )
-    if footer.creator_os != CREATOR_HOST_OS:
-        raise VhdError(f"{where}: creator host OS 0x{footer.creator_os:08x}, expected 0 as blktap writes")
+    try:
+        creator_of(footer, expected)
+    except VhdError as exc:
+        raise VhdError(f"{where}: {exc}") from None
     if footer.timestamp > now - VHD_EPOCH:
         raise VhdError(
             f"{where}: timestamp in the future ({footer.timestamp + VHD_EPOCH} > now {now} in Unix seconds)"
@@ -349,10 +405,18 @@ def _check_footer(raw: bytes, where: str, now: int) -> Footer:
     return footer
 
 
-def check_vhd(path: str | os.PathLike[str], *, check_data: bool = True, now: float | None = None) -> dict:
+def check_vhd(
+    path: str | os.PathLike[str],
+    *,
+    check_data: bool = True,
+    now: float | None = None,
+    creator: Creator | None = None,
+) -> dict:
     """Validate a VHD by blktap's and our rules; return a summary; raise :class:`VhdError` on the first fault.
 
     ``check_data`` also reads every block to verify that no sector holds data where its bitmap bit is clear.
+    ``creator`` is the writer the footer must name (default: any of :data:`CREATORS`, whose rules then
+    apply: the batmap only for XenServer's).
     """
     path = Path(path)
     if not path.is_file():
@@ -364,13 +428,15 @@ def check_vhd(path: str | os.PathLike[str], *, check_data: bool = True, now: flo
     with open(path, "rb") as f:
         fd = f.fileno()
         trailing_raw = os.pread(fd, SECTOR, file_size - SECTOR)
-        footer = _check_footer(trailing_raw, "trailing footer", current)
+        footer = _check_footer(trailing_raw, "trailing footer", current, creator)
+        writer = creator_of(footer, creator)
         summary: dict = {
             "type": "dynamic" if footer.disk_type == TYPE_DYNAMIC else "fixed",
             "virtual_size": footer.current_size,
             "timestamp_unix": footer.timestamp + VHD_EPOCH,
             "uuid": str(uuid.UUID(bytes=footer.unique_id)),
             "creator": _creator_text(footer),
+            "writer": writer.name,
             "geometry": "/".join(str(v) for v in chs_geometry(footer.current_size)),
             "file_size": file_size,
         }
@@ -384,15 +450,15 @@ def check_vhd(path: str | os.PathLike[str], *, check_data: bool = True, now: flo
             raise VhdError(f"footer data offset {footer.data_offset}, expected 512 (dynamic header)")
         copy_raw = os.pread(fd, SECTOR, 0)
         if copy_raw != trailing_raw:
-            _check_footer(copy_raw, "footer copy at 0", current)
+            _check_footer(copy_raw, "footer copy at 0", current, creator)
             raise VhdError(
                 "footer copies differ: the copy at offset 0 is not the same as the trailing footer"
             )
-        summary.update(_check_dynamic(fd, footer, file_size, check_data))
+        summary.update(_check_dynamic(fd, footer, file_size, check_data, writer.batmap))
     return summary
 
 
-def _check_dynamic(fd: int, footer: Footer, file_size: int, check_data: bool) -> dict:
+def _check_dynamic(fd: int, footer: Footer, file_size: int, check_data: bool, batmap_expected: bool) -> dict:
     raw = os.pread(fd, HEADER.size, HEADER_OFFSET)
     if len(raw) < HEADER.size:
         raise VhdError("dynamic header beyond EOF")
@@ -424,29 +490,36 @@ def _check_dynamic(fd: int, footer: Footer, file_size: int, check_data: bool) ->
     bat = struct.unpack(f">{max_entries}I", os.pread(fd, max_entries * 4, table_offset))
     end_of_metadata = table_offset + bat_bytes
 
-    # batmap: header right after the sector-padded BAT
-    bm_header_offset = table_offset + bat_bytes
-    bm_raw = os.pread(fd, SECTOR, bm_header_offset)
-    bm_cookie, bm_offset, bm_sectors, bm_version, bm_checksum, _marker, _rest = BATMAP_HEADER.unpack(
-        bm_raw.ljust(SECTOR, b"\0")
-    )
-    if bm_cookie != BATMAP_COOKIE:
-        raise VhdError(f"batmap header: wrong cookie {bm_cookie!r} at {bm_header_offset}, expected tdbatmap")
-    if bm_version != BATMAP_VERSION:
-        raise VhdError(f"batmap header: version 0x{bm_version:08x}, expected 0x{BATMAP_VERSION:08x}")
-    if bm_offset % SECTOR:
-        raise VhdError(f"batmap offset {bm_offset} not sector aligned")
-    if bm_offset != bm_header_offset + SECTOR:
-        raise VhdError(f"batmap offset {bm_offset}, expected {bm_header_offset + SECTOR} (after its header)")
-    if bm_sectors == 0 or bm_sectors * SECTOR * 8 < max_entries:
-        raise VhdError(f"batmap size {bm_sectors} sectors is too small for {max_entries} BAT entries")
-    if bm_offset + bm_sectors * SECTOR > file_size - SECTOR:
-        raise VhdError("batmap runs beyond EOF")
-    batmap = os.pread(fd, bm_sectors * SECTOR, bm_offset)
-    computed = ones_complement_checksum(batmap[: batmap_checksum_length(footer.current_size)])
-    if computed != bm_checksum:
-        raise VhdError(f"batmap checksum 0x{bm_checksum:08x}, computed 0x{computed:08x}")
-    end_of_metadata = bm_offset + bm_sectors * SECTOR
+    if batmap_expected:
+        # batmap: header right after the sector-padded BAT
+        bm_header_offset = table_offset + bat_bytes
+        bm_raw = os.pread(fd, SECTOR, bm_header_offset)
+        bm_cookie, bm_offset, bm_sectors, bm_version, bm_checksum, _marker, _rest = BATMAP_HEADER.unpack(
+            bm_raw.ljust(SECTOR, b"\0")
+        )
+        if bm_cookie != BATMAP_COOKIE:
+            raise VhdError(
+                f"batmap header: wrong cookie {bm_cookie!r} at {bm_header_offset}, expected tdbatmap"
+            )
+        if bm_version != BATMAP_VERSION:
+            raise VhdError(f"batmap header: version 0x{bm_version:08x}, expected 0x{BATMAP_VERSION:08x}")
+        if bm_offset % SECTOR:
+            raise VhdError(f"batmap offset {bm_offset} not sector aligned")
+        if bm_offset != bm_header_offset + SECTOR:
+            raise VhdError(
+                f"batmap offset {bm_offset}, expected {bm_header_offset + SECTOR} (after its header)"
+            )
+        if bm_sectors == 0 or bm_sectors * SECTOR * 8 < max_entries:
+            raise VhdError(f"batmap size {bm_sectors} sectors is too small for {max_entries} BAT entries")
+        if bm_offset + bm_sectors * SECTOR > file_size - SECTOR:
+            raise VhdError("batmap runs beyond EOF")
+        batmap = os.pread(fd, bm_sectors * SECTOR, bm_offset)
+        computed = ones_complement_checksum(batmap[: batmap_checksum_length(footer.current_size)])
+        if computed != bm_checksum:
+            raise VhdError(f"batmap checksum 0x{bm_checksum:08x}, computed 0x{computed:08x}")
+        end_of_metadata = bm_offset + bm_sectors * SECTOR
+    else:  # Hyper-V: no batmap; the blocks may start right after the BAT
+        batmap, bm_sectors = b"", 0
 
     block_span = (BITMAP_SECTORS + SECTORS_PER_BLOCK) * SECTOR
     used: list[tuple[int, int]] = []
