@@ -35,28 +35,29 @@ LISTENING = "listening for a command line from the host"  # the guest's console 
 BOOT_TIMEOUT = 1200.0
 
 
+def _to_qcow2(disk: Path, fmt: str, out: Path) -> Path:
+    """``disk`` read by qemu-img's own ``fmt`` reader into a qcow2 QEMU boots; the extracted disk goes."""
+    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "qcow2", str(disk), str(out)], check=True)
+    disk.unlink()
+    return out
+
+
 def vhd_to_qcow2(artifact: Path, tmp: Path) -> Path:
     """The -xen.vhd.bz2 read back by Python's bz2 and qemu-img's own VHD reader (``-f vpc``)."""
     vhd = tmp / "disk.vhd"
     with bz2.open(artifact, "rb") as src, open(vhd, "wb") as dst:
         shutil.copyfileobj(src, dst, 8 << 20)
-    out = tmp / "from-vhd.qcow2"
-    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "qcow2", str(vhd), str(out)], check=True)
-    vhd.unlink()
-    return out
+    return _to_qcow2(vhd, "vpc", tmp / "from-vhd.qcow2")
 
 
 def hyperv_to_qcow2(artifact: Path, tmp: Path) -> Path:
     """The -hyperv.vhd.zip's VHD taken out with Python's zipfile and read by qemu-img's VHD reader."""
+    vhd = tmp / "hyperv.vhd"
     with zipfile.ZipFile(artifact) as zf:
         (member,) = zf.infolist()
-        vhd = tmp / "hyperv.vhd"
         with zf.open(member) as src, open(vhd, "wb") as dst:
             shutil.copyfileobj(src, dst, 8 << 20)
-    out = tmp / "from-hyperv.qcow2"
-    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "qcow2", str(vhd), str(out)], check=True)
-    vhd.unlink()
-    return out
+    return _to_qcow2(vhd, "vpc", tmp / "from-hyperv.qcow2")
 
 
 def ova_to_qcow2(artifact: Path, tmp: Path) -> Path:
@@ -64,12 +65,7 @@ def ova_to_qcow2(artifact: Path, tmp: Path) -> Path:
     with tarfile.open(artifact) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".vmdk"))
         tar.extract(member, tmp, filter="data")
-    out = tmp / "from-vmdk.qcow2"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "vmdk", "-O", "qcow2", str(tmp / member.name), str(out)], check=True
-    )
-    (tmp / member.name).unlink()
-    return out
+    return _to_qcow2(tmp / member.name, "vmdk", tmp / "from-vmdk.qcow2")
 
 
 @dataclasses.dataclass(frozen=True)
