@@ -44,8 +44,11 @@ apply() {
         consoleproxy|secstorage)
             mkdir -p "$AGENT_DIR" || return 1
             unzip -qo "$CACHE/agent.zip" -d "$AGENT_DIR" || return 1
-            if [ -f "$BACKUP/agent.zip" ]; then  # the agent's keystore survives the patch
-                unzip -qo "$BACKUP/agent.zip" 'conf/cloud.jks' -d "$AGENT_DIR" 2>/dev/null || true
+            # The agent's own state survives the patch: its keystore (CloudStack's script keeps it too) and
+            # the agent.properties the boot wrote from the command line (the fresh zip's has no host or type).
+            if [ -f "$BACKUP/agent.zip" ]; then
+                unzip -qo "$BACKUP/agent.zip" 'conf/cloud.jks' 'conf/agent.properties' -d "$AGENT_DIR" \
+                    2>/dev/null || true
             fi
             ;;
     esac
