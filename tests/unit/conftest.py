@@ -157,3 +157,10 @@ def need_tools():
             pytest.fail(f"host tools missing: {', '.join(missing)}")
 
     return check
+
+
+@pytest.fixture(autouse=True)
+def own_unpacked_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exports made by unit tests hand their files to the cache of unpacked artifacts: give each test a
+    cache of its own, so they never push a real build's entries out of the user's cache."""
+    monkeypatch.setenv("SYSTEMVM_CACHE_DIR", str(tmp_path / "unpacked-cache"))
