@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from systemvm import naming
@@ -41,3 +42,12 @@ def export(flavour: str, fmt: str) -> Path | None:
         return None
     path = d / naming.export_name(d.name, flavour, fmt)
     return path if path.exists() else None
+
+
+def root_partition_offset(raw: Path) -> int:
+    """Byte offset of a built disk's root filesystem (its largest partition), read with sfdisk: the e2e tests
+    mount it with ``-o loop,offset=...`` (this host has no device-mapper for partition nodes)."""
+    done = subprocess.run(["sfdisk", "-J", str(raw)], check=True, capture_output=True, text=True)
+    table = json.loads(done.stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    return int(max(table["partitions"], key=lambda p: int(p["size"]))["start"]) * sector

@@ -26,6 +26,7 @@ import pytest
 
 from systemvm import naming
 from systemvm.defaults import DEFAULT_VERSION
+from tests.e2e.artifacts import root_partition_offset
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -46,13 +47,6 @@ def _tarball(path: Path) -> Path:
             info.size, info.mode, info.uid, info.gid = len(data), mode, 1234, 1234
             tar.addfile(info, io.BytesIO(data))
     return path
-
-
-def _root_offset(raw: Path) -> int:
-    done = subprocess.run(["sfdisk", "-J", str(raw)], check=True, capture_output=True, text=True)
-    table = json.loads(done.stdout)["partitiontable"]
-    sector = int(table.get("sectorsize", 512))
-    return int(max(table["partitions"], key=lambda p: int(p["size"]))["start"]) * sector
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +73,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     root = work / "root"
     root.mkdir()
     subprocess.run(
-        ["mount", "-o", f"loop,offset={_root_offset(raw)},ro,noload", str(raw), str(root)],
+        ["mount", "-o", f"loop,offset={root_partition_offset(raw)},ro,noload", str(raw), str(root)],
         check=True, capture_output=True,
     )  # fmt: skip
     try:

@@ -41,12 +41,6 @@ def _run(*command: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
-def _root_offset(raw: Path) -> int:
-    table = json.loads(_run("sfdisk", "-J", str(raw)))["partitiontable"]
-    sector = int(table.get("sectorsize", 512))
-    return int(max(table["partitions"], key=lambda p: int(p["size"]))["start"]) * sector
-
-
 def _tarball(path: Path) -> Path:
     """CloudStack-like: directory entries with their own modes, a program stored 0644, a unit stored 0755,
     a file the image already has (sysctl.conf), and a member below /lib (a merged-/usr link)."""
@@ -74,7 +68,7 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.fail("needs root: loop mount, overlay and chroot")
     lower = tmp_path_factory.mktemp("lower")
-    _run("mount", "-o", f"loop,offset={_root_offset(RAW)},ro,noload", str(RAW), str(lower))
+    _run("mount", "-o", f"loop,offset={artifacts.root_partition_offset(RAW)},ro,noload", str(RAW), str(lower))
     try:
         yield lower
     finally:

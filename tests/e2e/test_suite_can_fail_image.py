@@ -10,7 +10,6 @@ Needs root (loop device, mounts); skips only when ``SYSTEMVM_ARTIFACTS`` is unse
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -138,13 +137,6 @@ def _run(*command: str) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
-def _root_partition_offset(raw: Path) -> int:
-    table = json.loads(_run("sfdisk", "-J", str(raw)))["partitiontable"]
-    sector = int(table.get("sectorsize", 512))
-    partition = max(table["partitions"], key=lambda p: int(p["size"]))
-    return int(partition["start"]) * sector
-
-
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if RAW is None:
@@ -152,9 +144,8 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.fail("needs root: loop devices and mounts")
     lower = tmp_path_factory.mktemp("lower")
-    loop = _run(
-        "losetup", "--find", "--show", "--read-only", "--offset", str(_root_partition_offset(RAW)), str(RAW)
-    ).strip()
+    offset = artifacts.root_partition_offset(RAW)
+    loop = _run("losetup", "--find", "--show", "--read-only", "--offset", str(offset), str(RAW)).strip()
     try:
         _run("mount", "-o", "ro,noload", loop, str(lower))
         try:
