@@ -417,7 +417,7 @@ class XenServerDriver(Driver):
             self.connect()
             sr = self.find_sr(self.settings["sr"])
             network = self.find_network(self.settings["network"])
-        vhd = self._prepare(request)
+        vhd = unpacked_vhd(request.artifact)
         with phase(f"import {request.artifact.name} into SR '{self.settings['sr']}'"):
             t0 = time.monotonic()
             vdi = self.import_vhd(vhd, sr, f"{self.vm_name}-root")
@@ -524,12 +524,6 @@ class XenServerDriver(Driver):
         finally:
             driver.destroy()
         return removed
-
-    # ----------------------------------------------------------------------------- helpers
-    def _prepare(self, request: BootRequest) -> Path:
-        if artifact_kind(request.artifact) == "vhd":
-            return request.artifact
-        return unpacked_vhd(request.artifact)
 
 
 def remove_vm(api: Any, vm: str) -> None:
