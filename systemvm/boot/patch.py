@@ -134,9 +134,7 @@ def run_command(client: paramiko.SSHClient, command: str, timeout: float) -> tup
     return status, b"".join(chunks).decode(errors="replace")
 
 
-def live_patch(
-    host: str, port: int, key_file: Path, payload: Payload, timeout: float = 600.0
-) -> LivePatch:
+def live_patch(host: str, port: int, key_file: Path, payload: Payload, timeout: float = 600.0) -> LivePatch:
     """Patch a running VM as CloudStack's management server does: copy the three files to
     /var/cache/cloud/ (mode 0755), run patch-sysvms.sh (at most ``timeout`` s), read its version."""
     started = time.monotonic()

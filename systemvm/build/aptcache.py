@@ -81,4 +81,3 @@ def _wait_listening(port: int, timeout: float = 15.0) -> None:
             return
         time.sleep(0.1)
     raise UserError(f"apt-cacher-ng did not listen on 127.0.0.1:{port}: see {cache_root()}/apt-cacher-ng/log")
-

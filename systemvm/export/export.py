@@ -9,11 +9,15 @@ published file: artifacts, manifests, SBOMs, metadata.ini) and metadata.ini are 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from systemvm import naming
@@ -166,8 +170,65 @@ def export_flavour(
         with phase(f"SBOM {flavour} -> {sbom.sbom_name(version, flavour)}"):
             written = sbom.write_sbom(out_dir, manifest, epoch)
         listed.update({p.name: publish.file_digests(p) for p in (manifest, written)})
-    publish.refresh_listing(out_dir, version, listed, base_url)
+    with listing_lock(out_dir):
+        publish.refresh_listing(out_dir, version, listed, base_url)
     return results
+
+
+@contextlib.contextmanager
+def listing_lock(out_dir: Path) -> Iterator[None]:
+    """Hold the release directory's lock while its checksum lists and metadata.ini are rewritten: flavours
+    export at once (threads of one build, or two builds), and each rewrites the files both share. A lock
+    on the directory itself leaves no lock file among the published ones."""
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def export_flavours(
+    raws: dict[str, Path],
+    out_dir: Path,
+    version: str,
+    formats: list[str],
+    *,
+    epochs: dict[str, int],
+    base_url: str | None = None,
+) -> dict[str, dict[str, dict]]:
+    """:func:`export_flavour` for each flavour of ``raws`` (with its SOURCE_DATE_EPOCH from ``epochs``) at
+    once; per flavour its results.
+
+    Exporting is a chain of mostly single-threaded steps (qemu-img convert, the VHD writer, deflate for the
+    VMDK and the Hyper-V zip) with lbzip2 between them, so two flavours side by side keep a second core
+    busy that one flavour leaves idle. The first failure is raised once both have ended.
+    """
+    if len(raws) == 1:
+        ((flavour, raw),) = raws.items()
+        return {
+            flavour: export_flavour(
+                raw, out_dir, version, flavour, formats, epoch=epochs[flavour], base_url=base_url
+            )
+        }
+    for raw in raws.values():  # both fit before either starts (each checks its share again as it begins)
+        check_raw_disk(Path(raw))
+    check_output_dir(Path(out_dir), sum(space_needed(Path(r), parse_formats(formats)) for r in raws.values()))
+    with ThreadPoolExecutor(max_workers=len(raws), thread_name_prefix="export") as pool:
+        futures = {
+            flavour: pool.submit(
+                export_flavour,
+                raw,
+                out_dir,
+                version,
+                flavour,
+                formats,
+                epoch=epochs[flavour],
+                base_url=base_url,
+            )
+            for flavour, raw in raws.items()
+        }
+        return {flavour: future.result() for flavour, future in futures.items()}
 
 
 def record_in_manifest(manifest: Path, results: dict[str, dict]) -> None:

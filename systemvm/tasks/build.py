@@ -68,20 +68,18 @@ def build(
             jobs=jobs,
             cloudstack_scripts=scripts,
         )
-        for one in flavours:
-            if export and importlib.util.find_spec("systemvm.export.export") is not None:
-                from systemvm.build.image import source_date_epoch
-                from systemvm.export.export import export_flavour
+        if export and importlib.util.find_spec("systemvm.export.export") is not None:
+            from systemvm.build.image import source_date_epoch
+            from systemvm.export.export import export_flavours
 
-                export_flavour(
-                    naming.raw_disk(Path(artifacts), version, one),
-                    naming.version_dir(Path(artifacts), version),
-                    version,
-                    one,
-                    [f.strip() for f in formats.split(",") if f.strip()],
-                    epoch=source_date_epoch(),
-                    base_url=base_url,
-                )
+            export_flavours(
+                {one: naming.raw_disk(Path(artifacts), version, one) for one in flavours},
+                naming.version_dir(Path(artifacts), version),
+                version,
+                [f.strip() for f in formats.split(",") if f.strip()],
+                epochs=dict.fromkeys(flavours, source_date_epoch()),
+                base_url=base_url,
+            )
         if previous:
             from systemvm.export.releasediff import write_release_diff
 

@@ -27,7 +27,7 @@ def export(
     """Export VERSION's raw disks as CloudStack publishes them (SOURCE_DATE_EPOCH: env, else manifest)."""
     with user_errors():
         from systemvm import naming
-        from systemvm.export.export import epoch_for, export_flavour, parse_formats
+        from systemvm.export.export import epoch_for, export_flavours, parse_formats
 
         root = Path(artifacts) if artifacts else ARTIFACTS_DIR
         chosen = parse_formats(formats)
@@ -36,17 +36,16 @@ def export(
             from systemvm.export.releasediff import load_release
 
             load_release(Path(previous), "previous")
-        for name in naming.flavours(flavour):
-            epoch = epoch_for(naming.manifest(root, version, name))
-            results = export_flavour(
-                naming.raw_disk(root, version, name),
-                out_dir,
-                version,
-                name,
-                chosen,
-                epoch=epoch,
-                base_url=base_url,
-            )
+        names = naming.flavours(flavour)
+        everything = export_flavours(
+            {name: naming.raw_disk(root, version, name) for name in names},
+            out_dir,
+            version,
+            chosen,
+            epochs={name: epoch_for(naming.manifest(root, version, name)) for name in names},
+            base_url=base_url,
+        )
+        for results in everything.values():
             for info in results.values():
                 print(f"{info['file']}  {info['size']} bytes  sha512 {info['sha512'][:16]}...")
         if previous:

@@ -2,6 +2,9 @@
 qemu-guest-agent 3 minutes after the VM started, long after the boot's 60 s wait, as a loaded KVM host
 can. The guest keeps listening (cloud-cmdline-watch.path) and configures itself from it: SSH answers on
 the control NIC with the key sent, under the name sent, with CloudStack's state written.
+
+Its disk is the amd64 Xen export read back (-xen.vhd.bz2 through Python's bz2 and ``qemu-img -f vpc``), so
+this test is also that export's boot proof (issue 4): the VHD boots to SSH on 3922.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ def _sh(vm: QemuVM, key, command: str) -> str:
 
 @pytest.mark.vm("late")
 def test_command_line_written_three_minutes_after_boot_configures_the_vm(pool_vm: PoolVM) -> None:
-    """The VM (amd64 raw disk, secstorage) boots with the pool, which waits until its console says it
+    """The VM (amd64 VHD read back, secstorage) boots with the pool, which waits until its console says it
     gave up its first wait; nothing is delivered until 3 minutes after it started."""
     vm, key = pool_vm.ready(), pool_vm.key
     assert key is not None and LISTENING in vm.console_log()

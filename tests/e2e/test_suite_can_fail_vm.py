@@ -4,7 +4,9 @@ One secstorage VM (amd64) boots through the harness with the patch and the test 
 ``canfail`` VM, booting in the background from the start of the session). The whole suite must pass on it
 first; then each case breaks one thing over SSH (a listener on 22, policy ACCEPT, the agent stopped, a failed
 unit...), runs the checks it targets, expects them to fail, and repairs the VM for the next case.
-Artifacts: the amd64 qcow2 export under ``SYSTEMVM_ARTIFACTS``; skips when it is not set.
+Its disk is the amd64 Hyper-V export read back (the -hyperv.vhd.zip's VHD through Python's zipfile and
+``qemu-img -f vpc``), so the healthy run is also that export's boot proof (issue 16). Artifacts under
+``SYSTEMVM_ARTIFACTS``; skips when they are not there.
 """
 
 from __future__ import annotations

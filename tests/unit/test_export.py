@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from systemvm import naming
 from systemvm.errors import UserError
 from systemvm.export import publish, sbom
-from systemvm.export.export import bench_export, export_flavour, parse_formats
+from systemvm.export.export import bench_export, export_flavour, export_flavours, listing_lock, parse_formats
 from systemvm.export.formats.vhd import check_vhd
 from tests.unit.conftest import MIB, make_raw, pattern, read_with_libvhdi, read_with_qemu, same_disk
 from tests.unit.manifests import ORIGINS_NEW, PACKAGES_NEW, make_manifest
@@ -110,6 +112,49 @@ def test_flavours_merge_in_one_version_dir(tmp_path, need_tools):
     meta = publish.parse_metadata(out / "metadata.ini")
     assert set(meta) == {"default", "xenserver", "xenserver-i386", "kvm-i386"}
     assert len(publish.parse_checksums(out / "md5sum.txt")) == 3 + 1  # artifacts and metadata.ini
+
+
+def test_flavours_exported_at_once_list_what_one_after_the_other_lists(tmp_path, need_tools):
+    """Both flavours side by side (what ``invoke build`` does) end with the same files and lists as one
+    flavour after the other: neither flavour's checksums or metadata.ini entries are lost."""
+    need_tools("qemu-img", "bzip2")
+    listings = []
+    for name, run in (("apart", False), ("together", True)):
+        out = tmp_path / name / VERSION
+        out.mkdir(parents=True)
+        raws = {f: small_disk(naming.raw_disk(tmp_path / name, VERSION, f)) for f in naming.FLAVOURS}
+        if run:
+            export_flavours(raws, out, VERSION, ["vhd", "qcow2"], epochs=dict.fromkeys(raws, EPOCH))
+        else:
+            for flavour, raw in raws.items():
+                export_flavour(raw, out, VERSION, flavour, ["vhd", "qcow2"], epoch=EPOCH)
+        listings.append([(out / f).read_text() for f in ("sha512sum.txt", "md5sum.txt", "metadata.ini")])
+    assert listings[0] == listings[1]
+    meta = publish.parse_metadata(tmp_path / "together" / VERSION / "metadata.ini")
+    assert {"kvm-x86_64", "kvm-i386", "xenserver", "xenserver-i386"} <= set(meta)
+
+
+def test_listing_waits_for_the_directory_lock(tmp_path, need_tools):
+    """An export rewrites the shared lists only under the release directory's lock."""
+    need_tools("qemu-img", "bzip2")
+    out, raw = version_dir(tmp_path)
+    done = threading.Event()
+    with listing_lock(out):
+        worker = threading.Thread(
+            target=lambda: (export_flavour(raw, out, VERSION, "amd64", ["vhd"], epoch=EPOCH), done.set())
+        )
+        worker.start()
+        deadline = time.monotonic() + 60
+        while (
+            not (out / naming.export_name(VERSION, "amd64", "vhd")).exists() and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert not done.is_set() and not (out / "metadata.ini").exists(), (
+            "the listing did not wait for the lock"
+        )
+    worker.join(timeout=60)
+    assert done.is_set() and (out / "metadata.ini").is_file()
 
 
 def test_formats_parsing():
