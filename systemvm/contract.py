@@ -10,12 +10,15 @@ from __future__ import annotations
 import base64
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 
 SSH_PORT = 3922
 AGENT_PORT = 8250
-ROLES = ("secstorage", "consoleproxy", "router", "vpcrouter", "dhcpsrvr")
+ROLES = ("secstorage", "consoleproxy", "router", "vpcrouter", "dhcpsrvr", "ilbvm", "elbvm")
+# The load balancer VMs (internal and elastic): eth0 guest, eth1 control, haproxy only.
+LB_ROLES = ("ilbvm", "elbvm")
 HYPERVISORS = ("kvm", "xenserver", "vmware", "hyperv")
 # The link-local network CloudStack's KVM and Xen hosts give system VMs on their control NIC.
 LINK_LOCAL_NET = ipaddress.ip_network("169.254.0.0/16")
@@ -28,6 +31,9 @@ ROLE_PORTS: dict[str, tuple[int, ...]] = {
     "router": (53, 67, 80, 443, 8080),
     "vpcrouter": (53, 67, 80, 443, 8080),
     "dhcpsrvr": (53, 67, 80),
+    # CloudStack's iptables-ilbvm/-elbvm open SSH only: the load balancer rules open their own ports later.
+    "ilbvm": (),
+    "elbvm": (),
 }
 # Role -> services the role runs (enabled) and those it must not (disabled).
 ROLE_SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -39,15 +45,22 @@ ROLE_SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "router": (("haproxy", "dnsmasq", "apache2"), ("cloud", "nfs-server")),
     "vpcrouter": (("haproxy", "dnsmasq", "apache2"), ("cloud", "nfs-server")),
     "dhcpsrvr": (("dnsmasq", "apache2"), ("cloud", "haproxy", "nfs-server")),
+    "ilbvm": (("haproxy",), ("cloud", "dnsmasq", "conntrackd", "keepalived", "apache2", "nfs-common")),
+    "elbvm": (("haproxy",), ("cloud", "dnsmasq", "conntrackd", "keepalived", "apache2", "nfs-common")),
 }
 AGENT_ROLES = ("secstorage", "consoleproxy")
 
 
-def control_nic(role: str, hypervisor: str = "kvm") -> str:
-    """The NIC that carries SSH on 3922 for ``role``, as CloudStack lays NICs out."""
+def control_nic(role: str, hypervisor: str = "kvm", ssh_on_guest: bool = False) -> str:
+    """The NIC that carries SSH on 3922 for ``role``, as CloudStack lays NICs out.
+
+    ``ssh_on_guest`` is the command line's ``sshonguest=true``: an elbvm then takes SSH on its guest NIC.
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role '{role}': use one of {', '.join(ROLES)}")
-    if role in ("router", "dhcpsrvr"):
+    if role == "elbvm" and ssh_on_guest:
+        return "eth0"
+    if role in ("router", "dhcpsrvr", *LB_ROLES):
         return "eth1"  # eth0 is the guest network
     if hypervisor in ("vmware", "hyperv") and role in ("secstorage", "consoleproxy"):
         return "eth1"  # no link-local network there: the management NIC
@@ -56,6 +69,8 @@ def control_nic(role: str, hypervisor: str = "kvm") -> str:
 
 def nic_count(role: str, hypervisor: str = "kvm") -> int:
     """How many NICs the harness gives a VM of ``role`` (control NIC + the ones it needs before it)."""
+    if role in LB_ROLES:
+        return 2  # guest and control, wherever SSH is
     return 2 if control_nic(role, hypervisor) == "eth1" else 1
 
 
@@ -160,6 +175,8 @@ ROLE_UDP_PORTS: dict[str, tuple[int, ...]] = {
     "router": (53, 67),
     "vpcrouter": (53, 67),
     "dhcpsrvr": (53, 67),
+    "ilbvm": (),
+    "elbvm": (),
 }
 # Roles whose service ports face the guest network only (never the control NIC).
 GUEST_FACING_ROLES = ("router", "vpcrouter", "dhcpsrvr")
@@ -181,6 +198,10 @@ class Nic:
     ip: str | None = None
     netmask: str | None = None
     mtu: int | None = None
+    # bootproto=dhcp: ifupdown asks DHCP for the IPv4 address (ip and netmask stay None)
+    dhcp: bool = False
+    ip6: str | None = None
+    ip6_prefixlen: int | None = None
 
     @property
     def name(self) -> str:
@@ -192,16 +213,23 @@ class Nic:
             return None
         return ipaddress.IPv4Interface(f"{self.ip}/{self.netmask}")
 
+    @property
+    def interface6(self) -> ipaddress.IPv6Interface | None:
+        if self.ip6 is None or self.ip6_prefixlen is None:
+            return None
+        return ipaddress.IPv6Interface(f"{self.ip6}/{self.ip6_prefixlen}")
+
 
 @dataclasses.dataclass
 class BootConfig:
     """The command line, checked. ``problems`` lists what was skipped; ``params`` keeps every key as given."""
 
-    params: dict[str, str]
+    params: dict[str, str] = dataclasses.field(repr=False)  # holds vmpassword: never in a repr
     role: str | None = None
     name: str | None = None
     nics: dict[int, Nic] = dataclasses.field(default_factory=dict)
     gateway: str | None = None
+    gateway6: str | None = None  # ip6gateway: the default IPv6 route
     dns: list[str] = dataclasses.field(default_factory=list)
     mtu: int | None = None
     authorized_key: str | None = None
@@ -212,12 +240,19 @@ class BootConfig:
     mgmt_cidr: str | None = None
     local_gateway: str | None = None
     hypervisor: str = "kvm"
+    ssh_on_guest: bool = False  # sshonguest=true
+    dhcp: bool = False  # bootproto=dhcp
+    nic_macs: list[str] = dataclasses.field(default_factory=list)  # ethN has nic_macs[N]
+    storage_gateway: str | None = None  # storagegateway: kept for the agent, the boot routes nothing via it
+    disable_rp_filter: bool = False
+    ntp_servers: list[str] = dataclasses.field(default_factory=list)
+    vm_password: str | None = dataclasses.field(default=None, repr=False)
     problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def control_nic(self) -> str:
         """The NIC for SSH on 3922; eth0 when the role is unknown."""
-        return control_nic(self.role, self.hypervisor) if self.role else "eth0"
+        return control_nic(self.role, self.hypervisor, self.ssh_on_guest) if self.role else "eth0"
 
     @property
     def control_ip(self) -> str | None:
@@ -281,6 +316,75 @@ def decode_authorized_key(value: str) -> str:
     return line
 
 
+# Keys whose values are secrets: a problem report names the key, never the value.
+SECRET_KEYS = ("vmpassword", "keystore_password", "router_password")
+# The secondary storage VM's storage network (storageip/storagenetmask) is always its fourth NIC.
+STORAGE_NIC_INDEX = 3
+# nic_macs lists the MACs in NIC order, separated by '|' (CloudStack's common.sh splits it so).
+NIC_MACS_SEPARATOR = "|"
+NIC_KEY = re.compile(r"^eth(\d+)(ip|ip6)$")
+MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def _ipv6(value: str) -> str:
+    return str(ipaddress.IPv6Address(value))
+
+
+def _prefixlen6(value: str) -> int:
+    length = int(value)
+    if not 1 <= length <= 128:
+        raise ValueError(f"{length} is outside 1..128")
+    return length
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError("expected true or false")
+    return value.lower() == "true"
+
+
+def _bootproto(value: str) -> str:
+    if value not in ("static", "dhcp"):
+        raise ValueError("expected static or dhcp")
+    return value
+
+
+def _macs(value: str) -> list[str]:
+    macs = [mac.lower() for mac in value.split(NIC_MACS_SEPARATOR)]
+    bad = [mac for mac in macs if not MAC.match(mac)]
+    if bad:
+        raise ValueError(f"not a MAC address: {', '.join(bad)}")
+    if len(set(macs)) != len(macs):
+        raise ValueError("a MAC address is listed twice")
+    return macs
+
+
+def _ntp_servers(value: str) -> list[str]:
+    """``ntpserverlist`` is comma-separated, in order of preference; addresses (v4 or v6) or host names."""
+    servers = []
+    for item in (item.strip() for item in value.split(",")):
+        if not item:
+            continue
+        try:
+            servers.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            servers.append(_hostname(item))
+    if not servers:
+        raise ValueError("no NTP server in the list")
+    return servers
+
+
+def _password(value: str) -> str:
+    if not value or not value.isprintable():
+        raise ValueError("empty or not printable")
+    return value
+
+
+def nic_macs_value(macs: list[str]) -> str:
+    """The ``nic_macs`` value for MACs in NIC order (eth0's first)."""
+    return NIC_MACS_SEPARATOR.join(macs)
+
+
 def read_config(params: dict[str, str], hypervisor: str = "kvm") -> BootConfig:
     """Check the parsed command line. Never raises: a malformed value is skipped and named in ``problems``.
 
@@ -295,7 +399,8 @@ def read_config(params: dict[str, str], hypervisor: str = "kvm") -> BootConfig:
         try:
             return convert(value)
         except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors
-            config.problems.append(f"{key}={value!r} skipped: {exc}")
+            shown = "<hidden>" if key in SECRET_KEYS else repr(value)
+            config.problems.append(f"{key}={shown} skipped: {exc}")
             return None
 
     def role(value: str) -> str:
@@ -306,6 +411,7 @@ def read_config(params: dict[str, str], hypervisor: str = "kvm") -> BootConfig:
     config.role = take("type", role)
     config.name = take("name", _hostname)
     config.gateway = take("gateway", _ipv4)
+    config.gateway6 = take("ip6gateway", _ipv6)
     config.mtu = take("mtu", _mtu)
     config.authorized_key = take("authorized_key", decode_authorized_key)
     config.mgmt_hosts = take("host", _hosts) or [LINK_LOCAL_HOST]
@@ -313,30 +419,79 @@ def read_config(params: dict[str, str], hypervisor: str = "kvm") -> BootConfig:
     config.mgmt_port = take("port", _port) or AGENT_PORT
     config.mgmt_cidr = take("mgmtcidr", _network)
     config.local_gateway = take("localgw", _ipv4)
-    # The zone's internal DNS first (it resolves the storage and management names), then the public ones.
-    for key in ("internaldns1", "internaldns2", "dns1", "dns2", "dns3", "dns4"):
-        server = take(key, _ipv4)
+    config.ssh_on_guest = bool(take("sshonguest", _boolean))
+    config.dhcp = take("bootproto", _bootproto) == "dhcp"
+    config.disable_rp_filter = bool(take("disable_rp_filter", _boolean))
+    config.nic_macs = take("nic_macs", _macs) or []
+    config.ntp_servers = take("ntpserverlist", _ntp_servers) or []
+    config.vm_password = take("vmpassword", _password)
+    config.storage_gateway = take("storagegateway", _ipv4)
+    # The zone's internal DNS first (it resolves the storage and management names), then the public ones,
+    # then the IPv6 ones (CloudStack's common.sh writes resolv.conf in this order).
+    servers = [take(k, _ipv4) for k in ("internaldns1", "internaldns2", "dns1", "dns2", "dns3", "dns4")]
+    servers += [take(k, _ipv6) for k in ("ip6dns1", "ip6dns2")]
+    for server in servers:
         if server and server not in config.dns:
             config.dns.append(server)
-    indexes = sorted(
-        {
-            int(key[3:-2])
-            for key in params
-            if key.startswith("eth") and key.endswith("ip") and key[3:-2].isdigit()
-        }
-    )
+    indexes = sorted({int(m.group(1)) for m in map(NIC_KEY.match, params) if m})
     for index in indexes:
-        ip = take(f"eth{index}ip", _ipv4)
-        mask = take(f"eth{index}mask", _netmask)
-        if ip in (None, "0.0.0.0"):
-            continue  # CloudStack sends 0.0.0.0 for a NIC it leaves unconfigured
-        if mask is None:
-            if f"eth{index}mask" not in params:  # a bad mask was reported already
-                config.problems.append(f"eth{index}ip={ip} skipped: no eth{index}mask")
-            continue
-        mtu = take(f"eth{index}mtu", _mtu) or config.mtu
-        config.nics[index] = Nic(index=index, ip=ip, netmask=mask, mtu=mtu)
+        nic = _read_nic(config, index, take)
+        if nic:
+            config.nics[index] = nic
+    _read_storage_nic(config, take)
     return config
+
+
+Take = Callable[[str, Callable[[str], Any]], Any]
+
+
+def _ipv4_part(config: BootConfig, nic: Nic, ip: str | None, mask: str | None) -> None:
+    """Fill in the NIC's IPv4 address; 0.0.0.0 (CloudStack's "no address") leaves it unconfigured."""
+    if ip in (None, "0.0.0.0"):
+        return
+    if config.dhcp and nic.index != 0:
+        # CloudStack's common.sh: with bootproto=dhcp every configured NIC but eth0 asks DHCP instead
+        nic.dhcp = True
+        return
+    if mask is None:
+        if f"eth{nic.index}mask" not in config.params:  # a bad mask was reported already
+            config.problems.append(f"eth{nic.index}ip={ip} skipped: no eth{nic.index}mask")
+        return
+    nic.ip, nic.netmask = ip, mask
+
+
+def _read_nic(config: BootConfig, index: int, take: Take) -> Nic | None:
+    """ethNip/ethNmask, ethNip6/ethNip6prelen and ethNmtu of one NIC; None when it has no address."""
+    nic = Nic(index=index, mtu=take(f"eth{index}mtu", _mtu) or config.mtu)
+    _ipv4_part(config, nic, take(f"eth{index}ip", _ipv4), take(f"eth{index}mask", _netmask))
+    ip6 = take(f"eth{index}ip6", _ipv6)
+    prefixlen = take(f"eth{index}ip6prelen", _prefixlen6)
+    if ip6 and prefixlen:
+        nic.ip6, nic.ip6_prefixlen = ip6, prefixlen
+    elif ip6 and f"eth{index}ip6prelen" not in config.params:
+        config.problems.append(f"eth{index}ip6={ip6} skipped: no eth{index}ip6prelen")
+    if nic.ip is None and not nic.dhcp and nic.ip6 is None:
+        return None
+    return nic
+
+
+def _read_storage_nic(config: BootConfig, take: Take) -> None:
+    """storageip/storagenetmask address the storage NIC (eth3), whatever eth3ip says."""
+    ip = take("storageip", _ipv4)
+    mask = take("storagenetmask", _netmask)
+    if ip is None and mask is None:
+        return
+    if ip is None or mask is None:
+        if "storageip" in config.params and "storagenetmask" in config.params:
+            return  # the malformed one was reported already
+        config.problems.append("storage network skipped: storageip and storagenetmask go together")
+        return
+    index = STORAGE_NIC_INDEX
+    nic = config.nics.get(index) or Nic(index=index, mtu=take(f"eth{index}mtu", _mtu) or config.mtu)
+    nic.ip = nic.netmask = None
+    nic.dhcp = False
+    _ipv4_part(config, nic, ip, mask)
+    config.nics[index] = nic
 
 
 def management_route(config: BootConfig) -> tuple[str, str, str] | None:
@@ -375,6 +530,63 @@ def service_lists(role: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     enabled = ROLE_SERVICES[role][0] if role in ROLE_SERVICES else ()
     disabled = tuple(s for s in ROLE_SERVICE_POOL if s not in enabled)
     return enabled, disabled
+
+
+# systemd-timesyncd (the image's time daemon) reads the command line's NTP servers from this drop-in.
+TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/60-cloud-ntp.conf"
+# Roles whose setup script turns rp_filter off by default (CloudStack's disable_rpfilter).
+RP_FILTER_OFF_ROLES = ("secstorage", "consoleproxy", "vpcrouter")
+
+
+def timesyncd_dropin(servers: list[str]) -> str:
+    """The drop-in naming ``ntpserverlist``'s servers, in their order, as the NTP servers to use."""
+    return f"# Written by cloud-early-config from ntpserverlist\n[Time]\nNTP={' '.join(servers)}\n"
+
+
+def rp_filter_sysctls(role: str | None, disable: bool, nics: tuple[str, ...]) -> dict[str, str]:
+    """Reverse-path filtering as CloudStack's setup scripts leave it (sysctl key -> value).
+
+    The router (disable_rpfilter_domR) sets the default and its public NICs (eth2 and later) to 0 when the
+    command line says ``disable_rp_filter=true``, to 1 otherwise, and always filters on eth0, eth1 and lo.
+    The storage, console and VPC roles turn the default off; the others keep the image's settings.
+    """
+    if role == "router":
+        public = "0" if disable else "1"
+        values = {"net.ipv4.conf.default.rp_filter": public}
+        for nic in nics:
+            if nic not in ("eth0", "eth1"):
+                values[f"net.ipv4.conf.{nic}.rp_filter"] = public
+        for nic in ("eth0", "eth1", "lo"):
+            values[f"net.ipv4.conf.{nic}.rp_filter"] = "1"
+        return values
+    if role in RP_FILTER_OFF_ROLES:
+        return {"net.ipv4.conf.default.rp_filter": "0"}
+    return {}
+
+
+def ipv6_sysctls(config: BootConfig) -> dict[str, str]:
+    """IPv6 is on only when a NIC has an IPv6 address (the image boots with it disabled).
+
+    CloudStack's setup_interface_ipv6 enables it, accepts router advertisements and forwards; forwarding
+    here follows the role (routers only), as for IPv4, since only routers are given IPv6 addresses.
+    """
+    nics = sorted(n.name for n in config.nics.values() if n.ip6)
+    if not nics:
+        return {}
+    values = {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.default.disable_ipv6": "0"}
+    values.update({f"net.ipv6.conf.{nic}.disable_ipv6": "0" for nic in nics})
+    values["net.ipv6.conf.all.forwarding"] = "1" if config.role in GUEST_FACING_ROLES else "0"
+    values["net.ipv6.conf.all.accept_ra"] = "1"
+    return values
+
+
+def role_sysctls(config: BootConfig) -> dict[str, str]:
+    """Every kernel setting the boot sets from the command line: forwarding, rp_filter, IPv6."""
+    values = {"net.ipv4.ip_forward": "1" if config.role in GUEST_FACING_ROLES else "0"}
+    names = tuple(sorted(n.name for n in config.nics.values()))
+    values.update(rp_filter_sysctls(config.role, config.disable_rp_filter, names))
+    values.update(ipv6_sysctls(config))
+    return values
 
 
 def firewall_rules_v4(role: str | None, control: str = "eth0", nics: tuple[str, ...] = ()) -> str:

@@ -21,6 +21,8 @@ class Role(StrEnum):
     ROUTER = "router"
     VPCROUTER = "vpcrouter"
     DHCPSRVR = "dhcpsrvr"
+    ILBVM = "ilbvm"
+    ELBVM = "elbvm"
 
 
 class Flavour(StrEnum):

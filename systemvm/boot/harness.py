@@ -31,7 +31,9 @@ from systemvm.progress import phase, say
 
 FORMAT_OF = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova"}
 # CloudStack's names for system VMs: s-<id>-VM, v-<id>-VM, r-<id>-VM
-NAME_LETTER = {"secstorage": "s", "consoleproxy": "v", "router": "r", "vpcrouter": "r", "dhcpsrvr": "r"}
+# (b- for the internal load balancer as CloudStack names it; l- for the elastic one is this harness's choice)
+NAME_LETTER = {"secstorage": "s", "consoleproxy": "v", "router": "r", "vpcrouter": "r", "dhcpsrvr": "r",
+               "ilbvm": "b", "elbvm": "l"}  # fmt: skip
 # VMware has no link-local network: its management NIC gets an address of this test network.
 VMWARE_MGMT_NET = ipaddress.ip_network("192.168.122.0/24")
 
@@ -85,6 +87,7 @@ def plan_boot(hypervisor: str, role: str, name: str, authorized_key: str, mgmt_p
         authorized_key=authorized_key,
         mgmt_host=mgmt_host,
         mgmt_port=mgmt_port,
+        extra=testnet.cheap_keys(role),
     )
     return BootPlan(args, {})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import secrets
 import socket
 
 from systemvm import contract
@@ -114,6 +115,38 @@ TEST_MGMT_CIDR = "10.250.0.0/16"
 TEST_PUBLIC_DNS = "127.0.0.1"
 
 
+# NTP servers for ntpserverlist: the guest's own loopback (nothing answers; no packet leaves the guest).
+TEST_NTP_SERVERS = ("127.0.0.1", "localhost")
+# A ULA prefix for the routers' guest NIC: the address is configured, nothing routes it (QEMU's user
+# network has IPv6 off), and the gateway gives the default IPv6 route. ::1 as the IPv6 resolver fails at
+# once, as TEST_PUBLIC_DNS does.
+TEST_GUEST_NET6 = ipaddress.IPv6Network("fd00:a01:101::/64")
+TEST_DNS6 = "::1"
+
+
+def cheap_keys(role: str) -> dict[str, str]:
+    """Keys CloudStack sends that change nothing a test VM needs: NTP servers, a root password of this run
+    (random: it is a test VM's, and SSH refuses passwords anyway), and rp_filter off on routers."""
+    keys = {"ntpserverlist": ",".join(TEST_NTP_SERVERS), "vmpassword": secrets.token_urlsafe(12)}
+    if role == "router":
+        keys["disable_rp_filter"] = "true"
+    return keys
+
+
+def ipv6_keys(plan: TestNetwork) -> dict[str, str]:
+    """An IPv6 address, the default IPv6 route and a resolver on a router's first data NIC."""
+    data = [n for n in plan.nics if not n.forward_ssh]
+    if plan.role not in contract.GUEST_FACING_ROLES or not data:
+        return {}
+    nic = data[0].index
+    return {
+        f"eth{nic}ip6": str(TEST_GUEST_NET6.network_address + 1),
+        f"eth{nic}ip6prelen": str(TEST_GUEST_NET6.prefixlen),
+        "ip6gateway": str(TEST_GUEST_NET6.network_address + 2),
+        "ip6dns1": TEST_DNS6,
+    }
+
+
 def internal_dns(plan: TestNetwork) -> str:
     """QEMU's user-network DNS proxy on the control network (the network address + 3)."""
     return str(ipaddress.ip_network(plan.control.network).network_address + 3)
@@ -121,8 +154,10 @@ def internal_dns(plan: TestNetwork) -> str:
 
 def boot_args(plan: TestNetwork, name: str, authorized_key: str, mgmt_port: int) -> contract.BootArgs:
     """The command line the harness sends for this network plan: CloudStack's keys for the role, with the
-    zone's internal DNS first and, for the storage and console VMs, mgmtcidr routed via localgw."""
-    extra = {"internaldns1": internal_dns(plan)}
+    zone's internal DNS first and, for the storage and console VMs, mgmtcidr routed via localgw; the NICs'
+    MACs in order (nic_macs), IPv6 on a router's data NIC, and :func:`cheap_keys`."""
+    extra = {"internaldns1": internal_dns(plan), **cheap_keys(plan.role), **ipv6_keys(plan)}
+    extra["nic_macs"] = contract.nic_macs_value([n.mac for n in plan.nics])
     if plan.role in contract.AGENT_ROLES:
         extra.update(mgmtcidr=TEST_MGMT_CIDR, localgw=plan.control.host_ip)
     return contract.BootArgs(

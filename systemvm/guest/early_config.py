@@ -43,6 +43,66 @@ def _holds(nic: contract.Nic, address: contract.ipaddress.IPv4Address) -> bool:
     return nic.interface is not None and address in nic.interface.network
 
 
+def _gateway_nic(config: contract.BootConfig) -> int | None:
+    """The NIC whose IPv4 network holds ``gateway`` (it carries the default route)."""
+    if not config.gateway:
+        return None
+    gateway = contract.ipaddress.IPv4Address(config.gateway)
+    return next((n.index for n in config.nics.values() if _holds(n, gateway)), None)
+
+
+def _gateway6_nic(config: contract.BootConfig) -> int | None:
+    """The NIC for the default IPv6 route: the one whose prefix holds ``ip6gateway``; a link-local
+    gateway is on the IPv4 default NIC, or else on the first NIC with an IPv6 address."""
+    if not config.gateway6:
+        return None
+    gateway = contract.ipaddress.IPv6Address(config.gateway6)
+    v6 = sorted((n for n in config.nics.values() if n.interface6), key=lambda n: n.index)
+    holder = next((n.index for n in v6 if n.interface6 and gateway in n.interface6.network), None)
+    if holder is not None or not gateway.is_link_local or not v6:
+        return holder
+    default = _gateway_nic(config)
+    return default if default in {n.index for n in v6} else v6[0].index
+
+
+def _ipv4_stanza(
+    config: contract.BootConfig,
+    nic: contract.Nic,
+    gateway_nic: int | None,
+    route: tuple[str, str, str] | None,
+) -> list[str]:
+    if nic.dhcp:
+        lines = [f"iface {nic.name} inet dhcp"]
+        if nic.mtu:  # ifupdown's dhcp method has no mtu option
+            lines.append(f"    pre-up ip link set dev {nic.name} mtu {nic.mtu}")
+        return lines
+    if nic.ip is None:
+        return []
+    lines = [f"iface {nic.name} inet static", f"    address {nic.ip}", f"    netmask {nic.netmask}"]
+    if nic.mtu:
+        lines.append(f"    mtu {nic.mtu}")
+    if nic.index == gateway_nic:
+        lines.append(f"    gateway {config.gateway}")
+    if route and route[2] == nic.name:
+        cidr, via, _ = route
+        lines += [f"    post-up ip route replace {cidr} via {via} dev {nic.name}",
+                  f"    pre-down ip route del {cidr} via {via} dev {nic.name} || true"]  # fmt: skip
+    return lines
+
+
+def _ipv6_stanza(config: contract.BootConfig, nic: contract.Nic, gateway6_nic: int | None) -> list[str]:
+    """inet6 static with router advertisements accepted, as CloudStack's setup_interface_ipv6 writes it."""
+    if nic.ip6 is None:
+        return []
+    lines = [f"iface {nic.name} inet6 static", f"    address {nic.ip6}", f"    netmask {nic.ip6_prefixlen}",
+             "    accept_ra 1"]  # fmt: skip
+    if nic.mtu and nic.ip is None and not nic.dhcp:  # the inet stanza carries it otherwise
+        lines.append(f"    mtu {nic.mtu}")
+    if nic.index == gateway6_nic:
+        lines.append(f"    gateway {config.gateway6}")
+    return lines
+
+
 def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
     """/etc/network/interfaces for the command line's NICs (ifupdown brings them up after this unit).
 
@@ -51,26 +111,17 @@ def interfaces_text(config: contract.BootConfig, present: set[str]) -> str:
     """
     out = ["# Written by cloud-early-config from the boot command line; rewritten every boot.",
            "auto lo", "iface lo inet loopback"]  # fmt: skip
-    gateway_nic = None
-    if config.gateway:
-        gateway = contract.ipaddress.IPv4Address(config.gateway)
-        gateway_nic = next((n.index for n in config.nics.values() if _holds(n, gateway)), None)
+    gateway_nic = _gateway_nic(config)
+    gateway6_nic = _gateway6_nic(config)
     try:
         route = contract.management_route(config)
     except ValueError:
         route = None  # configure_network logs it
     for nic in sorted(config.nics.values(), key=lambda n: n.index):
         start = "auto" if nic.name in present else "allow-hotplug"
-        out += ["", f"{start} {nic.name}", f"iface {nic.name} inet static",
-                f"    address {nic.ip}", f"    netmask {nic.netmask}"]  # fmt: skip
-        if nic.mtu:
-            out.append(f"    mtu {nic.mtu}")
-        if nic.index == gateway_nic:
-            out.append(f"    gateway {config.gateway}")
-        if route and route[2] == nic.name:
-            cidr, via, _ = route
-            out += [f"    post-up ip route replace {cidr} via {via} dev {nic.name}",
-                    f"    pre-down ip route del {cidr} via {via} dev {nic.name} || true"]  # fmt: skip
+        out += ["", f"{start} {nic.name}"]
+        out += _ipv4_stanza(config, nic, gateway_nic, route)
+        out += _ipv6_stanza(config, nic, gateway6_nic)
     return "\n".join(out) + "\n"
 
 
@@ -82,6 +133,13 @@ def configure_network(guest: Guest, config: contract.BootConfig) -> None:
         _holds(n, contract.ipaddress.IPv4Address(config.gateway)) for n in config.nics.values()
     ):
         guest.log(f"gateway {config.gateway} is on none of the NICs' networks; skipped")
+    if config.gateway6 and _gateway6_nic(config) is None:
+        guest.log(f"ip6gateway {config.gateway6} is on none of the NICs' IPv6 networks; skipped")
+    storage = config.nics.get(contract.STORAGE_NIC_INDEX)
+    if "storageip" in config.params and storage and storage.interface:
+        # CloudStack's setup script routes nothing via storagegateway (its route line is commented out):
+        # the storage network is reached through the connected route of the NIC's own subnet.
+        guest.log(f"storage network {storage.interface.network} on {storage.name}")
     try:
         route = contract.management_route(config)
         if route:
@@ -111,17 +169,92 @@ def write_cloudstack_state(guest: Guest, config: contract.BootConfig) -> None:
         guest.log(f"no known type on the command line: {contract.CMD_LINE_JSON_PATH} not written")
         return
     text = json.dumps(contract.cmd_line_json(config.params), indent=2) + "\n"
-    guest.write(contract.CMD_LINE_JSON_PATH, text)
+    # Every key as CloudStack keeps it, vmpassword included: root's only (its readers run as root).
+    guest.write(contract.CMD_LINE_JSON_PATH, text, mode=0o600)
 
 
-def configure_forwarding(guest: Guest, config: contract.BootConfig) -> None:
-    """Routers forward their guest networks' traffic; the other roles do not (their FORWARD policy is
-    DROP either way). Applied now and kept for any later ``sysctl --system``."""
-    value = 1 if config.role in contract.GUEST_FACING_ROLES else 0
-    guest.write(contract.FORWARD_SYSCTL_PATH,
-                f"# Written by cloud-early-config for role {config.role or 'none'}\n"
-                f"net.ipv4.ip_forward = {value}\n")  # fmt: skip
-    guest.path(contract.IP_FORWARD_PATH).write_text(f"{value}\n")
+def _apply_sysctl(guest: Guest, key: str, value: str) -> None:
+    path = guest.path("/proc/sys/" + key.replace(".", "/"))
+    if not path.parent.is_dir():  # e.g. a per-NIC key for a NIC not plugged in yet (the file applies it)
+        guest.log(f"{key} not applied now: {path.parent} does not exist")
+        return
+    path.write_text(f"{value}\n")
+
+
+def configure_sysctls(guest: Guest, config: contract.BootConfig) -> None:
+    """Forwarding (routers only; their FORWARD policy is DROP otherwise), rp_filter and IPv6 as the
+    command line and the role want them. Applied now and kept for any later ``sysctl --system``."""
+    values = contract.role_sysctls(config)
+    lines = [f"# Written by cloud-early-config for role {config.role or 'none'}"]
+    guest.write(
+        contract.FORWARD_SYSCTL_PATH, "\n".join([*lines, *(f"{k} = {v}" for k, v in values.items())]) + "\n"
+    )
+    for key, value in values.items():
+        try:
+            _apply_sysctl(guest, key, value)
+        except OSError as exc:  # one key must not stop the others
+            guest.log(f"setting {key} failed: {exc}")
+
+
+def nic_renames(current: dict[str, str], wanted: list[str]) -> list[tuple[str, str]]:
+    """The ``ip link`` renames that give ethN the MAC at position N of ``wanted`` (``current``: name -> MAC).
+
+    NICs to move go to a temporary name first, so two NICs can swap names. A NIC whose name is wanted for
+    another MAC but whose own MAC is not listed moves to the first ethK nobody wants.
+    """
+    target = {mac: f"eth{index}" for index, mac in enumerate(wanted)}
+    movers = sorted(name for name, mac in current.items() if mac in target and target[mac] != name)
+    taken = set(target.values()) | set(current)
+    blockers = sorted(name for name, mac in current.items() if mac not in target and name in target.values())
+    renames = [(name, f"cloudtmp{i}") for i, name in enumerate(movers)]
+    spare = (f"eth{k}" for k in range(len(wanted) + len(current) + 1) if f"eth{k}" not in taken)
+    renames += [(name, next(spare)) for name in blockers]
+    renames += [(f"cloudtmp{i}", target[current[name]]) for i, name in enumerate(movers)]
+    return renames
+
+
+def order_nics_by_mac(guest: Guest, config: contract.BootConfig) -> None:
+    """``nic_macs``: ethN gets the MAC listed at position N (CloudStack's common.sh names NICs so), before
+    the network is configured. Renames need the link down: the boot's NICs are not up yet."""
+    if not config.nic_macs:
+        return
+    current = {}
+    for path in sorted(guest.path("/sys/class/net").glob("eth*")):
+        address = path / "address"
+        if address.is_file():
+            current[path.name] = address.read_text().strip().lower()
+    for mac in config.nic_macs:
+        if mac not in current.values():
+            guest.log(f"nic_macs lists {mac}, which no NIC has")
+    for old, new in nic_renames(current, config.nic_macs):
+        try:
+            guest.run(["ip", "link", "set", "dev", old, "name", new])
+            guest.log(f"NIC {old} renamed {new} (nic_macs)")
+        except Exception as exc:  # noqa: BLE001 - the others are still worth trying
+            guest.log(f"renaming {old} to {new} failed: {exc}")
+
+
+def configure_ntp(guest: Guest, config: contract.BootConfig) -> None:
+    """``ntpserverlist``: systemd-timesyncd uses these servers (a drop-in; without the key, its defaults)."""
+    dropin = guest.path(contract.TIMESYNCD_DROPIN)
+    if config.ntp_servers:
+        guest.write(contract.TIMESYNCD_DROPIN, contract.timesyncd_dropin(config.ntp_servers))
+        guest.log(f"NTP servers: {', '.join(config.ntp_servers)}")
+    elif dropin.exists():
+        dropin.unlink()
+    else:
+        return
+    # A running daemon re-reads its configuration on restart; one not started yet reads it when it starts.
+    guest.run(["systemctl", "try-restart", "--no-block", "systemd-timesyncd.service"])
+
+
+def set_root_password(guest: Guest, config: contract.BootConfig) -> None:
+    """``vmpassword`` becomes root's password (given in clear, as CloudStack's parse_cmd_line feeds it to
+    chpasswd). It goes to chpasswd on stdin, never in an argument, a log line or a file of ours."""
+    if not config.vm_password:
+        return
+    guest.feed(["chpasswd"], f"root:{config.vm_password}\n")
+    guest.log("root password set from vmpassword")
 
 
 def install_authorized_key(guest: Guest, config: contract.BootConfig) -> None:
@@ -281,8 +414,11 @@ def restart_after_late_config(guest: Guest, config: contract.BootConfig) -> None
 STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
     configure_hostname,
     write_cloudstack_state,
+    order_nics_by_mac,
     configure_network,
-    configure_forwarding,
+    configure_sysctls,
+    configure_ntp,
+    set_root_password,
     install_authorized_key,
     configure_ssh_listen,
     firewall.apply_firewall,
@@ -303,7 +439,7 @@ def early_config(guest: Guest) -> contract.BootConfig:
     guest.path(contract.CACHE_DIR).mkdir(parents=True, exist_ok=True)
     text, source, hypervisor = channels.obtain_cmdline(guest)
     if source != "qemu-guest-agent":
-        guest.write(contract.CMDLINE_PATH, text + "\n")
+        guest.write(contract.CMDLINE_PATH, text + "\n", mode=0o600)  # it may hold vmpassword
     config = configure(guest, text, source, hypervisor)
     if source in FALLBACK_SOURCES and hypervisor == "kvm":
         # A loaded host may deliver the command line after our wait: keep listening for it, or the VM
@@ -352,7 +488,7 @@ def configure(guest: Guest, text: str, source: str, hypervisor: str) -> contract
         except Exception as exc:  # noqa: BLE001 - one failed step must not stop the others
             guest.log(f"{step.__name__} failed: {type(exc).__name__}: {exc}")
     try:
-        guest.write(contract.APPLIED_CMDLINE_PATH, text.strip() + "\n")
+        guest.write(contract.APPLIED_CMDLINE_PATH, text.strip() + "\n", mode=0o600)
     except OSError as exc:
         guest.log(f"recording the applied command line failed: {exc}")
     guest.log("late configuration done" if guest.late else "early configuration done")

@@ -148,7 +148,9 @@ def install_agent(guest: Guest, config: contract.BootConfig) -> None:
     unpack_agent(guest.path(f"{contract.CACHE_DIR}/agent.zip").read_bytes(), target)
     properties = guest.path(contract.AGENT_PROPERTIES)
     existing = properties.read_text() if properties.exists() else ""
-    guest.write(contract.AGENT_PROPERTIES, agent_properties(existing, config.params))
+    # The whole command line goes in, as CloudStack's bootstrap does: vmpassword and keystore_password
+    # too, so root's only (the agent runs as root).
+    guest.write(contract.AGENT_PROPERTIES, agent_properties(existing, config.params), mode=0o600)
     guest.log(f"agent unpacked into {contract.AGENT_DIR}")
     guest.run(["systemctl", "enable", "cloud.service"])
     guest.run(["systemctl", "restart", "--no-block", "cloud.service"])

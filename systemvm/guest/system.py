@@ -18,8 +18,16 @@ from systemvm import contract
 Runner = Callable[[list[str]], str]
 
 
+# A runner that also writes text to the command's stdin (for secrets, which never go in an argument).
+Feeder = Callable[[list[str], str], str]
+
+
 def _run_command(argv: list[str]) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
+
+
+def _feed_command(argv: list[str], stdin: str) -> str:
+    return subprocess.run(argv, input=stdin, check=True, capture_output=True, text=True, timeout=120).stdout
 
 
 class Guest:
@@ -33,10 +41,12 @@ class Guest:
         sleep: Callable[[float], None] = time.sleep,
         echo: bool = True,
         program: str = "cloud-early-config",
+        feed: Feeder = _feed_command,
     ) -> None:
         self.program = program
         self.root = Path(root)
         self.run = run
+        self.feed = feed
         self.clock = clock
         self.sleep = sleep
         self.echo = echo

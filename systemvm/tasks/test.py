@@ -15,7 +15,7 @@ from systemvm.tasks import user_errors
     help={
         "hypervisor": "kvm, xenserver or vmware",
         "flavour": "amd64 or i386",
-        "role": "secstorage, consoleproxy, router, vpcrouter or dhcpsrvr (default secstorage)",
+        "role": "secstorage, consoleproxy, router, vpcrouter, dhcpsrvr, ilbvm or elbvm (default secstorage)",
         "version": "template version X.Y.Z (default 4.20.0)",
         "artifacts": "artifacts directory holding <version>/ (default ./artifacts)",
         "artifact": "boot this file instead of the exported artifact",

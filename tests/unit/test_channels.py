@@ -491,3 +491,218 @@ def test_the_watch_units_run_the_late_configuration():
     assert "[Install]" not in watch  # started by cloud-early-config only when the wait ran out
     service = (units / "cloud-late-config.service").read_text()
     assert "ExecStart=/opt/cloud/bin/cloud-early-config --late" in service
+
+
+# --- the optional keys of CloudStack 4.20 applied by the early configuration ----------------------------
+
+
+class Fed:
+    """Records what the early configuration writes to a command's stdin (chpasswd)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], str]] = []
+
+    def __call__(self, argv: list[str], stdin: str) -> str:
+        self.calls.append((argv, stdin))
+        return ""
+
+
+def sysctl_dirs(root: Path, *nics: str) -> None:
+    for d in ("ipv4/conf/default", "ipv4/conf/lo", "ipv6/conf/all", "ipv6/conf/default"):
+        (root / "proc/sys/net" / d).mkdir(parents=True, exist_ok=True)
+    for nic in nics:
+        (root / f"proc/sys/net/ipv4/conf/{nic}").mkdir(parents=True, exist_ok=True)
+        (root / f"proc/sys/net/ipv6/conf/{nic}").mkdir(parents=True, exist_ok=True)
+        (root / f"sys/class/net/{nic}").mkdir(parents=True, exist_ok=True)
+
+
+ROUTER_KEYS = contract.BootArgs(
+    role="router", name="r-4-VM", nics=[("10.1.1.1", "255.255.255.0"), ("169.254.4.4", "255.255.0.0"),
+                                        ("203.0.113.30", "255.255.255.0")],
+    authorized_key=KEY, gateway="203.0.113.1", dns=("8.8.8.8",),
+    extra={"internaldns1": "10.1.1.53", "eth0ip6": "fd00:a01:101::1", "eth0ip6prelen": "64",
+           "ip6gateway": "fd00:a01:101::2", "ip6dns1": "2001:db8::53", "disable_rp_filter": "true",
+           "ntpserverlist": "10.0.0.5,ntp.example.org", "vmpassword": "Root-Pass-42"},
+).to_cmdline()  # fmt: skip
+
+
+def boot(
+    root: Path, cmdline: str, run: Recorded | None = None, feed: Fed | None = None
+) -> contract.BootConfig:
+    (root / "mnt/cmdline").write_text(cmdline + "\n")
+    clock = FakeClock()
+    guest = Guest(
+        root, run or guest_runner(VIRT_WHAT["kvm"]), clock, clock.sleep, echo=False, feed=feed or Fed()
+    )
+    return early_config.early_config(guest)
+
+
+def test_ipv6_rp_filter_ntp_and_password_on_a_router(tmp_path):
+    root = make_root(tmp_path)
+    sysctl_dirs(root, "eth0", "eth1", "eth2")
+    run, fed = guest_runner(VIRT_WHAT["kvm"]), Fed()
+    boot(root, ROUTER_KEYS, run, fed)
+
+    interfaces = (root / "etc/network/interfaces").read_text()
+    eth0 = interfaces.split("auto eth0\n", 1)[1].split("\n\n", 1)[0]
+    assert eth0.splitlines() == [
+        "iface eth0 inet static", "    address 10.1.1.1", "    netmask 255.255.255.0",
+        "iface eth0 inet6 static", "    address fd00:a01:101::1", "    netmask 64", "    accept_ra 1",
+        "    gateway fd00:a01:101::2",
+    ]  # fmt: skip
+    assert "    gateway 203.0.113.1" in interfaces.split("auto eth2", 1)[1]
+    # IPv4 resolvers first (the zone's internal one leading), then the IPv6 one
+    assert (root / "etc/resolv.conf").read_text().split() == [
+        "nameserver", "10.1.1.53", "nameserver", "8.8.8.8", "nameserver", "2001:db8::53"]  # fmt: skip
+    # rp_filter: off by default and on the public NIC, on for guest, control and loopback
+    proc = root / "proc/sys/net"
+    assert (proc / "ipv4/conf/default/rp_filter").read_text() == "0\n"
+    assert (proc / "ipv4/conf/eth2/rp_filter").read_text() == "0\n"
+    assert all((proc / f"ipv4/conf/{nic}/rp_filter").read_text() == "1\n" for nic in ("eth0", "eth1", "lo"))
+    assert (proc / "ipv6/conf/all/disable_ipv6").read_text() == "0\n"
+    assert (proc / "ipv6/conf/eth0/disable_ipv6").read_text() == "0\n"
+    saved = (root / "etc/sysctl.d/60-cloud-role.conf").read_text()
+    assert "net.ipv4.conf.default.rp_filter = 0" in saved and "net.ipv6.conf.all.disable_ipv6 = 0" in saved
+    # NTP: a timesyncd drop-in, re-read by a running daemon
+    dropin = (root / contract.TIMESYNCD_DROPIN.lstrip("/")).read_text()
+    assert "NTP=10.0.0.5 ntp.example.org" in dropin.splitlines()
+    assert ["systemctl", "try-restart", "--no-block", "systemd-timesyncd.service"] in run.calls
+    # vmpassword: to chpasswd's stdin only, never an argument or a log line
+    assert fed.calls == [(["chpasswd"], "root:Root-Pass-42\n")]
+    assert not any("Root-Pass-42" in " ".join(call) for call in run.calls)
+    assert "Root-Pass-42" not in (root / "var/log/cloud.log").read_text()
+    assert "root password set from vmpassword" in (root / "var/log/cloud.log").read_text()
+    # cmd_line.json keeps every key as CloudStack's does, readable by root only
+    document = root / "var/cache/cloud/cmd_line.json"
+    assert json.loads(document.read_text())["cmd_line"]["vmpassword"] == "Root-Pass-42"
+    assert stat.S_IMODE(document.stat().st_mode) == 0o600
+    for path in ("var/cache/cloud/cmdline", contract.APPLIED_CMDLINE_PATH.lstrip("/")):
+        assert stat.S_IMODE((root / path).stat().st_mode) == 0o600
+
+
+def test_without_the_optional_keys_nothing_of_them_is_written(tmp_path):
+    root = make_root(tmp_path)
+    dropin = root / contract.TIMESYNCD_DROPIN.lstrip("/")
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text("[Time]\nNTP=stale.example\n")  # from an earlier boot's command line
+    run, fed = guest_runner(VIRT_WHAT["kvm"]), Fed()
+    boot(root, CMDLINE, run, fed)
+    assert fed.calls == [] and not dropin.exists()
+    assert "inet6" not in (root / "etc/network/interfaces").read_text()
+    saved = (root / "etc/sysctl.d/60-cloud-role.conf").read_text()
+    assert "ipv6" not in saved and "net.ipv4.conf.default.rp_filter = 0" in saved  # secstorage: off
+
+
+def test_a_malformed_vmpassword_is_reported_without_its_value(tmp_path):
+    root = make_root(tmp_path)
+    fed = Fed()
+    boot(root, CMDLINE + " vmpassword=Bad\x01Pass", feed=fed)
+    log = (root / "var/log/cloud.log").read_text()
+    assert "vmpassword=<hidden> skipped" in log and "Bad" not in log and fed.calls == []
+
+
+def test_storage_nic_and_dhcp_nics_in_the_interfaces_file(tmp_path):
+    root = make_root(tmp_path)
+    for nic in ("eth1", "eth2", "eth3"):
+        (root / f"sys/class/net/{nic}").mkdir()
+    cmdline = contract.BootArgs(
+        role="secstorage", name="s-1-VM",
+        nics=[("169.254.10.20", "255.255.0.0"), ("10.1.1.50", "255.255.255.0"),
+              ("203.0.113.20", "255.255.255.0"), ("0.0.0.0", "0.0.0.0")],
+        authorized_key=KEY,
+        extra={"storageip": "172.16.5.20", "storagenetmask": "255.255.255.0", "storagegateway": "172.16.5.1",
+               "mtu": "9000", "bootproto": "dhcp", "internaldns1": "10.1.1.2"},
+    ).to_cmdline()  # fmt: skip
+    boot(root, cmdline)
+    stanzas = {block.splitlines()[0]: block.splitlines()[1:] for block in
+               (root / "etc/network/interfaces").read_text().split("\n\n")[1:]}  # fmt: skip
+    # eth0 stays static; with bootproto=dhcp the other NICs ask DHCP (the storage NIC too, as common.sh does)
+    assert stanzas["auto eth0"][:3] == [
+        "iface eth0 inet static",
+        "    address 169.254.10.20",
+        "    netmask 255.255.0.0",
+    ]
+    assert stanzas["auto eth1"] == ["iface eth1 inet dhcp", "    pre-up ip link set dev eth1 mtu 9000"]
+    assert stanzas["auto eth3"] == ["iface eth3 inet dhcp", "    pre-up ip link set dev eth3 mtu 9000"]
+    # without bootproto=dhcp the storage NIC gets its address and the MTU; nothing routed via storagegateway
+    root = make_root(tmp_path / "static")
+    (root / "sys/class/net/eth3").mkdir()
+    boot(root, cmdline.replace(" bootproto=dhcp", ""))
+    interfaces = (root / "etc/network/interfaces").read_text()
+    eth3 = interfaces.split("auto eth3\n", 1)[1].splitlines()
+    assert eth3 == [
+        "iface eth3 inet static",
+        "    address 172.16.5.20",
+        "    netmask 255.255.255.0",
+        "    mtu 9000",
+    ]
+    assert "172.16.5.1" not in interfaces
+    assert "storage network 172.16.5.0/24 on eth3" in (root / "var/log/cloud.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted", "renames"),
+    [
+        ({"eth0": "aa:00:00:00:00:01", "eth1": "aa:00:00:00:00:02"},
+         ["aa:00:00:00:00:01", "aa:00:00:00:00:02"], []),
+        (
+            {"eth0": "aa:00:00:00:00:02", "eth1": "aa:00:00:00:00:01"},
+            ["aa:00:00:00:00:01", "aa:00:00:00:00:02"],
+            [("eth0", "cloudtmp0"), ("eth1", "cloudtmp1"), ("cloudtmp0", "eth1"), ("cloudtmp1", "eth0")],
+        ),
+        # eth0's MAC is not listed, but its name is wanted: it moves to a name nobody wants
+        (
+            {"eth0": "aa:00:00:00:00:09", "eth1": "aa:00:00:00:00:01"},
+            ["aa:00:00:00:00:01"],
+            [("eth1", "cloudtmp0"), ("eth0", "eth2"), ("cloudtmp0", "eth0")],
+        ),
+        ({"eth0": "aa:00:00:00:00:01"}, ["aa:00:00:00:00:05", "aa:00:00:00:00:01"],
+         [("eth0", "cloudtmp0"), ("cloudtmp0", "eth1")]),
+    ],
+)  # fmt: skip
+def test_nic_renames_give_ethn_the_nth_mac(current, wanted, renames):
+    assert early_config.nic_renames(current, wanted) == renames
+    names = dict(current)
+    for old, new in renames:  # applied in order, no rename ever takes a name in use
+        assert new not in names
+        names[new] = names.pop(old)
+    assert all(names.get(f"eth{i}") == mac for i, mac in enumerate(wanted) if mac in current.values())
+
+
+def test_nic_macs_rename_the_nics_before_the_network_is_configured(tmp_path):
+    root = make_root(tmp_path)
+    (root / "sys/class/net/eth1").mkdir()
+    (root / "sys/class/net/eth0/address").write_text("52:54:00:00:00:02\n")
+    (root / "sys/class/net/eth1/address").write_text("52:54:00:00:00:01\n")
+    run = guest_runner(VIRT_WHAT["kvm"])
+    run.outputs[("ip", "link")] = ""
+    boot(root, CMDLINE + " nic_macs=52:54:00:00:00:01|52:54:00:00:00:02", run)
+    renames = [c[4:] for c in run.calls if c[:3] == ["ip", "link", "set"]]
+    assert renames == [["eth0", "name", "cloudtmp0"], ["eth1", "name", "cloudtmp1"],
+                       ["cloudtmp0", "name", "eth1"], ["cloudtmp1", "name", "eth0"]]  # fmt: skip
+    assert early_config.STEPS.index(early_config.order_nics_by_mac) < early_config.STEPS.index(
+        early_config.configure_network
+    )
+
+
+@pytest.mark.parametrize(
+    ("role", "extra", "control", "ip"),
+    [("ilbvm", {}, "eth1", "169.254.4.4"), ("elbvm", {}, "eth1", "169.254.4.4"),
+     ("elbvm", {"sshonguest": "true"}, "eth0", "10.3.0.50")],
+)  # fmt: skip
+def test_load_balancer_vms_run_haproxy_with_ssh_on_their_control_nic(tmp_path, role, extra, control, ip):
+    root = make_root(tmp_path)
+    (root / "sys/class/net/eth1").mkdir()
+    cmdline = contract.BootArgs(
+        role=role, name="b-9-VM", nics=[("10.3.0.50", "255.255.255.0"), ("169.254.4.4", "255.255.0.0")],
+        authorized_key=KEY, gateway="10.3.0.1", dns=("10.3.0.1",), extra=extra,
+    ).to_cmdline()  # fmt: skip
+    run = guest_runner(VIRT_WHAT["kvm"])
+    config = boot(root, cmdline, run)
+    assert config.role == role and config.problems == []
+    assert (root / "var/cache/cloud/enabled_svcs").read_text().split() == ["haproxy"]
+    assert "haproxy" in unit_calls(run, [*NO_SYSV, "enable", "--no-reload", "--now", "--no-block"])
+    assert f"ListenAddress {ip}:3922" in (root / early_config.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    rules = (root / "etc/iptables/rules.v4").read_text()
+    assert f"-A INPUT -i {control} -p tcp -m tcp --dport 3922 -j ACCEPT" in rules
+    assert (root / "proc/sys/net/ipv4/ip_forward").read_text() == "0\n"  # enable_fwding 0

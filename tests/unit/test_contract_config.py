@@ -198,3 +198,180 @@ def test_cmd_line_json_has_cloudstacks_shape_with_every_key_in_order():
     assert document["cmd_line"]["flag"] == "" and document["cmd_line"]["host"] == "10.1.1.10,10.1.1.11"
     # base64 values keep their padding
     assert document["cmd_line"]["authorized_key"].endswith(base64.b64encode(KEY.encode()).decode()[-4:])
+
+
+# --- the optional keys of CloudStack 4.20 (contract section 2; common.sh, ilbvm.sh, elbvm.sh) ---------
+
+
+@pytest.mark.parametrize(
+    ("role", "params", "nic"),
+    [
+        ("ilbvm", {}, "eth1"),
+        ("ilbvm", {"sshonguest": "true"}, "eth1"),  # ilbvm.sh always binds SSH to eth1
+        ("elbvm", {}, "eth1"),
+        ("elbvm", {"sshonguest": "true"}, "eth0"),
+        ("elbvm", {"sshonguest": "false"}, "eth1"),
+    ],
+)
+def test_load_balancer_roles_and_their_control_nic(role, params, nic):
+    config = contract.read_config({"type": role, **params})
+    assert config.problems == [] and config.role == role
+    assert config.control_nic == nic
+    assert contract.nic_count(role) == 2  # eth0 guest, eth1 control, wherever SSH is
+
+
+@pytest.mark.parametrize("role", ["ilbvm", "elbvm"])
+def test_load_balancer_roles_run_haproxy_and_open_ssh_only(role):
+    enabled, disabled = contract.service_lists(role)
+    assert enabled == ("haproxy",) and "dnsmasq" in disabled and "cloud" in disabled
+    rules = contract.firewall_rules_v4(role, "eth1", ("eth0", "eth1"))
+    accepted = [line for line in rules.splitlines() if "--dport" in line]
+    assert accepted == ["-A INPUT -i eth1 -p tcp -m tcp --dport 3922 -j ACCEPT"]
+    assert "-A FORWARD -i" not in rules  # the load balancers do not forward (enable_fwding 0)
+
+
+def test_every_role_table_covers_every_role():
+    for table in (contract.ROLE_PORTS, contract.ROLE_UDP_PORTS, contract.ROLE_SERVICES):
+        assert set(table) == set(contract.ROLES)
+    for role in contract.ROLES:
+        contract.control_nic(role)
+        contract.nic_count(role)
+
+
+def test_nic_macs_are_pipe_separated_in_nic_order():
+    config = contract.read_config({"nic_macs": "0E:00:A9:FE:03:04|52:54:00:12:34:56"})
+    assert config.problems == []
+    assert config.nic_macs == ["0e:00:a9:fe:03:04", "52:54:00:12:34:56"]
+    assert contract.nic_macs_value(config.nic_macs) == "0e:00:a9:fe:03:04|52:54:00:12:34:56"
+
+
+@pytest.mark.parametrize(
+    "value", ["52:54:00:12:34", "52:54:00:12:34:56,52:54:00:12:34:57", "aa:aa:aa:aa:aa:aa|AA:AA:AA:AA:AA:AA"]
+)
+def test_malformed_nic_macs_are_skipped_and_named(value):
+    config = contract.read_config({"nic_macs": value})
+    assert config.nic_macs == [] and config.problems[0].startswith("nic_macs=")
+
+
+SSVM_STORAGE = {
+    "type": "secstorage", "eth0ip": "169.254.10.20", "eth0mask": "255.255.0.0", "eth3ip": "0.0.0.0",
+    "eth3mask": "0.0.0.0", "storageip": "172.16.5.20", "storagenetmask": "255.255.255.0",
+    "storagegateway": "172.16.5.1", "mtu": "9000",
+}  # fmt: skip
+
+
+def test_storage_keys_address_the_fourth_nic():
+    config = contract.read_config(SSVM_STORAGE)
+    assert config.problems == []
+    storage = config.nics[contract.STORAGE_NIC_INDEX]
+    assert (storage.name, storage.ip, storage.netmask, storage.mtu) == (
+        "eth3",
+        "172.16.5.20",
+        "255.255.255.0",
+        9000,
+    )
+    assert config.storage_gateway == "172.16.5.1"
+
+
+def test_a_half_storage_network_is_reported():
+    config = contract.read_config({k: v for k, v in SSVM_STORAGE.items() if k != "storagenetmask"})
+    assert contract.STORAGE_NIC_INDEX not in config.nics
+    assert config.problems == ["storage network skipped: storageip and storagenetmask go together"]
+
+
+def test_ipv6_addresses_gateway_and_resolvers():
+    params = {"eth0ip": "10.1.1.1", "eth0mask": "24", "eth0ip6": "FD00:1::1", "eth0ip6prelen": "64",
+              "eth2ip6": "2001:db8::5", "eth2ip6prelen": "48", "ip6gateway": "fd00:1::ff",
+              "internaldns1": "10.0.0.2", "dns1": "8.8.8.8", "ip6dns1": "2001:4860:4860::8888",
+              "ip6dns2": "2001:4860:4860::8844"}  # fmt: skip
+    config = contract.read_config(params)
+    assert config.problems == []
+    assert (config.nics[0].ip, config.nics[0].ip6, config.nics[0].ip6_prefixlen) == (
+        "10.1.1.1",
+        "fd00:1::1",
+        64,
+    )
+    assert config.nics[2].ip is None and str(config.nics[2].interface6) == "2001:db8::5/48"  # IPv6 only
+    assert config.gateway6 == "fd00:1::ff"
+    # the IPv4 resolvers first, the zone's internal one leading, as today
+    assert config.dns == ["10.0.0.2", "8.8.8.8", "2001:4860:4860::8888", "2001:4860:4860::8844"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("eth0ip6", "10.0.0.1"), ("eth0ip6prelen", "129"), ("ip6gateway", "gw"), ("ip6dns1", "8.8.8.8"),
+     ("bootproto", "bootp"), ("disable_rp_filter", "yes"), ("sshonguest", "1"), ("ntpserverlist", ","),
+     ("ntpserverlist", "ntp_1.example"), ("storageip", "300.1.1.1"), ("storagegateway", "x")],
+)  # fmt: skip
+def test_malformed_optional_keys_are_skipped_and_named(key, value):
+    params = {"eth0ip": "10.1.1.1", "eth0mask": "24", "eth0ip6": "fd00::1", "eth0ip6prelen": "64",
+              "storageip": "172.16.5.20", "storagenetmask": "24"}  # fmt: skip
+    params[key] = value
+    config = contract.read_config(params)
+    assert any(p.startswith(f"{key}=") for p in config.problems), config.problems
+    assert config.nics[0].ip == "10.1.1.1"  # the rest is still configured
+
+
+def test_ipv6_address_without_prefix_length_is_reported():
+    config = contract.read_config({"eth1ip6": "fd00::1"})
+    assert config.nics == {} and config.problems == ["eth1ip6=fd00::1 skipped: no eth1ip6prelen"]
+
+
+def test_bootproto_dhcp_moves_every_configured_nic_but_eth0_to_dhcp():
+    params = {"bootproto": "dhcp", "eth0ip": "169.254.3.4", "eth0mask": "255.255.0.0", "eth1ip": "10.1.1.5",
+              "eth1mask": "255.255.255.0", "eth2ip": "0.0.0.0", "eth2mask": "0.0.0.0"}  # fmt: skip
+    config = contract.read_config(params)
+    assert config.problems == [] and config.dhcp
+    assert config.nics[0].ip == "169.254.3.4" and not config.nics[0].dhcp
+    assert config.nics[1].dhcp and config.nics[1].ip is None and config.nics[1].interface is None
+    assert 2 not in config.nics  # 0.0.0.0: left alone, DHCP or not
+    assert not contract.read_config({**params, "bootproto": "static"}).nics[1].dhcp
+
+
+def test_ntpserverlist_keeps_its_order():
+    config = contract.read_config({"ntpserverlist": "ntp1.example.org, 10.0.0.5,2001:db8::123"})
+    assert config.problems == [] and config.ntp_servers == ["ntp1.example.org", "10.0.0.5", "2001:db8::123"]
+    assert contract.timesyncd_dropin(config.ntp_servers).splitlines()[1:] == [
+        "[Time]",
+        "NTP=ntp1.example.org 10.0.0.5 2001:db8::123",
+    ]
+
+
+def test_vmpassword_is_read_and_never_shown():
+    config = contract.read_config({"vmpassword": "s3cret-Pass"})
+    assert config.vm_password == "s3cret-Pass"
+    assert "s3cret-Pass" not in repr(config)
+    bad = contract.read_config({"vmpassword": "s3cret\x07"})
+    assert bad.vm_password is None and bad.problems == ["vmpassword=<hidden> skipped: empty or not printable"]
+
+
+@pytest.mark.parametrize(
+    ("role", "disable", "expected"),
+    [
+        ("router", True, {"default": "0", "eth0": "1", "eth1": "1", "lo": "1", "eth2": "0", "eth3": "0"}),
+        ("router", False, {"default": "1", "eth0": "1", "eth1": "1", "lo": "1", "eth2": "1", "eth3": "1"}),
+        ("secstorage", False, {"default": "0"}),
+        ("consoleproxy", True, {"default": "0"}),
+        ("vpcrouter", False, {"default": "0"}),
+        ("dhcpsrvr", True, {}),
+        ("ilbvm", True, {}),
+    ],
+)
+def test_rp_filter_follows_cloudstacks_setup_scripts(role, disable, expected):
+    values = contract.rp_filter_sysctls(role, disable, ("eth0", "eth1", "eth2", "eth3"))
+    assert values == {f"net.ipv4.conf.{nic}.rp_filter": value for nic, value in expected.items()}
+
+
+def test_role_sysctls_turn_ipv6_on_only_for_a_nic_with_an_address():
+    assert not any(
+        k.startswith("net.ipv6") for k in contract.role_sysctls(contract.read_config({"type": "router"}))
+    )
+    params = {"type": "router", "eth0ip6": "fd00::1", "eth0ip6prelen": "64", "disable_rp_filter": "true"}
+    values = contract.role_sysctls(contract.read_config(params))
+    assert (
+        values["net.ipv6.conf.all.disable_ipv6"] == "0" and values["net.ipv6.conf.eth0.disable_ipv6"] == "0"
+    )
+    assert values["net.ipv6.conf.all.forwarding"] == "1" and values["net.ipv4.ip_forward"] == "1"
+    assert values["net.ipv4.conf.default.rp_filter"] == "0"
+    secstorage = contract.role_sysctls(contract.read_config({**params, "type": "secstorage"}))
+    assert secstorage["net.ipv6.conf.all.forwarding"] == "0" and secstorage["net.ipv4.ip_forward"] == "0"

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHarnessTestKey harness"
 
 
-@pytest.mark.parametrize("role", ["secstorage", "consoleproxy", "router"])
+@pytest.mark.parametrize("role", contract.ROLES)
 def test_kvm_plan_matches_the_test_network_and_the_contract(role: str) -> None:
     plan = harness.plan_boot("kvm", role, harness.vm_name(role), KEY, 40123)
     args = contract.parse_cmdline(plan.boot_args.to_cmdline())
@@ -27,6 +27,24 @@ def test_kvm_plan_matches_the_test_network_and_the_contract(role: str) -> None:
     control = contract.control_nic(role)
     assert args[f"{control}ip"].startswith("169.254.")
     assert (args["host"], args["port"], args["type"]) == ("169.254.0.1", "40123", role)
+
+
+@pytest.mark.parametrize("role", contract.ROLES)
+def test_kvm_plan_sends_the_cheap_optional_keys(role: str) -> None:
+    """The keys the appliance checks look for; every one reads back without a problem."""
+    plan = harness.plan_boot("kvm", role, harness.vm_name(role), KEY, 40123)
+    config = contract.read_config(contract.parse_cmdline(plan.boot_args.to_cmdline()))
+    assert config.problems == []
+    assert plan.network is not None and config.nic_macs == [n.mac for n in plan.network.nics]
+    assert config.ntp_servers == ["127.0.0.1", "localhost"] and config.vm_password
+    assert config.disable_rp_filter == (role == "router")
+    ipv6 = [n for n in config.nics.values() if n.ip6]
+    if role in ("router", "dhcpsrvr"):  # a router with a data NIC: IPv6 there, never on the control NIC
+        assert [n.name for n in ipv6] == ["eth0"] and config.gateway6 and config.dns[-1] == "::1"
+    else:
+        assert ipv6 == [] and config.gateway6 is None
+    other = harness.plan_boot("kvm", role, harness.vm_name(role), KEY, 40123)
+    assert other.boot_args.extra["vmpassword"] != plan.boot_args.extra["vmpassword"]  # one per boot
 
 
 def test_vmware_plan_puts_ssh_on_the_management_nic() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from systemvm import contract
 from systemvm.check.matrix import (
     Cell,
     CellResult,
@@ -55,7 +56,7 @@ def test_configured_hypervisors_join(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 def test_choices_narrow_the_plan_and_bad_ones_fail() -> None:
     assert plan_matrix("kvm", "i386", "router") == [Cell("kvm", "i386", "router")]
-    assert len(plan_matrix(roles="all")) == 10  # every role of the contract
+    assert len(plan_matrix(roles="all")) == 2 * len(contract.ROLES)  # every role of the contract
     with pytest.raises(UserError, match="no connection settings"):
         plan_matrix("xenserver")
     with pytest.raises(UserError, match="unknown role 'proxy'"):

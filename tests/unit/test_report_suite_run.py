@@ -59,6 +59,12 @@ LIVE_ONLY = {
     "test_patched_probe_passes_once_the_scripts_are_in",
     "test_kernel_runs_with_cloudstacks_sysctl_settings",
     "test_conntrack_helpers_are_loaded",
+    "test_nics_carry_the_macs_nic_macs_lists",
+    "test_nics_have_their_ipv6_addresses",
+    "test_default_ipv6_route_is_ip6gateway",
+    "test_timesyncd_uses_the_ntp_servers_sent",
+    "test_root_password_is_vmpassword_and_kept_hashed_only",
+    "test_command_line_copies_are_roots_only",
 }
 SECTIONS = {
     "3922 access",
@@ -72,6 +78,7 @@ SECTIONS = {
     "CloudStack state",
     "Live patch and version handshake",
     "Kernel and system settings",
+    "Boot command line keys",
 }
 
 

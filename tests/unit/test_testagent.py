@@ -133,6 +133,7 @@ def test_patch_installs_agent_for_storage_and_marks_the_boot_done(tmp_path):
     agent_dir = root / contract.AGENT_DIR.lstrip("/")
     assert (agent_dir / "_run.sh").stat().st_mode & 0o100
     properties = (agent_dir / "conf/agent.properties").read_text().splitlines()
+    assert stat.S_IMODE((agent_dir / "conf/agent.properties").stat().st_mode) == 0o600  # secrets inside
     assert "heartbeat=5" in properties and "type=secstorage" in properties and "port=8250" in properties
     assert ["systemctl", "restart", "--no-block", "cloud.service"] in run.calls
     marker = (root / testagent.SCRIPTS_MARKER).read_text().strip()

@@ -30,7 +30,8 @@ class Params(dict):
     def control_nic(self) -> str:
         from systemvm.contract import control_nic
 
-        return control_nic(self["role"], self.get("hypervisor", "kvm"))
+        ssh_on_guest = self.cmdline_args.get("sshonguest", "").lower() == "true"
+        return control_nic(self["role"], self.get("hypervisor", "kvm"), ssh_on_guest)
 
     @property
     def control_ip(self) -> str:

@@ -60,7 +60,7 @@ def test_internal_dns_is_the_first_resolver(host, params) -> None:
     """The zone's internal DNS (internaldns1) is the first resolver, the public ones follow"""
     sent = params.cmdline_args
     expected = []
-    for key in ("internaldns1", "internaldns2", "dns1", "dns2"):
+    for key in ("internaldns1", "internaldns2", "dns1", "dns2", "ip6dns1", "ip6dns2"):
         if sent.get(key) and sent[key] not in expected:
             expected.append(sent[key])
     if not expected:

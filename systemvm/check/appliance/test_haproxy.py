@@ -1,13 +1,16 @@
 """HAProxy.
 
-Installed, the shipped configuration is accepted, and the service runs on router roles only.
+Installed, the shipped configuration is accepted, and the service runs on the roles that use it only (the
+routers and the load balancer VMs).
 """
 
 from __future__ import annotations
 
 import pytest
 
-ROUTER_ROLES = ("router", "vpcrouter")
+from systemvm import contract
+
+HAPROXY_ROLES = tuple(r for r in contract.ROLES if "haproxy" in contract.ROLE_SERVICES[r][0])
 
 
 def test_haproxy_is_installed(host) -> None:
@@ -29,15 +32,17 @@ def test_haproxy_accepts_the_shipped_configuration(host) -> None:
 def test_haproxy_runs_only_on_router_roles(host, params) -> None:
     """HAProxy is active on router roles and inactive elsewhere"""
     state = host.run("systemctl is-active haproxy").stdout.strip()
-    if params["role"] in ROUTER_ROLES:
-        assert state == "active", f"haproxy is {state} on a {params['role']}; a router runs it"
+    if params["role"] in HAPROXY_ROLES:
+        assert state == "active", f"haproxy is {state} on a {params['role']}; the role runs it"
     else:
-        assert state != "active", f"haproxy is active on a {params['role']}; only routers run it"
+        assert state != "active", (
+            f"haproxy is active on a {params['role']}; only the roles that use it run it"
+        )
 
 
 def test_haproxy_is_not_started_at_boot_by_the_image(host, params) -> None:
     """HAProxy is not enabled in the image itself (the role enables it)"""
-    if params["kind"] == "vm" and params["role"] in ROUTER_ROLES:
-        pytest.skip("a router enables haproxy at boot")
+    if params["kind"] == "vm" and params["role"] in HAPROXY_ROLES:
+        pytest.skip("the role enables haproxy at boot")
     state = host.run("systemctl is-enabled haproxy").stdout.strip()
     assert state != "enabled", f"haproxy is {state} on a {params['role']}"
