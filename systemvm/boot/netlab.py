@@ -15,8 +15,9 @@ diskless libvirt domain with an ethernet interface by hand, with the same result
   downscript=no``) or by libvirt (``<interface type='ethernet'><target dev='TAP' managed='no'/>``), and
   then *moved* into the switch namespace and enslaved to its bridge (:meth:`NetLab.plug`). The open file
   descriptor follows the device: the tap keeps its carrier and frames keep flowing.
-- :meth:`NetLab.plug` refuses a tap that no process holds open (it has no carrier): moved too early, the
-  name is free again in the root namespace and QEMU would silently create a fresh, unconnected tap.
+- :meth:`NetLab.plug` moves a tap only once a process holds it open (the kernel names the device in the
+  descriptor's fdinfo): moved too early, the name is free again in the root namespace and QEMU would
+  silently create a fresh, unconnected tap. Call it right after starting the VM, with a timeout.
 - Rejected: a bridge in the root namespace (a host device the host's bridge netfilter and firewall see, and
   one step from an address in the host's routing); QEMU inside a lab namespace (see above).
 
@@ -204,6 +205,24 @@ def _kill_netns_processes(netns: str, grace: float = 3.0) -> list[int]:
     return pids
 
 
+def tap_holders(tap: str) -> list[int]:
+    """The processes holding ``tap`` open: the kernel names a tun descriptor's device in its fdinfo
+    (``iff: NAME``), wherever the device is now, so this is safe to ask before moving it."""
+    needle = f"iff:\t{tap}\n"
+    holders: list[int] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == "/dev/net/tun" and needle in (proc / "fdinfo" / fd.name).read_text():
+                    holders.append(int(proc.name))
+                    break
+        except OSError:  # gone, or a descriptor closed while we looked
+            continue
+    return holders
+
+
 def remove_netns(netns: str) -> None:
     """Kill every process in ``netns``, then delete it (with the devices in it)."""
     _kill_netns_processes(netns)
@@ -298,21 +317,32 @@ class NetLab:
 
     def plug(self, device: str, network: str | None = None, timeout: float = 0.5) -> None:
         """Move ``device`` (a tap QEMU holds open, or a veth end) from the root namespace onto the bridge of
-        ``network`` (default: the tap's own network). Refuses a device without carrier, and leaves it in the
-        root namespace then: for a tap that means no process holds it open yet."""
+        ``network`` (default: the tap's own network).
+
+        A tap of the lab moves only once a process holds it open (waiting up to ``timeout``: call this
+        right after starting the VM): moved earlier, its name would be free in the root namespace and
+        QEMU would create a new, unconnected tap. Any device must then have carrier on the bridge, or it
+        goes back to the root namespace and this raises."""
         network = network or self.taps.get(device)
         if network is None:
             raise LabError(f"'{device}' is not a tap of this lab: give the network to plug it into")
         switch = self.switch(network)
+        deadline = time.monotonic() + timeout
+        while device in self.taps and not tap_holders(device):
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"no process holds the tap '{device}' open after {timeout:g}s "
+                    "(start the VM first, then plug its taps); it stays in the root namespace"
+                )
+            time.sleep(0.05)
         _ip("link", "set", device, "netns", switch)
         _ip(netns=switch, batch=f"link set {device} master {BRIDGE}\nlink set {device} up\n")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + 2.0  # a held tap has carrier at once, a veth once its peer is up
         while not self.has_carrier(device, network):
             if time.monotonic() > deadline:
                 self.unplug(device, network)
                 raise LabError(
-                    f"'{device}' has no carrier on the {network} network: no process holds it open "
-                    "(start the VM first, then plug its taps)"
+                    f"'{device}' has no carrier on the {network} network: back in the root namespace"
                 )
             time.sleep(0.05)
 
