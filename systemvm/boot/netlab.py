@@ -28,9 +28,9 @@ is created inside its namespace, IPv6 is off everywhere (no stray neighbour disc
 and everything is named with a short run prefix: deleting the namespaces removes bridges, veths and moved
 taps; the processes are found with ``ip netns pids`` (also those of a crashed run: :func:`cleanup_leftovers`).
 
-This host's kernel has neither an NFS server nor ESP, so the NFS export is nfs-ganesha (user space, with its
-own rpcbind) and the strongSwan peer uses the kernel-libipsec plugin with UDP encapsulation forced (ESP in
-UDP 4500, which the router's kernel IPsec speaks too).
+The CI machine's kernel has no NFS (server or client) and no ESP, so the NFS export is nfs-ganesha (user
+space, with its own rpcbind) and the strongSwan peer does ESP in user space (kernel-libipsec), in UDP
+(``encap = yes``: port 4500, which the router's kernel IPsec speaks too). Both work on any host kernel.
 """
 
 from __future__ import annotations

@@ -187,6 +187,8 @@ def test_the_fake_router_reaches_both_backends_and_the_public_server_sees_its_sn
 def test_the_nfs_export_is_served_to_the_public_network(
     services: dict[str, netlab.Service], router: FakeRouter
 ) -> None:
+    """MOUNT (showmount), then NFSv3 and v4 reads and a write with libnfs: a user-space client, as this
+    kind of host's kernel has no NFS client (the storage VM's kernel has one)."""
     assert "/export" in sh("showmount", "--exports", PLAN.server_ip, netns=router.netns)
     url = f"nfs://{PLAN.server_ip}{netlab.NFS_EXPORT}"
     for version in ("3", "4"):
