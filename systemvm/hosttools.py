@@ -68,9 +68,9 @@ NEEDS: tuple[Need, ...] = (
     Need("qemu-ga", "qemu-guest-agent", "test", "the command-line delivery test talks to a real agent"),
     Need("iptables-restore", "iptables", "test", "the firewall rules are loaded into a namespace"),
     Need("unshare", "util-linux", "test"),
-    # the network lab (systemvm/boot/netlab.py): services in namespaces behind the VMs' data NICs. charon
-    # itself is /usr/lib/ipsec/charon (strongswan-charon, not on PATH; libcharon-extra-plugins brings its
-    # kernel-libipsec plugin), ganesha's file system back end is nfs-ganesha-vfs: both in host-packages.txt
+    # the network lab (systemvm/boot/labservices.py): services in namespaces behind the VMs' data NICs.
+    # charon itself is /usr/lib/ipsec/charon (strongswan-charon, not on PATH; libcharon-extra-plugins brings
+    # its kernel-libipsec plugin), ganesha's file system back end is nfs-ganesha-vfs (both listed)
     Need("swanctl", "strongswan-swanctl", "test", "loads the lab's IPsec peer into its charon"),
     Need("ganesha.nfsd", "nfs-ganesha", "test", "the lab's NFS export (no kernel nfsd needed)"),
     Need("rpcbind", "rpcbind", "test", "the lab's NFS export answers NFSv3 MOUNT through its own rpcbind"),

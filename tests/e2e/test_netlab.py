@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm.boot import netlab
+from systemvm.boot import labservices, netlab
 
 pytestmark = [
     pytest.mark.e2e,
@@ -71,14 +71,14 @@ def lab() -> Iterator[netlab.NetLab]:
 
 @pytest.fixture(scope="module")
 def services(lab: netlab.NetLab) -> dict[str, netlab.Service]:
-    web1, web2 = netlab.start_web_backends(lab)
+    web1, web2 = labservices.start_web_backends(lab)
     return {
         "web1": web1,
         "web2": web2,
-        "http": netlab.start_public_http(lab, {"template.bin": b"x" * 4096}),
-        "iperf3": netlab.start_iperf3(lab),
-        "nfs": netlab.start_nfs_export(lab, {"hello.txt": b"hello from secondary storage\n"}),
-        "ipsec": netlab.start_ipsec_peer(lab),
+        "http": labservices.start_public_http(lab, {"template.bin": b"x" * 4096}),
+        "iperf3": labservices.start_iperf3(lab),
+        "nfs": labservices.start_nfs_export(lab, {"hello.txt": b"hello from secondary storage\n"}),
+        "ipsec": labservices.start_ipsec_peer(lab),
     }
 
 
@@ -190,7 +190,7 @@ def test_the_nfs_export_is_served_to_the_public_network(
     """MOUNT (showmount), then NFSv3 and v4 reads and a write with libnfs: a user-space client, as this
     kind of host's kernel has no NFS client (the storage VM's kernel has one)."""
     assert "/export" in sh("showmount", "--exports", PLAN.server_ip, netns=router.netns)
-    url = f"nfs://{PLAN.server_ip}{netlab.NFS_EXPORT}"
+    url = f"nfs://{PLAN.server_ip}{labservices.NFS_EXPORT}"
     for version in ("3", "4"):
         text = sh("nfs-cat", f"{url}/hello.txt?version={version}", netns=router.netns)
         assert text == "hello from secondary storage\n"
@@ -210,8 +210,8 @@ def test_iperf3_answers_on_the_public_server(services: dict[str, netlab.Service]
 def _initiator_configs(lab: netlab.NetLab, directory: Path, psk: str) -> Path:
     """The router's side of the VPN, for a charon in the fake router (the VM's own will differ)."""
     directory.mkdir(exist_ok=True)
-    peer = netlab.IpsecPeer()
-    conf, _ = netlab.ipsec_configs(lab, peer, directory)  # its strongswan.conf; swanctl.conf is replaced
+    peer = labservices.IpsecPeer()
+    conf, _ = labservices.ipsec_configs(lab, peer, directory)  # its strongswan.conf; swanctl.conf is replaced
     (directory / "swanctl.conf").write_text(
         textwrap.dedent(f"""\
         connections {{
@@ -253,15 +253,15 @@ def test_the_ipsec_peer_listens_and_brings_up_a_tunnel(
     lab: netlab.NetLab, services: dict[str, netlab.Service], router: FakeRouter, tmp_path: Path
 ) -> None:
     peer = services["ipsec"]
-    conns = netlab.swanctl(lab, peer, "--list-conns")
+    conns = labservices.swanctl(lab, peer, "--list-conns")
     assert f"remote: {PLAN.router_public_ip}" in conns and f"local:  {PLAN.site_cidr}" in conns
     sockets = sh("ss", "-Hlun", netns=peer.netns)
     assert ":500 " in sockets and ":4500 " in sockets
     # a second charon in the fake router initiates: the peer's configuration really works
-    conf = _initiator_configs(lab, tmp_path / "router-ipsec", netlab.IpsecPeer().psk)
+    conf = _initiator_configs(lab, tmp_path / "router-ipsec", labservices.IpsecPeer().psk)
     env = {**os.environ, "STRONGSWAN_CONF": str(conf)}
     charon = subprocess.Popen(
-        ["ip", "netns", "exec", router.netns, *netlab.charon_command()],
+        ["ip", "netns", "exec", router.netns, *labservices.charon_command()],
         env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
@@ -278,7 +278,7 @@ def test_the_ipsec_peer_listens_and_brings_up_a_tunnel(
 
         initiator("--load-all", "--file", str(tmp_path / "router-ipsec" / "swanctl.conf"))
         initiator("--initiate", "--child", "site", "--timeout", "10")
-        assert "ESTABLISHED" in netlab.swanctl(lab, peer, "--list-sas")
+        assert "ESTABLISHED" in labservices.swanctl(lab, peer, "--list-sas")
         # through the tunnel: from the router's guest address to the site address behind the peer
         body = curl(router.netns, f"http://{PLAN.site_ip}/template.bin", "--interface", PLAN.router_guest_ip)
         assert body == "x" * 4096
@@ -298,7 +298,7 @@ def _small_lab_then(how: str) -> str:
     try:
         with netlab.net_lab(prefix) as lab:
             lab.add_tap("guest")
-            netlab.start_web_backends(lab)
+            labservices.start_web_backends(lab)
             seen = netlab.leftovers(prefix)
             if how == "exception":
                 raise RuntimeError("a check failed")
@@ -324,10 +324,10 @@ def test_cleanup_leftovers_removes_a_crashed_lab() -> None:
     """A run killed with SIGKILL inside its lab leaves namespaces, processes, a tap and a directory."""
     script = textwrap.dedent("""\
         import os, signal, sys
-        from systemvm.boot import netlab
+        from systemvm.boot import labservices, netlab
         with netlab.net_lab() as lab:
             lab.add_tap("public")
-            netlab.start_web_backends(lab)
+            labservices.start_web_backends(lab)
             print(lab.prefix, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         """)
