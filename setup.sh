@@ -22,4 +22,8 @@ python3 -m pip install -q --disable-pip-version-check --break-system-packages -e
 if pgrep -x apt-cacher-ng >/dev/null && [ -f /run/apt-cacher-ng/pid ]; then
     kill "$(cat /run/apt-cacher-ng/pid)" 2>/dev/null || true
 fi
+# nfs-ganesha's package enables a host-wide NFS server where systemd runs; the network lab runs its own.
+if [ -d /run/systemd/system ]; then
+    systemctl disable --now nfs-ganesha.service nfs-ganesha-lock.service >/dev/null 2>&1 || true
+fi
 echo "setup: done"

@@ -68,6 +68,15 @@ NEEDS: tuple[Need, ...] = (
     Need("qemu-ga", "qemu-guest-agent", "test", "the command-line delivery test talks to a real agent"),
     Need("iptables-restore", "iptables", "test", "the firewall rules are loaded into a namespace"),
     Need("unshare", "util-linux", "test"),
+    # the network lab (systemvm/boot/labservices.py): services in namespaces behind the VMs' data NICs.
+    # charon itself is /usr/lib/ipsec/charon (strongswan-charon, not on PATH; libcharon-extra-plugins brings
+    # its kernel-libipsec plugin), ganesha's file system back end is nfs-ganesha-vfs (both listed)
+    Need("swanctl", "strongswan-swanctl", "test", "loads the lab's IPsec peer into its charon"),
+    Need("ganesha.nfsd", "nfs-ganesha", "test", "the lab's NFS export (no kernel nfsd needed)"),
+    Need("rpcbind", "rpcbind", "test", "the lab's NFS export answers NFSv3 MOUNT through its own rpcbind"),
+    Need("iperf3", "iperf3", "test", "the lab's throughput server"),
+    Need("nfs-cat", "libnfs-utils", "test", "the lab tests read the NFS export from a namespace"),
+    Need("iptables", "iptables", "test", "the lab tests' fake router translates addresses"),
     # seed
     Need("mount.nfs", "nfs-common", "seed", "secondary storage is an NFS export"),
     Need("qemu-img", "qemu-utils", "seed"),
