@@ -9,7 +9,7 @@ keep the console log and ``/var/log/cloud.log`` when a check fails, tear the VM 
     <label>.md            the human report (systemvm.check.report)
     <label>.params.json   what the suite was told
     <label>.result.json   status and counts, read by the matrix
-    <label>.console.log   <label>.cloud.log   only when a check failed
+    <label>.console.log   <label>.cloud.log   only when a check failed (the console also when the boot failed)
 
 ``python -m systemvm.check.suite --hypervisor kvm --flavour amd64 --role secstorage`` is what ``invoke test``
 and each matrix cell run; the exit status is 0 only when every check passed.
@@ -144,8 +144,9 @@ def run_appliance_test(
     boot_numbers: dict[str, str] = {}
     try:
         with boot_system_vm(
-            hypervisor, flavour, role, version=version, artifacts=artifacts, artifact=artifact
-        ) as vm:
+            hypervisor, flavour, role, version=version, artifacts=artifacts, artifact=artifact,
+            console_to=out_dir / f"{label}.console.log",
+        ) as vm:  # fmt: skip
             boot_numbers = {k: f"{v:.1f}" for k, v in vm.timings.items()}
             if role in AGENT_ROLES:
                 with phase(f"wait for {vm.name}'s agent on the management listener"):
