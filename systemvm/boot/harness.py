@@ -177,7 +177,7 @@ def boot_system_vm(
     work_dir: Path | None = None,
     keep: bool = False,
     with_patch: bool = True,
-    ssh_timeout: float = 600.0,
+    ssh_timeout: float = 900.0,  # under TCG on a loaded host an i386 guest answered at 387 s in CI
     patch_timeout: float = 300.0,
     memory_mib: int = 1024,
     run_prefix: str | None = None,
