@@ -73,7 +73,8 @@ class Spec:
     """One shared VM. ``kind``: ``plain`` (plain QEMU, :class:`QemuVM`) or ``kvm`` (through libvirt with the
     harness: patch, test agent, management listener). ``artifact``: ``raw`` or an export format; ``disk``
     turns it into what QEMU boots. ``deliver``: the pool sends the command line as soon as the guest agent
-    answers (``False``: the test does, later)."""
+    answers (``False``: the test does, later). ``lab``: the VM's guest and public NICs are on the taps of a
+    network lab the pool builds first and tears down after the VM."""
 
     kind: str
     flavour: str
@@ -82,6 +83,7 @@ class Spec:
     name: str = ""
     disk: Callable[[Path, Path], Path] | None = None
     deliver: bool = True
+    lab: bool = False  # a KVM router inside the network lab (systemvm.boot.routerlab), built before its boot
 
 
 SPECS = {
@@ -91,6 +93,8 @@ SPECS = {
     "late": Spec("plain", "amd64", "vhd", "secstorage", "s-21-VM", vhd_to_qcow2, deliver=False),
     "canfail": Spec("kvm", "amd64", "hyperv", "secstorage", disk=hyperv_to_qcow2),
     "ova": Spec("plain", "i386", "ova", "consoleproxy", "v-ova-VM", ova_to_qcow2),
+    # The router whose traffic checks (SNAT, port forward, egress, conntrack) the can-fail cases break.
+    "router": Spec("kvm", "amd64", "kvm", "router", lab=True),
 }
 
 
@@ -154,10 +158,15 @@ class PoolVM:
         self.run_prefix = new_run_prefix()
         version = artifacts.version() or "4.20.0"
         artifact = self.spec.disk(self.source, self.work) if self.spec.disk else self.source
+        lab = None
+        if self.spec.lab:
+            from systemvm.boot.routerlab import router_lab
+
+            lab = self._stack.enter_context(router_lab())  # closed after the VM (the stack unwinds backwards)
         self.vm = self._stack.enter_context(
             boot_system_vm(
                 "kvm", self.spec.flavour, self.spec.role, artifact=artifact, work_dir=self.work,
-                version=version, run_prefix=self.run_prefix, ssh_timeout=BOOT_TIMEOUT,
+                version=version, run_prefix=self.run_prefix, ssh_timeout=BOOT_TIMEOUT, lab=lab,
             )
         )  # fmt: skip
 
