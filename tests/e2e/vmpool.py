@@ -94,7 +94,7 @@ SPECS = {
     "canfail": Spec("kvm", "amd64", "hyperv", "secstorage", disk=hyperv_to_qcow2),
     "ova": Spec("plain", "i386", "ova", "consoleproxy", "v-ova-VM", ova_to_qcow2),
     # The router whose traffic checks (SNAT, port forward, egress, conntrack) the can-fail cases break.
-    "router": Spec("kvm", "amd64", "kvm", "router", lab=True),
+    "router": Spec("kvm", "amd64", "qcow2", "router", lab=True),
 }
 
 
