@@ -213,14 +213,18 @@ def boot_system_vm(
     work_dir: Path | None = None,
     keep: bool = False,
     with_patch: bool = True,
-    ssh_timeout: float = 600.0,
+    ssh_timeout: float = 900.0,  # under TCG on a loaded host an i386 guest answered at 387 s in CI
     patch_timeout: float = 300.0,
     memory_mib: int = 1024,
     run_prefix: str | None = None,
     driver_options: dict[str, object] | None = None,
     lab: RouterLab | None = None,
+    console_to: Path | None = None,
 ) -> Iterator[BootedVM]:
-    """Boot ``role`` of ``flavour`` on ``hypervisor``; yield the :class:`BootedVM`; destroy it on exit."""
+    """Boot ``role`` of ``flavour`` on ``hypervisor``; yield the :class:`BootedVM`; destroy it on exit.
+
+    ``console_to``: where the whole console log goes when the boot fails (it lives in the run's work
+    directory, which the teardown removes; the error itself quotes only its last lines)."""
     from systemvm.boot.hypervisors.registry import get_driver
 
     if hypervisor not in FORMAT_OF:
@@ -307,6 +311,9 @@ def boot_system_vm(
             vm.timings["live_patch"] = vm.live_patch.seconds
         yield vm
     except BaseException as exc:
+        if driver is not None and created and console_to is not None:
+            with contextlib.suppress(OSError):
+                Path(console_to).write_text(driver.console_log())
         if driver is not None and created and not getattr(exc, "console_tail", None):
             tail = "\n".join(driver.console_log().splitlines()[-20:])
             if tail:

@@ -168,40 +168,60 @@ swanctl {{
 }}
 """)
     swanctl_conf = directory / "swanctl.conf"
-    swanctl_conf.write_text(f"""\
+    swanctl_conf.write_text(
+        swanctl_config(
+            "router", plan.server_ip, plan.router_public_ip, plan.site_cidr, plan.guest_cidr, peer, peer.psk,
+            version=peer.ike_version,
+        )
+    )  # fmt: skip
+    return strongswan_conf, swanctl_conf
+
+
+def swanctl_config(
+    name: str,
+    local_ip: str,
+    remote_ip: str,
+    local_ts: str,
+    remote_ts: str,
+    peer: IpsecPeer,
+    psk: str,
+    version: int | None = None,
+) -> str:
+    """One side of the site-to-site tunnel in swanctl.conf form (PSK, UDP-encapsulated ESP); the other side
+    is the same with local and remote swapped."""
+    version_line = f"\n        version = {version}" if version is not None else ""
+    return f"""\
 connections {{
-    router {{
-        version = {peer.ike_version}
-        local_addrs = {plan.server_ip}
-        remote_addrs = {plan.router_public_ip}
+    {name} {{{version_line}
+        local_addrs = {local_ip}
+        remote_addrs = {remote_ip}
         encap = yes
         proposals = {peer.ike_proposals}
         local {{
             auth = psk
-            id = {plan.server_ip}
+            id = {local_ip}
         }}
         remote {{
             auth = psk
-            id = {plan.router_public_ip}
+            id = {remote_ip}
         }}
         children {{
             site {{
-                local_ts = {plan.site_cidr}
-                remote_ts = {plan.guest_cidr}
+                local_ts = {local_ts}
+                remote_ts = {remote_ts}
                 esp_proposals = {peer.esp_proposals}
             }}
         }}
     }}
 }}
 secrets {{
-    ike-router {{
-        id-1 = {plan.server_ip}
-        id-2 = {plan.router_public_ip}
-        secret = "{peer.psk}"
+    ike-{name} {{
+        id-1 = {local_ip}
+        id-2 = {remote_ip}
+        secret = "{psk}"
     }}
 }}
-""")
-    return strongswan_conf, swanctl_conf
+"""
 
 
 def swanctl(lab: NetLab, service: Service, *args: str, timeout: float = 30.0) -> str:

@@ -9,7 +9,7 @@ keep the console log and ``/var/log/cloud.log`` when a check fails, tear the VM 
     <label>.md            the human report (systemvm.check.report)
     <label>.params.json   what the suite was told
     <label>.result.json   status and counts, read by the matrix
-    <label>.console.log   <label>.cloud.log   only when a check failed
+    <label>.console.log   <label>.cloud.log   only when a check failed (the console also when the boot failed)
 
 ``python -m systemvm.check.suite --hypervisor kvm --flavour amd64 --role secstorage`` is what ``invoke test``
 and each matrix cell run; the exit status is 0 only when every check passed.
@@ -184,6 +184,7 @@ def run_appliance_test(
                     artifacts=artifacts,
                     artifact=artifact,
                     lab=lab,
+                    console_to=out_dir / f"{label}.console.log",
                 )
             )
             boot_numbers = {k: f"{v:.1f}" for k, v in vm.timings.items()}

@@ -213,38 +213,9 @@ def _initiator_configs(lab: netlab.NetLab, directory: Path, psk: str) -> Path:
     peer = labservices.IpsecPeer()
     conf, _ = labservices.ipsec_configs(lab, peer, directory)  # its strongswan.conf; swanctl.conf is replaced
     (directory / "swanctl.conf").write_text(
-        textwrap.dedent(f"""\
-        connections {{
-            peer {{
-                local_addrs = {PLAN.router_public_ip}
-                remote_addrs = {PLAN.server_ip}
-                encap = yes
-                proposals = {peer.ike_proposals}
-                local {{
-                    auth = psk
-                    id = {PLAN.router_public_ip}
-                }}
-                remote {{
-                    auth = psk
-                    id = {PLAN.server_ip}
-                }}
-                children {{
-                    site {{
-                        local_ts = {PLAN.guest_cidr}
-                        remote_ts = {PLAN.site_cidr}
-                        esp_proposals = {peer.esp_proposals}
-                    }}
-                }}
-            }}
-        }}
-        secrets {{
-            ike-peer {{
-                id-1 = {PLAN.router_public_ip}
-                id-2 = {PLAN.server_ip}
-                secret = "{psk}"
-            }}
-        }}
-        """)
+        labservices.swanctl_config(
+            "peer", PLAN.router_public_ip, PLAN.server_ip, PLAN.guest_cidr, PLAN.site_cidr, peer, psk
+        )
     )
     return conf
 

@@ -1,7 +1,9 @@
 """Each router traffic check (appliance/test_router_traffic.py) fails on a router broken for it.
 
-One KVM router (amd64) boots inside the network lab (the e2e pool's ``router`` VM: its guest and public NICs
-on the lab's taps, booting in the background from the start of the session). The traffic checks must pass
+One KVM router (i386) boots inside the network lab (the e2e pool's ``router`` VM: its guest and public NICs
+on the lab's taps, booting in the background from the start of the session). Its disk is the i386 OVA's
+VMDK read back (Python's tarfile, then qemu-img's VMDK reader), so this module is also that export's boot
+proof (issue 4): the read-back disk boots to SSH on 3922 and routes. The traffic checks must pass
 on it first; then each case breaks one feature, on the VM (IPv4 forwarding off) or in the rules the
 management server hands the router (``params["lab"]["rules"]`` without the SNAT rule, the DNAT rule, the
 port forward's FORWARD accept, the egress rule), runs the checks it targets, expects them to fail, and

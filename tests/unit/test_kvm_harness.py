@@ -109,3 +109,35 @@ def test_boot_task_bad_input_is_one_line_and_exit_2(argv: list[str], message: st
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_failed_boot_leaves_its_whole_console_where_asked(tmp_path: Path, monkeypatch) -> None:
+    """The console lives in the run's work directory, which the teardown removes: a failed boot copies
+    all of it to ``console_to`` first (the matrix's <cell>.console.log), not only the error's tail."""
+    from systemvm.boot.hypervisors import registry
+
+    console = "\n".join(f"line {n}" for n in range(100))
+    destroyed: list[bool] = []
+
+    class Fails:
+        timings: dict[str, float] = {}
+
+        def create(self, request: object) -> None:
+            raise RuntimeError("SSH on 3922 did not answer")
+
+        def console_log(self) -> str:
+            return console
+
+        def destroy(self) -> None:
+            destroyed.append(True)
+
+    monkeypatch.setattr(registry, "get_driver", lambda name, **options: Fails())
+    artifact = tmp_path / "disk.qcow2.bz2"
+    artifact.write_bytes(b"x")
+    saved = tmp_path / "cell.console.log"
+    with pytest.raises(RuntimeError, match="did not answer"):
+        with harness.boot_system_vm(
+            "kvm", "amd64", "router", artifact=artifact, work_dir=tmp_path, console_to=saved
+        ):
+            pass
+    assert saved.read_text() == console and destroyed == [True]

@@ -24,7 +24,14 @@ mkdir -p "$BACKUP"
 if [ -d "$AGENT_DIR" ]; then
     (cd "$AGENT_DIR" && zip -qr "$BACKUP/agent.zip" .)
 fi
-tar -czf "$BACKUP/backup.tgz" -C / etc opt root 2>> "$LOG"
+# A running system's files change while tar reads them (a service rewriting its state, seen on a consoleproxy
+# right after boot): GNU tar then still writes the archive and exits 1; only 2 means no backup.
+status=0
+tar --warning=no-file-changed -czf "$BACKUP/backup.tgz" -C / etc opt root 2>> "$LOG" || status=$?
+if [ "$status" -gt 1 ]; then
+    log "backup failed (tar exit $status): nothing patched"
+    exit 1
+fi
 
 restore() {
     log "patch failed: restoring the backup"
