@@ -6,6 +6,10 @@ through the hypervisor's driver (which delivers the command line and waits for S
 patch (``agent.zip``, ``cloud-scripts.tgz``, ``patch-sysvms.sh``) over SSH and waits for ``boot_up_done``,
 then yields a :class:`BootedVM`. Leaving the block destroys everything (also on Ctrl-C or a failed step)
 unless ``keep=True``.
+
+``lab=`` (a :class:`systemvm.boot.routerlab.RouterLab`, KVM routers only): the router's guest (eth0) and
+public (eth2) NICs are taps of that lab, plugged onto its bridges right after the domain started; the
+caller owns the lab and tears it down after the VM (``with router_lab() as lab: with boot_system_vm(...)``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import ipaddress
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from systemvm import contract, naming
@@ -25,6 +29,7 @@ from systemvm.boot import sshwait, testnet
 from systemvm.boot.hypervisors.base import BootRequest, Driver, SshTarget, new_run_prefix
 from systemvm.boot.listener import ManagementListener
 from systemvm.boot.patch import LivePatch
+from systemvm.boot.routerlab import RouterLab
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION, Hypervisor
 from systemvm.errors import UserError
 from systemvm.progress import phase, say
@@ -57,14 +62,24 @@ def _link_local_ip(name: str) -> str:
     return str(contract.LINK_LOCAL_NET.network_address + offset)
 
 
-def plan_boot(hypervisor: str, role: str, name: str, authorized_key: str, mgmt_port: int) -> BootPlan:
+def plan_boot(
+    hypervisor: str,
+    role: str,
+    name: str,
+    authorized_key: str,
+    mgmt_port: int,
+    lab_nics: testnet.LabNics | None = None,
+) -> BootPlan:
     """NIC addresses and the command line for ``role`` on ``hypervisor``, plus the driver's options.
 
-    KVM (test mode) uses :mod:`systemvm.boot.testnet`'s user networks. XenServer puts the control NIC on the
-    link-local network as CloudStack does; VMware puts it on the management network (eth1).
+    KVM (test mode) uses :mod:`systemvm.boot.testnet`'s user networks (``lab_nics``: a router's guest and
+    public NICs on lab taps). XenServer puts the control NIC on the link-local network as CloudStack does;
+    VMware puts it on the management network (eth1).
     """
+    if lab_nics is not None and hypervisor != "kvm":
+        raise UserError(f"the network lab is for KVM only, not {hypervisor}")
     if hypervisor == "kvm":
-        network = testnet.plan_test_network(role, name)
+        network = testnet.plan_test_network(role, name, lab=lab_nics)
         args = testnet.boot_args(network, name, authorized_key, mgmt_port)
         return BootPlan(args, {"network": network}, network)
     control = int(contract.control_nic(role, hypervisor)[3:])
@@ -92,6 +107,24 @@ def plan_boot(hypervisor: str, role: str, name: str, authorized_key: str, mgmt_p
     return BootPlan(args, {})
 
 
+def _netmask(cidr: str) -> str:
+    return str(ipaddress.ip_network(cidr).netmask)
+
+
+PLUG_TIMEOUT = 30.0  # from the domain's start until QEMU holds the taps open
+
+
+def _plugger(lab: RouterLab, taps: list[str]) -> Callable[[], None]:
+    """What the driver calls right after starting the domain: each tap onto its lab bridge."""
+
+    def plug() -> None:
+        with phase(f"plug {', '.join(taps)} into the lab {lab.lab.prefix}"):
+            for tap in taps:
+                lab.lab.plug(tap, timeout=PLUG_TIMEOUT)
+
+    return plug
+
+
 def artifact_path(artifacts: Path, version: str, flavour: str, hypervisor: str) -> Path:
     """``artifacts/<version>/systemvmtemplate-<version>-<arch>-<hypervisor suffix>``."""
     return naming.version_dir(artifacts, version) / naming.export_name(
@@ -117,6 +150,8 @@ class BootedVM:
     work_dir: Path
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     live_patch: LivePatch | None = None
+    lab: RouterLab | None = None
+    lab_taps: list[str] = dataclasses.field(default_factory=list)
 
     def console_log(self) -> str:
         return self.driver.console_log()
@@ -143,6 +178,7 @@ class BootedVM:
             # the last payload applied writes its id where the patch check reads it
             "payload_id": self.live_patch.payload_id if self.live_patch else self.run_prefix,
             "live_patch": self.live_patch.as_params() if self.live_patch else None,
+            "lab": self.lab.params(self.lab_taps) if self.lab else None,
         }
 
 
@@ -182,6 +218,7 @@ def boot_system_vm(
     memory_mib: int = 1024,
     run_prefix: str | None = None,
     driver_options: dict[str, object] | None = None,
+    lab: RouterLab | None = None,
     console_to: Path | None = None,
 ) -> Iterator[BootedVM]:
     """Boot ``role`` of ``flavour`` on ``hypervisor``; yield the :class:`BootedVM`; destroy it on exit.
@@ -196,6 +233,8 @@ def boot_system_vm(
         raise UserError(f"unknown flavour '{flavour}': use one of {', '.join(naming.FLAVOURS)}")
     if role not in contract.ROLES:
         raise UserError(f"unknown role '{role}': use one of {', '.join(contract.ROLES)}")
+    if lab is not None and (hypervisor, role) != ("kvm", "router"):
+        raise UserError(f"the network lab takes a KVM router, not a {role} on {hypervisor}")
     if artifact is None:
         artifact = artifact_path(artifacts or ARTIFACTS_DIR, version, flavour, hypervisor)
     if not Path(artifact).is_file():
@@ -212,10 +251,24 @@ def boot_system_vm(
     try:
         key_file, public_key = sshwait.make_keypair(run_dir)
         name = vm_name(role)
-        plan = plan_boot(hypervisor, role, name, public_key, listener.port)
+        lab_nics = None
+        if lab is not None:
+            plan_lab = lab.lab.plan
+            lab_nics = testnet.LabNics(
+                guest_tap=lab.lab.add_tap("guest"),
+                public_tap=lab.lab.add_tap("public"),
+                guest_ip=plan_lab.router_guest_ip,
+                guest_netmask=_netmask(plan_lab.guest_cidr),
+                public_ip=plan_lab.router_public_ip,
+                public_netmask=_netmask(plan_lab.public_cidr),
+                gateway=plan_lab.server_ip,
+            )
+        plan = plan_boot(hypervisor, role, name, public_key, listener.port, lab_nics)
         options = dict(plan.driver_options)
         if hypervisor == "kvm":
             options.setdefault("key_file", key_file)
+        if lab is not None and plan.network is not None:
+            options["on_started"] = _plugger(lab, plan.network.taps)
         options.update(driver_options or {})
         driver = get_driver(hypervisor, **options)
         request = BootRequest(
@@ -246,6 +299,8 @@ def boot_system_vm(
             driver=driver,
             work_dir=run_dir,
             timings={"ssh": time.monotonic() - started, **driver.timings},
+            lab=lab,
+            lab_taps=plan.network.taps if plan.network is not None else [],
         )
         if with_patch:
             with phase("deliver the patch and wait for boot_up_done"):

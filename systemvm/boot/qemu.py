@@ -45,14 +45,17 @@ class QemuVM:
         work_dir: Path | None = None,
         memory_mib: int = 1024,
         extra: dict[str, str] | None = None,
+        lab_nics: testnet.LabNics | None = None,
     ) -> None:
+        """``lab_nics`` (routers): the guest and public NICs on lab taps (``-netdev tap``); plug them with
+        ``NetLab.plug`` right after :meth:`start`."""
         require_tools("qemu-system-x86_64", "qemu-img")
         self.disk = Path(disk).resolve()
         self.role = role
         self.name = name
         self._own_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="svmt-qemu-"))
-        self.net = testnet.plan_test_network(role, name)
+        self.net = testnet.plan_test_network(role, name, lab=lab_nics)
         args = testnet.boot_args(self.net, name, authorized_key, mgmt_port)
         args.extra.update(extra or {})
         self.cmdline = args.to_cmdline()

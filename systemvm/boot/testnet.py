@@ -4,6 +4,10 @@ The control NIC sits on the link-local network 169.254.0.0/16 as on a real KVM h
 QEMU user-mode network: port 3922 of the guest is forwarded to a free port on 127.0.0.1, and the host side of
 the network answers at 169.254.0.1, where QEMU connects the guest to the host's 127.0.0.1 (the management
 listener). Routers get a guest network on eth0 first. Plain QEMU and the libvirt driver share these arguments.
+
+With a :class:`LabNics` (the host-side network lab, :mod:`systemvm.boot.netlab`), a router's guest NIC (eth0)
+and a public NIC (eth2) are the lab's taps instead, with the lab's addresses and the public gateway; the
+control NIC stays user-mode. Without one, the plan is exactly the user-mode one.
 """
 
 from __future__ import annotations
@@ -26,6 +30,21 @@ class NicPlan:
     netmask: str
     mac: str
     forward_ssh: bool
+    tap: str | None = None  # a lab tap QEMU opens by name (no user-mode network then)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabNics:
+    """A router's data NICs on lab taps: eth0 on the guest network, eth2 on the public one (CloudStack's NIC
+    order: guest, control, public). The taps exist (``NetLab.add_tap``) before the VM starts."""
+
+    guest_tap: str
+    public_tap: str
+    guest_ip: str = "10.1.1.1"
+    guest_netmask: str = "255.255.255.0"
+    public_ip: str = "198.51.100.10"
+    public_netmask: str = "255.255.255.0"
+    gateway: str = "198.51.100.1"  # the default route, on the public NIC
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +52,12 @@ class TestNetwork:
     role: str
     ssh_host_port: int
     nics: tuple[NicPlan, ...]
+    gateway: str | None = None  # the command line's gateway= (only with a lab)
+
+    @property
+    def taps(self) -> list[str]:
+        """The lab taps of the plan, in NIC order (plug them once the VM started)."""
+        return [n.tap for n in self.nics if n.tap]
 
     @property
     def control(self) -> NicPlan:
@@ -58,8 +83,14 @@ def _mac(seed: str, index: int) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
-def plan_test_network(role: str, name: str = "s-1-VM", ssh_host_port: int | None = None) -> TestNetwork:
-    """NICs for ``role``: the control NIC forwards 3922; routers get a guest network on eth0 first."""
+def plan_test_network(
+    role: str, name: str = "s-1-VM", ssh_host_port: int | None = None, lab: LabNics | None = None
+) -> TestNetwork:
+    """NICs for ``role``: the control NIC forwards 3922; routers get a guest network on eth0 first.
+
+    ``lab`` (routers only): eth0 and a third NIC, eth2 (public), are the lab's taps with its addresses."""
+    if lab is not None and role != "router":
+        raise ValueError(f"a lab's guest and public NICs are a router's, not a {role}'s")
     control = contract.control_nic(role)
     port = ssh_host_port or free_port()
     link_local = contract.LINK_LOCAL_NET
@@ -92,17 +123,48 @@ def plan_test_network(role: str, name: str = "s-1-VM", ssh_host_port: int | None
                     forward_ssh=False,
                 )
             )
-    return TestNetwork(role=role, ssh_host_port=port, nics=tuple(nics))
+    if lab is None:
+        return TestNetwork(role=role, ssh_host_port=port, nics=tuple(nics))
+    guest_nic = dataclasses.replace(
+        nics[0], network="", host_ip="", guest_ip=lab.guest_ip, netmask=lab.guest_netmask, tap=lab.guest_tap
+    )
+    public = NicPlan(
+        index=len(nics),
+        network="",
+        host_ip="",
+        guest_ip=lab.public_ip,
+        netmask=lab.public_netmask,
+        mac=_mac(name, len(nics)),
+        forward_ssh=False,
+        tap=lab.public_tap,
+    )
+    nics = [guest_nic, *nics[1:], public]
+    return TestNetwork(role=role, ssh_host_port=port, nics=tuple(nics), gateway=lab.gateway)
 
 
-def qemu_netdev_args(plan: TestNetwork, device: str = "virtio-net-pci") -> list[str]:
-    """``-netdev user,...`` and ``-device ...`` arguments, one pair per NIC, in NIC order."""
+def tap_netdev(nic: NicPlan) -> str:
+    """``-netdev`` for a lab tap: QEMU opens the existing tap by name and runs no scripts on it."""
+    return f"tap,id=svmnet{nic.index},ifname={nic.tap},script=no,downscript=no"
+
+
+def qemu_netdev_args(
+    plan: TestNetwork, device: str = "virtio-net-pci", user_only: bool = False, first_slot: int | None = None
+) -> list[str]:
+    """``-netdev user,...`` (a lab tap: ``-netdev tap,...``) and ``-device ...`` arguments, one pair per
+    NIC, in NIC order. ``user_only``: leave the taps out (libvirt has them as ``<interface>`` elements);
+    ``first_slot``: NIC ``n``'s device sits at PCI slot ``first_slot + n`` (the guest's ethN order)."""
     args: list[str] = []
     for nic in plan.nics:
-        netdev = f"user,id=svmnet{nic.index},net={nic.network},host={nic.host_ip},ipv6=off"
+        if nic.tap and user_only:
+            continue
+        if nic.tap:
+            netdev = tap_netdev(nic)
+        else:
+            netdev = f"user,id=svmnet{nic.index},net={nic.network},host={nic.host_ip},ipv6=off"
         if nic.forward_ssh:
             netdev += f",hostfwd=tcp:127.0.0.1:{plan.ssh_host_port}-{nic.guest_ip}:{contract.SSH_PORT}"
-        args += ["-netdev", netdev, "-device", f"{device},netdev=svmnet{nic.index},mac={nic.mac}"]
+        pci = f",bus=pci.0,addr={first_slot + nic.index:#04x}" if first_slot is not None else ""
+        args += ["-netdev", netdev, "-device", f"{device},netdev=svmnet{nic.index},mac={nic.mac}{pci}"]
     return args
 
 
@@ -167,6 +229,7 @@ def boot_args(plan: TestNetwork, name: str, authorized_key: str, mgmt_port: int)
         authorized_key=authorized_key,
         mgmt_host=plan.mgmt_host,
         mgmt_port=mgmt_port,
+        gateway=plan.gateway,
         dns=(TEST_PUBLIC_DNS,),
         extra=extra,
     )

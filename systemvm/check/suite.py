@@ -13,17 +13,23 @@ keep the console log and ``/var/log/cloud.log`` when a check fails, tear the VM 
 
 ``python -m systemvm.check.suite --hypervisor kvm --flavour amd64 --role secstorage`` is what ``invoke test``
 and each matrix cell run; the exit status is 0 only when every check passed.
+
+A KVM router boots inside the network lab (:func:`systemvm.boot.routerlab.router_lab`, as root): the lab
+first, then the VM with its guest and public NICs on the lab's taps, the checks (``params["lab"]``), the VM
+destroyed, the lab torn down, also on a failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +113,30 @@ def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[s
     return junit
 
 
+def wants_lab(hypervisor: str, role: str) -> bool:
+    """Whether this cell boots inside the network lab: KVM routers."""
+    return (hypervisor, role) == ("kvm", "router")
+
+
+@contextlib.contextmanager
+def _lab_for(hypervisor: str, role: str) -> Iterator[Any]:
+    """The router lab for a KVM router (None for other cells, or without root: its checks then skip)."""
+    if not wants_lab(hypervisor, role):
+        yield None
+        return
+    if os.geteuid() != 0:
+        say("    not root: the router boots without the network lab (its traffic checks skip)")
+        yield None
+        return
+    from systemvm.boot.routerlab import router_lab
+
+    with phase("build the network lab (guest and public networks, web backends, public site)"):
+        stack = contextlib.ExitStack()
+        lab = stack.enter_context(router_lab())
+    with stack:
+        yield lab
+
+
 def _fetch_cloud_log(vm: Any) -> str:
     from systemvm.boot import sshwait
 
@@ -143,10 +173,20 @@ def run_appliance_test(
     junit: Path | None = None
     boot_numbers: dict[str, str] = {}
     try:
-        with boot_system_vm(
-            hypervisor, flavour, role, version=version, artifacts=artifacts, artifact=artifact,
-            console_to=out_dir / f"{label}.console.log",
-        ) as vm:  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            lab = stack.enter_context(_lab_for(hypervisor, role))
+            vm = stack.enter_context(
+                boot_system_vm(
+                    hypervisor,
+                    flavour,
+                    role,
+                    version=version,
+                    artifacts=artifacts,
+                    artifact=artifact,
+                    lab=lab,
+                    console_to=out_dir / f"{label}.console.log",
+                )
+            )
             boot_numbers = {k: f"{v:.1f}" for k, v in vm.timings.items()}
             if role in AGENT_ROLES:
                 with phase(f"wait for {vm.name}'s agent on the management listener"):

@@ -65,6 +65,10 @@ LIVE_ONLY = {
     "test_timesyncd_uses_the_ntp_servers_sent",
     "test_root_password_is_vmpassword_and_kept_hashed_only",
     "test_command_line_copies_are_roots_only",
+    "test_guest_traffic_leaves_with_the_routers_public_address",
+    "test_port_forward_reaches_the_guest_backend",
+    "test_egress_rule_blocks_its_destination_only",
+    "test_connection_tracking_holds_the_guests_flow",
 }
 SECTIONS = {
     "3922 access",
@@ -78,6 +82,7 @@ SECTIONS = {
     "CloudStack state",
     "Live patch and version handshake",
     "Kernel and system settings",
+    "Router traffic",
     "Boot command line keys",
 }
 

@@ -141,6 +141,18 @@ def pinned_nic_args(args: list[str], first_slot: int = FIRST_NIC_SLOT) -> list[s
     return result
 
 
+def _lab_interface(devices: etree._Element, nic: testnet.NicPlan) -> None:
+    """A NIC on a lab tap: ``<interface type='ethernet'>`` with the existing tap (``managed='no'``: libvirt
+    neither creates nor removes it) at PCI slot ``FIRST_NIC_SLOT + index``, the slot the user-mode NICs'
+    ``-device`` arguments follow too, so the guest's ethN order is the NIC order."""
+    iface = _sub(devices, "interface", type="ethernet")
+    _sub(iface, "mac", address=nic.mac)
+    _sub(iface, "target", dev=str(nic.tap), managed="no")
+    _sub(iface, "model", type="virtio")
+    _sub(iface, "address", type="pci", domain="0x0000", bus="0x00", slot=f"{FIRST_NIC_SLOT + nic.index:#04x}",
+         function="0x0")  # fmt: skip
+
+
 def domain_xml(spec: DomainSpec) -> str:
     """The libvirt domain XML for ``spec`` (a string, ready for ``defineXML``)."""
     if spec.domain_type not in accel.DOMAIN_TYPES:
@@ -175,6 +187,10 @@ def domain_xml(spec: DomainSpec) -> str:
             _sub(iface, "mac", address=macs[index] if index < len(macs) else link_local_mac(spec.name, index))
             _sub(iface, "source", bridge=bridge)
             _sub(iface, "model", type="virtio")
+    else:
+        for nic in spec.network.nics:
+            if nic.tap:
+                _lab_interface(devices, nic)
 
     # The serial console is logged to a file by virtlogd (root), whatever user QEMU runs as.
     serial = _sub(devices, "serial", type="pty")
@@ -198,7 +214,8 @@ def domain_xml(spec: DomainSpec) -> str:
 
     if isinstance(spec.network, testnet.TestNetwork):
         commandline = etree.SubElement(root, f"{{{QEMU_NS}}}commandline")
-        for arg in pinned_nic_args(testnet.qemu_netdev_args(spec.network)):
+        user_nics = testnet.qemu_netdev_args(spec.network, user_only=True, first_slot=FIRST_NIC_SLOT)
+        for arg in pinned_nic_args(user_nics):
             etree.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     return etree.tostring(root, pretty_print=True, encoding="unicode")
 
@@ -319,7 +336,9 @@ class KvmDriver(Driver):
         key_file: Path | None = None,
         run_as_root: bool | None = None,
         cache: Path | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> None:
+        """``on_started``: called right after the domain started (the lab plugs the VM's taps there)."""
         from systemvm.boot.hypervisors import libvirtd
 
         self.network = network
@@ -328,6 +347,7 @@ class KvmDriver(Driver):
         self.key_file = key_file
         self.run_as_root = run_as_root
         self.cache = cache
+        self.on_started = on_started
         self.conn: Any = None  # libvirt.virConnect (libvirt-python ships no type information)
         self.domain: Any = None  # libvirt.virDomain
         self.domain_name: str | None = None
@@ -410,6 +430,8 @@ class KvmDriver(Driver):
         with phase(f"define and start {self.domain_name}"):
             self.domain = conn.defineXML(domain_xml(spec))
             self.domain.create()
+        if self.on_started is not None:
+            self.on_started()
         host, port = self._ssh_address(network, request)
         budget = request.ssh_timeout
         try:

@@ -1,0 +1,125 @@
+"""A router VM inside the network lab: the lab with its services, what the checks are told about it, and the
+rules the checks configure the router with.
+
+:func:`router_lab` builds the lab (:mod:`systemvm.boot.netlab`) with the web backends on the guest network and
+the public HTTP site on the public server; the harness then boots the router with its guest NIC (eth0) and
+public NIC (eth2) on the lab's taps and plugs them right after the VM started
+(``boot_system_vm(..., lab=lab)``). :func:`lab_params` is the JSON the appliance suite gets as
+``params["lab"]``: the namespaces to ``ip netns exec`` into, the addresses, the access logs and the rules.
+
+The rules are what a management server has CloudStack's router scripts apply at run time (never baked into
+the image), in their shapes (``CsAddress.fw_router``, the port-forwarding and egress rules of
+``configure.py``, applied by ``iptables-restore`` as ``CsNetfilter`` does):
+
+- source NAT: ``nat POSTROUTING -s <guest cidr> -o eth2 -j SNAT --to-source <public ip>``;
+- a port forward: ``nat PREROUTING -d <public ip>/32 -i eth2 -p tcp --dport 8080 -j DNAT
+  --to-destination <web1>:80``, and the FORWARD accept of its new connections;
+- FORWARD: the public side's replies (RELATED,ESTABLISHED), guest to public through ``FW_OUTBOUND`` and
+  ``FW_EGRESS_RULES``, where the egress rule drops one destination and the rest is accepted.
+
+Each rule belongs to a named group, so a can-fail test can hand the checks the rules without one
+(:func:`router_rules` ``without=``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Collection, Iterator
+from typing import Any
+
+from systemvm.boot import labservices, netlab
+
+GUEST_DEV, PUBLIC_DEV = "eth0", "eth2"  # CloudStack's router NIC order: guest, control, public
+FORWARD_PORT = 8080  # the public port forwarded to web1's port 80
+BACKEND_PORT = 80
+RULE_GROUPS = ("forward", "snat", "dnat", "dnat-forward", "egress")
+
+
+def blocked_destination(plan: netlab.LabPlan) -> str:
+    """The egress rule's destination: the public server's site address (10.2.2.1, routed via the public
+    gateway like any other destination); the server's own address stays allowed."""
+    return plan.site_ip
+
+
+def router_rules(plan: netlab.LabPlan, without: Collection[str] = ()) -> dict[str, str]:
+    """``{"nat": ..., "filter": ...}``: iptables-restore input for the router. The nat table is replaced
+    whole (``iptables-restore``); the filter text declares CloudStack's egress chains, flushes FORWARD and
+    fills it (``iptables-restore --noflush``: INPUT and the policies stay as the boot left them).
+    ``without``: rule groups (of :data:`RULE_GROUPS`) to leave out."""
+    unknown = sorted(set(without) - set(RULE_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown rule groups {unknown}: use {', '.join(RULE_GROUPS)}")
+    public = plan.router_public_ip
+    web1 = plan.backend_ips[0]
+    g, p = GUEST_DEV, PUBLIC_DEV
+    nat: list[tuple[str, str]] = [
+        ("dnat", f"-A PREROUTING -d {public}/32 -i {p} -p tcp -m tcp --dport {FORWARD_PORT} "
+                 f"-j DNAT --to-destination {web1}:{BACKEND_PORT}"),
+        ("snat", f"-A POSTROUTING -s {plan.guest_cidr} -o {p} -j SNAT --to-source {public}"),
+    ]  # fmt: skip
+    filt: list[tuple[str, str]] = [
+        ("forward", "-F FORWARD"),
+        ("forward", "-F FW_OUTBOUND"),
+        ("forward", "-F FW_EGRESS_RULES"),
+        ("forward", f"-A FORWARD -i {p} -o {g} -m state --state RELATED,ESTABLISHED -j ACCEPT"),
+        ("dnat-forward", f"-A FORWARD -i {p} -o {g} -d {web1}/32 -p tcp -m tcp --dport {BACKEND_PORT} "
+                         "-m state --state NEW -j ACCEPT"),
+        ("forward", f"-A FORWARD -i {g} -o {p} -j FW_OUTBOUND"),
+        ("forward", "-A FW_OUTBOUND -m state --state RELATED,ESTABLISHED -j ACCEPT"),
+        ("forward", "-A FW_OUTBOUND -j FW_EGRESS_RULES"),
+        ("egress", f"-A FW_EGRESS_RULES -d {blocked_destination(plan)}/32 -j DROP"),
+        ("forward", "-A FW_EGRESS_RULES -j ACCEPT"),
+    ]  # fmt: skip
+    nat_head = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+                ":POSTROUTING ACCEPT [0:0]"]  # fmt: skip
+    filter_head = ["*filter", ":FW_OUTBOUND - [0:0]", ":FW_EGRESS_RULES - [0:0]"]
+    keep = set(RULE_GROUPS) - set(without)
+    return {
+        "nat": "\n".join([*nat_head, *(r for grp, r in nat if grp in keep), "COMMIT", ""]),
+        "filter": "\n".join([*filter_head, *(r for grp, r in filt if grp in keep), "COMMIT", ""]),
+    }
+
+
+@dataclasses.dataclass
+class RouterLab:
+    """The lab a router boots into, with the services its checks talk to."""
+
+    lab: netlab.NetLab
+    public_http: netlab.Service
+    backends: list[netlab.Service]
+
+    def params(self, taps: list[str]) -> dict[str, Any]:
+        return lab_params(self, taps)
+
+
+def lab_params(router_lab: RouterLab, taps: list[str]) -> dict[str, Any]:
+    """What the appliance suite is told about the lab (JSON): namespaces, addresses, logs, rules."""
+    lab = router_lab.lab
+    plan = lab.plan
+    return {
+        "prefix": lab.prefix,
+        "taps": list(taps),
+        "netns": {name: lab.netns(name) for name in lab.hosts},
+        "plan": dataclasses.asdict(plan),
+        "guest_dev": GUEST_DEV,
+        "public_dev": PUBLIC_DEV,
+        "public_http": {
+            "url": f"http://{plan.server_ip}/",
+            "access_log": str(router_lab.public_http.access_log),
+        },
+        "backends": {s.name: {"ip": s.address, "access_log": str(s.access_log)} for s in router_lab.backends},
+        "port_forward": {"public_port": FORWARD_PORT, "backend": "web1", "backend_port": BACKEND_PORT},
+        "blocked": blocked_destination(plan),
+        "allowed": plan.server_ip,
+        "rules": router_rules(plan),
+    }
+
+
+@contextlib.contextmanager
+def router_lab(prefix: str | None = None) -> Iterator[RouterLab]:
+    """The lab (torn down on exit, also on failure or Ctrl-C) with the web backends and the public site."""
+    with netlab.net_lab(prefix) as lab:
+        backends = labservices.start_web_backends(lab, port=BACKEND_PORT)
+        public = labservices.start_public_http(lab)
+        yield RouterLab(lab, public, backends)

@@ -1,0 +1,169 @@
+"""Router traffic.
+
+Source NAT, a port forward, an egress rule and connection tracking, through the network lab. Only for a
+router booted inside the lab (``params["lab"]``, :mod:`systemvm.boot.routerlab`): its guest NIC (eth0) and
+public NIC (eth2) are taps on the lab's bridges, with a client and web backends behind eth0 and a public
+server behind eth2. The module configures the router over SSH as CloudStack's scripts do at run time
+(``iptables-restore`` of the rules the lab parameters carry: SNAT, a DNAT port forward, FORWARD with an
+egress rule), sends real traffic from the lab's namespaces (``ip netns exec``: the suite runs on the host),
+reads what the servers logged and what the router's connection tracking holds, and restores the router's
+rules afterwards. IPv4 forwarding is never turned on here: the boot must have done it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from systemvm.check.appliance.target import Params, run_ok
+
+pytestmark = [pytest.mark.live]
+
+SAVED_RULES = "/root/.svmt-router-traffic.rules"
+CONNECT_TIMEOUT = 3
+TUPLE_RE = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
+
+
+def why_not(params: Params) -> str | None:
+    """Why these checks do not apply to this target (None: they do)."""
+    if params["kind"] != "vm":
+        return "needs a running system VM"
+    if params["role"] != "router":
+        return f"router traffic checks are for routers, not a {params['role']}"
+    if not params.get("lab"):
+        return "this router has no network lab around it (a KVM router booted by the harness as root)"
+    if os.geteuid() != 0:
+        return "entering the lab's namespaces needs root"
+    return None
+
+
+@pytest.fixture(scope="module")
+def configured_router(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
+    """The router configured with the lab's rules (nat replaced, FORWARD refilled), restored afterwards;
+    None where the checks do not apply (they skip in :func:`configured`, each with the reason)."""
+    if why_not(params):
+        yield None
+        return
+    lab = dict(params["lab"])
+    run_ok(host, f"iptables-save > {SAVED_RULES}")
+    try:
+        run_ok(host, f"printf %s {shlex.quote(lab['rules']['nat'])} | iptables-restore")
+        run_ok(host, f"printf %s {shlex.quote(lab['rules']['filter'])} | iptables-restore --noflush")
+        yield lab
+    finally:
+        run_ok(host, f"iptables -t nat -F && iptables-restore < {SAVED_RULES} && rm -f {SAVED_RULES}")
+
+
+@pytest.fixture
+def configured(params: Params, configured_router: dict[str, Any] | None) -> dict[str, Any]:
+    reason = why_not(params)
+    if reason or configured_router is None:
+        pytest.skip(reason or "the router was not configured")
+    return configured_router
+
+
+def in_netns(
+    lab: dict[str, Any], host_name: str, *command: str, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    argv = ["ip", "netns", "exec", lab["netns"][host_name], *command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def fetch(lab: dict[str, Any], host_name: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``curl`` from a lab host; the result (exit status 0 and the body, or curl's error)."""
+    return in_netns(
+        lab, host_name, "curl", "--silent", "--show-error", "--connect-timeout", str(CONNECT_TIMEOUT),
+        "--max-time", str(CONNECT_TIMEOUT + 2), *extra, url,
+    )  # fmt: skip
+
+
+def logged_clients(access_log: str, path: str) -> list[str]:
+    """The client addresses an HTTP server of the lab logged for requests of ``path``."""
+    log = Path(access_log)
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [f[0] for f in (line.split() for line in lines) if len(f) > 2 and f[2] == path]
+
+
+def token() -> str:
+    return f"/check-{secrets.token_hex(4)}"
+
+
+def conntrack_entries(host: Any) -> list[str]:
+    """The router's connection tracking table: ``conntrack -L`` where the image has it, else
+    /proc/net/nf_conntrack."""
+    if host.exists("conntrack"):
+        return run_ok(host, "conntrack -L 2>/dev/null").splitlines()
+    return run_ok(host, "cat /proc/net/nf_conntrack").splitlines()
+
+
+def test_guest_traffic_leaves_with_the_routers_public_address(configured: dict[str, Any]) -> None:
+    """A guest reaches the public network through the router, source-NATed to the router's public address"""
+    lab = configured
+    path = token()
+    done = fetch(lab, "client", lab["public_http"]["url"].rstrip("/") + path)
+    assert done.returncode == 0, (
+        f"the client could not reach the public server through the router: {done.stderr}"
+    )
+    seen = logged_clients(lab["public_http"]["access_log"], path)
+    public_ip = lab["plan"]["router_public_ip"]
+    assert seen == [public_ip], (
+        f"the public server saw {seen} for the client's request, not {public_ip} (SNAT)"
+    )
+
+
+def test_port_forward_reaches_the_guest_backend(configured: dict[str, Any]) -> None:
+    """A port forward on the router's public address reaches the guest backend, from the original client"""
+    lab = configured
+    forward = lab["port_forward"]
+    backend = lab["backends"][forward["backend"]]
+    path = token()
+    url = f"http://{lab['plan']['router_public_ip']}:{forward['public_port']}{path}"
+    done = fetch(lab, "server", url)
+    assert done.returncode == 0, f"{url} from the public server failed: {done.stderr.strip()}"
+    assert done.stdout.strip() == forward["backend"], f"{url} answered {done.stdout.strip()!r}"
+    seen = logged_clients(backend["access_log"], path)
+    assert seen == [lab["plan"]["server_ip"]], f"{forward['backend']} saw {seen}, not the public server"
+
+
+def test_egress_rule_blocks_its_destination_only(configured: dict[str, Any]) -> None:
+    """The egress rule drops the guest's traffic to its destination; other public destinations stay open"""
+    lab = configured
+    path = token()
+    allowed = fetch(lab, "client", f"http://{lab['allowed']}{path}")
+    assert allowed.returncode == 0, (
+        f"{lab['allowed']} is not reachable from the guest: {allowed.stderr.strip()}"
+    )
+    blocked_path = token()
+    blocked = fetch(lab, "client", f"http://{lab['blocked']}{blocked_path}")
+    seen = logged_clients(lab["public_http"]["access_log"], blocked_path)
+    assert blocked.returncode != 0 and not seen, (
+        f"the guest reached {lab['blocked']}, which the egress rule blocks (the server logged {seen})"
+    )
+
+
+def test_connection_tracking_holds_the_guests_flow(host: Any, configured: dict[str, Any]) -> None:
+    """The router's connection tracking holds the guest's flow, answered to the router's public address"""
+    lab = configured
+    port = 41000 + secrets.randbelow(900)
+    plan = lab["plan"]
+    done = fetch(lab, "client", f"http://{plan['server_ip']}{token()}", "--local-port", str(port))
+    entries = [e for e in conntrack_entries(host) if f"sport={port} " in e and plan["client_ip"] in e]
+    assert entries, (
+        f"no tracked connection from {plan['client_ip']}:{port} (the fetch: {done.stderr.strip()})"
+    )
+    tuples = TUPLE_RE.findall(entries[0])
+    assert len(tuples) == 2, f"cannot read the entry: {entries[0]}"
+    (osrc, odst, _, _), (rsrc, rdst, _, _) = tuples
+    assert (osrc, odst) == (plan["client_ip"], plan["server_ip"]), entries[0]
+    assert (rsrc, rdst) == (plan["server_ip"], plan["router_public_ip"]), (
+        f"the reply direction is not to the router's public address: {entries[0]}"
+    )
+    assert "UNREPLIED" not in entries[0], f"the server never answered: {entries[0]}"

@@ -1,0 +1,150 @@
+"""Each router traffic check (appliance/test_router_traffic.py) fails on a router broken for it.
+
+One KVM router (i386) boots inside the network lab (the e2e pool's ``router`` VM: its guest and public NICs
+on the lab's taps, booting in the background from the start of the session). Its disk is the i386 OVA's
+VMDK read back (Python's tarfile, then qemu-img's VMDK reader), so this module is also that export's boot
+proof (issue 4): the read-back disk boots to SSH on 3922 and routes. The traffic checks must pass
+on it first; then each case breaks one feature, on the VM (IPv4 forwarding off) or in the rules the
+management server hands the router (``params["lab"]["rules"]`` without the SNAT rule, the DNAT rule, the
+port forward's FORWARD accept, the egress rule), runs the checks it targets, expects them to fail, and
+repairs the VM for the next case. Afterwards the lab's namespaces and taps and the VM are gone.
+Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from systemvm.boot import netlab
+from systemvm.boot.routerlab import router_rules
+from systemvm.check.report import parse_junit
+from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
+from tests.e2e.vmpool import VmPool, pool_member
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.root,
+    pytest.mark.vm("router"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the network lab needs root"),
+]
+
+T = check_node("test_router_traffic.py")
+SNAT = T + "test_guest_traffic_leaves_with_the_routers_public_address"
+PORT_FORWARD = T + "test_port_forward_reaches_the_guest_backend"
+EGRESS = T + "test_egress_rule_blocks_its_destination_only"
+CONNTRACK = T + "test_connection_tracking_holds_the_guests_flow"
+ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK]
+PLAN = netlab.LabPlan()
+
+
+def without(*groups: str) -> dict[str, Any]:
+    return {"rules": router_rules(PLAN, without=groups)}
+
+
+# case -> (break on the VM, repair, lab parameter overrides, checks expected to fail). In this order, one VM.
+CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
+    "IPv4 forwarding off": (
+        "sysctl -qw net.ipv4.ip_forward=0",
+        "sysctl -qw net.ipv4.ip_forward=1",
+        {},
+        [SNAT, PORT_FORWARD, CONNTRACK],
+    ),
+    "no SNAT rule": ("true", "true", without("snat"), [SNAT, CONNTRACK]),
+    "no DNAT rule": ("true", "true", without("dnat"), [PORT_FORWARD]),
+    "port forward not accepted in FORWARD": ("true", "true", without("dnat-forward"), [PORT_FORWARD]),
+    "no egress rule": ("true", "true", without("egress"), [EGRESS]),
+}
+
+
+class Shell:
+    """One SSH session to the router for the breaks and repairs."""
+
+    def __init__(self, host: str, port: int, key_file: Path) -> None:
+        self.client = paramiko.SSHClient()
+        self.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        self.client.connect(
+            host,
+            port=port,
+            username="root",
+            key_filename=str(key_file),
+            allow_agent=False,
+            look_for_keys=False,
+        )
+
+    def run(self, command: str) -> str:
+        _, stdout, stderr = self.client.exec_command(command, timeout=120)
+        status = stdout.channel.recv_exit_status()
+        assert status == 0, f"`{command}` exited {status}: {stderr.read().decode()[-500:]}"
+        return stdout.read().decode()
+
+
+@pytest.fixture(scope="module")
+def router(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
+    """The pool's router in its lab (booted in the background since the session started), then stopped."""
+    member = pool_member(vm_pool, "router")
+    try:
+        booted = member.ready()
+        assert booted.lab is not None, "the pool's router was booted without its lab"
+        params = {**booted.suite_params(), "packages_dir": str(PACKAGES_DIR)}
+        shell = Shell(booted.target.host, booted.target.port, booted.key_file)
+        try:
+            yield booted, params, shell
+        finally:
+            shell.client.close()
+    finally:
+        vm_pool.release("router")
+        prefix = member.vm.lab.lab.prefix if member.vm is not None and member.vm.lab else None
+        if prefix:
+            assert netlab.leftovers(prefix) == [], f"the lab {prefix} was left behind"
+
+
+def _results(params: dict[str, Any], work: Path, label: str, select: list[str]) -> dict[str, tuple[str, str]]:
+    junit = run_checks(params, work, label, select)
+    return {c.name: (c.result, c.message) for c in parse_junit(junit).checks}
+
+
+@pytest.fixture(scope="module")
+def healthy(router: tuple[Any, dict[str, Any], Shell], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    _, params, _ = router
+    return _results(params, tmp_path_factory.mktemp("healthy"), "healthy", ALL)
+
+
+def test_the_healthy_router_passes_the_traffic_checks(healthy: dict[str, tuple[str, str]]) -> None:
+    assert {name: result for name, (result, _) in healthy.items()} == {
+        node.split("::")[1]: "passed" for node in ALL
+    }, f"the healthy router fails: {healthy}"
+
+
+def test_the_checks_leave_the_routers_rules_as_they_were(router: tuple[Any, dict[str, Any], Shell]) -> None:
+    """Run after the healthy run: no lab rule stays on the router (the checks restore what they found)."""
+    _, _, shell = router
+    saved = shell.run("iptables-save")
+    assert "SNAT" not in saved and "DNAT" not in saved and "FW_EGRESS_RULES" not in saved, saved
+    assert shell.run("cat /proc/sys/net/ipv4/ip_forward").strip() == "1"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_broken_router_fails_the_check(
+    case: str, router: tuple[Any, dict[str, Any], Shell], healthy: dict[str, tuple[str, str]], tmp_path: Path
+) -> None:
+    """The targeted checks fail because of the break: they passed on the healthy router."""
+    _, params, shell = router
+    break_it, repair, overrides, expected = CASES[case]
+    broken = {**params, "lab": {**params["lab"], **overrides}}
+    shell.run(break_it)
+    try:
+        results = _results(broken, tmp_path, case.replace(" ", "-"), expected)
+    finally:
+        shell.run(repair)
+    names = {node.split("::")[1] for node in expected}
+    assert set(results) == names, f"{case}: ran {sorted(results)}"
+    not_failed = sorted(n for n in names if results[n][0] not in ("failed", "error"))
+    assert not not_failed, f"{case}: these checks did not fail: {not_failed} (see {tmp_path})"
+    for name in names:
+        assert healthy[name][0] == "passed", f"{case}: {name} did not pass on the healthy router"

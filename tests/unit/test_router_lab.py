@@ -1,0 +1,164 @@
+"""A router's NICs on the network lab's taps: the NIC plan, the command line, QEMU's and libvirt's NICs, the
+rules the traffic checks apply, and the suite's lab parameters (no VM, no namespace, no root)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from systemvm import contract
+from systemvm.boot import harness, netlab, routerlab, testnet
+from systemvm.boot.hypervisors import kvm
+from systemvm.errors import UserError
+
+LAB = testnet.LabNics(guest_tap="nl0001t0", public_tap="nl0001t1")
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyForTests test"
+
+
+def lab_plan() -> testnet.TestNetwork:
+    return testnet.plan_test_network("router", "r-1-VM", 40023, lab=LAB)
+
+
+def xml_of(network: testnet.TestNetwork, tmp_path: Path) -> etree._Element:
+    spec = kvm.DomainSpec("svmt-abc123-r-1-VM", "qemu", tmp_path / "d.qcow2", tmp_path / "c.log", network)
+    return etree.fromstring(kvm.domain_xml(spec).encode())
+
+
+def test_a_lab_puts_eth0_and_eth2_on_taps_and_keeps_the_control_nic_user_mode() -> None:
+    plan = lab_plan()
+    assert [n.index for n in plan.nics] == [0, 1, 2]
+    guest, control, public = plan.nics
+    assert (guest.tap, guest.guest_ip, guest.netmask) == ("nl0001t0", "10.1.1.1", "255.255.255.0")
+    assert (public.tap, public.guest_ip, public.netmask) == ("nl0001t1", "198.51.100.10", "255.255.255.0")
+    assert (
+        control.tap is None
+        and control.forward_ssh
+        and f"eth{control.index}" == contract.control_nic("router")
+    )
+    assert plan.taps == ["nl0001t0", "nl0001t1"] and plan.gateway == "198.51.100.1"
+    assert len({n.mac for n in plan.nics}) == 3
+
+
+def test_the_command_line_carries_the_labs_addresses_and_gateway() -> None:
+    args = contract.parse_cmdline(testnet.boot_args(lab_plan(), "r-1-VM", KEY, 8250).to_cmdline())
+    assert (args["eth0ip"], args["eth0mask"]) == ("10.1.1.1", "255.255.255.0")
+    assert args["eth1ip"].startswith("169.254.")
+    assert (args["eth2ip"], args["eth2mask"], args["gateway"]) == (
+        "198.51.100.10",
+        "255.255.255.0",
+        "198.51.100.1",
+    )
+    assert args["nic_macs"] == contract.nic_macs_value([n.mac for n in lab_plan().nics])
+
+
+def test_without_a_lab_the_plan_and_the_arguments_are_unchanged() -> None:
+    plain = testnet.plan_test_network("router", "r-1-VM", 40023)
+    assert len(plain.nics) == 2 and plain.gateway is None and plain.taps == []
+    args = testnet.boot_args(plain, "r-1-VM", KEY, 8250)
+    assert args.gateway is None and "eth2ip" not in args.to_cmdline()
+    netdev = testnet.qemu_netdev_args(plain)
+    assert [a for a in netdev if a.startswith("tap")] == []
+    assert netdev[1].startswith("user,id=svmnet0,net=10.1.1.0/24,host=10.1.1.2,ipv6=off")
+
+
+def test_a_lab_is_a_routers_only() -> None:
+    with pytest.raises(ValueError, match="not a secstorage"):
+        testnet.plan_test_network("secstorage", "s-1-VM", lab=LAB)
+
+
+def test_plain_qemu_opens_the_taps_by_name_in_nic_order() -> None:
+    args = testnet.qemu_netdev_args(lab_plan())
+    netdevs = args[1::4]
+    assert netdevs[0] == "tap,id=svmnet0,ifname=nl0001t0,script=no,downscript=no"
+    assert (
+        netdevs[1].startswith("user,id=svmnet1,net=169.254.0.0/16")
+        and "hostfwd=tcp:127.0.0.1:40023-" in netdevs[1]
+    )
+    assert netdevs[2] == "tap,id=svmnet2,ifname=nl0001t1,script=no,downscript=no"
+    assert [a.split(",")[1] for a in args[3::4]] == ["netdev=svmnet0", "netdev=svmnet1", "netdev=svmnet2"]
+
+
+def test_libvirt_has_the_taps_as_ethernet_interfaces_at_the_slots_of_their_nic(tmp_path: Path) -> None:
+    plan = lab_plan()
+    root = xml_of(plan, tmp_path)
+    interfaces = root.findall("devices/interface")
+    assert [i.get("type") for i in interfaces] == ["ethernet", "ethernet"]
+    for iface, nic in zip(interfaces, (plan.nics[0], plan.nics[2]), strict=True):
+        assert iface.find("mac").get("address") == nic.mac
+        assert (iface.find("target").get("dev"), iface.find("target").get("managed")) == (nic.tap, "no")
+        assert iface.find("model").get("type") == "virtio"
+        assert iface.find("address").attrib == {
+            "type": "pci", "domain": "0x0000", "bus": "0x00",
+            "slot": f"{kvm.FIRST_NIC_SLOT + nic.index:#04x}", "function": "0x0",
+        }  # fmt: skip
+    args = [a.get("value") for a in root.iter(f"{{{kvm.QEMU_NS}}}arg")]
+    assert not any(a.startswith("tap") for a in args), "libvirt opens the taps, not a -netdev"
+    (device,) = [a for a in args if a.startswith("virtio-net-pci")]
+    assert device.endswith(
+        f"netdev=svmnet1,mac={plan.nics[1].mac},bus=pci.0,addr={kvm.FIRST_NIC_SLOT + 1:#04x}"
+    )
+
+
+def test_libvirt_xml_without_a_lab_is_as_before(tmp_path: Path) -> None:
+    plan = testnet.plan_test_network("router", "r-1-VM", 40023)
+    root = xml_of(plan, tmp_path)
+    assert root.findall("devices/interface") == []
+    args = [a.get("value") for a in root.iter(f"{{{kvm.QEMU_NS}}}arg")]
+    assert args == kvm.pinned_nic_args(testnet.qemu_netdev_args(plan))
+
+
+def test_the_kvm_plan_takes_the_lab_and_other_hypervisors_refuse_it() -> None:
+    plan = harness.plan_boot("kvm", "router", "r-1-VM", KEY, 8250, LAB)
+    assert plan.network is not None and plan.network.taps == ["nl0001t0", "nl0001t1"]
+    assert plan.boot_args.gateway == "198.51.100.1"
+    with pytest.raises(UserError, match="KVM only"):
+        harness.plan_boot("xenserver", "router", "r-1-VM", KEY, 8250, LAB)
+
+
+def test_the_lab_takes_only_a_kvm_router(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="takes a KVM router"):
+        with harness.boot_system_vm("kvm", "amd64", "secstorage", lab=object(), artifacts=tmp_path):  # type: ignore[arg-type]
+            pass
+
+
+def test_the_rules_hold_snat_dnat_and_the_egress_rule() -> None:
+    plan = netlab.LabPlan()
+    rules = routerlab.router_rules(plan)
+    assert "-A POSTROUTING -s 10.1.1.0/24 -o eth2 -j SNAT --to-source 198.51.100.10" in rules["nat"]
+    assert "-i eth2 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.1.1.11:80" in rules["nat"]
+    assert "-A FW_EGRESS_RULES -d 10.2.2.1/32 -j DROP" in rules["filter"]
+    assert rules["filter"].index("-d 10.2.2.1/32 -j DROP") < rules["filter"].index(
+        "-A FW_EGRESS_RULES -j ACCEPT"
+    )
+    assert all(text.startswith("*") and text.endswith("COMMIT\n") for text in rules.values())
+    assert "ip_forward" not in json.dumps(rules)
+
+
+@pytest.mark.parametrize(("group", "gone"), [("snat", "SNAT"), ("dnat", "DNAT"), ("egress", "-j DROP")])
+def test_a_rule_group_can_be_left_out(group: str, gone: str) -> None:
+    full = routerlab.router_rules(netlab.LabPlan())
+    rules = routerlab.router_rules(netlab.LabPlan(), without={group})
+    text = rules["nat"] + rules["filter"]
+    assert gone in full["nat"] + full["filter"] and gone not in text
+    with pytest.raises(ValueError, match="unknown rule groups"):
+        routerlab.router_rules(netlab.LabPlan(), without={"nope"})
+
+
+def test_lab_params_are_json_with_the_namespaces_and_logs(tmp_path: Path) -> None:
+    lab = netlab.NetLab("nl0001", netlab.LabPlan(), tmp_path)
+
+    def service(name: str, host: str) -> netlab.Service:
+        return netlab.Service(name, lab.netns(host), None, tmp_path / f"{name}.log",  # type: ignore[arg-type]
+                              lab.hosts[host].ip, 80, tmp_path / f"{name}.access.log")  # fmt: skip
+
+    router = routerlab.RouterLab(lab, service("public-http", "server"), [service("web1", "web1")])
+    params = json.loads(json.dumps(router.params(["nl0001t0", "nl0001t1"])))
+    assert params["netns"]["client"] == "nl0001-client" and params["netns"]["server"] == "nl0001-server"
+    assert params["public_http"]["access_log"] == str(tmp_path / "public-http.access.log")
+    assert params["backends"]["web1"]["ip"] == "10.1.1.11"
+    assert params["plan"]["router_public_ip"] == "198.51.100.10"
+    assert (params["blocked"], params["allowed"]) == ("10.2.2.1", "198.51.100.1")
+    assert params["rules"] == routerlab.router_rules(netlab.LabPlan())
