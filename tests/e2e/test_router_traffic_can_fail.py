@@ -18,14 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from systemvm.boot import netlab
 from systemvm.boot.routerlab import router_rules
 from systemvm.check.report import parse_junit
 from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
-from tests.e2e.vmpool import VmPool, pool_member
+from tests.e2e.vmpool import Shell, VmPool, pool_member
 
 pytestmark = [
     pytest.mark.e2e,
@@ -62,28 +61,6 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
 }
 
 
-class Shell:
-    """One SSH session to the router for the breaks and repairs."""
-
-    def __init__(self, host: str, port: int, key_file: Path) -> None:
-        self.client = paramiko.SSHClient()
-        self.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        self.client.connect(
-            host,
-            port=port,
-            username="root",
-            key_filename=str(key_file),
-            allow_agent=False,
-            look_for_keys=False,
-        )
-
-    def run(self, command: str) -> str:
-        _, stdout, stderr = self.client.exec_command(command, timeout=120)
-        status = stdout.channel.recv_exit_status()
-        assert status == 0, f"`{command}` exited {status}: {stderr.read().decode()[-500:]}"
-        return stdout.read().decode()
-
-
 @pytest.fixture(scope="module")
 def router(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
     """The pool's router in its lab (booted in the background since the session started), then stopped."""
@@ -96,7 +73,7 @@ def router(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
         try:
             yield booted, params, shell
         finally:
-            shell.client.close()
+            shell.close()
     finally:
         vm_pool.release("router")
         prefix = member.vm.lab.lab.prefix if member.vm is not None and member.vm.lab else None

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from systemvm import naming
@@ -24,7 +23,7 @@ from systemvm.boot.testnet import TEST_MGMT_CIDR
 from systemvm.check.report import parse_junit
 from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
 from tests.e2e import artifacts
-from tests.e2e.vmpool import SPECS, VmPool, pool_member
+from tests.e2e.vmpool import SPECS, Shell, VmPool, pool_member
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vm("canfail")]
 
@@ -315,27 +314,6 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
 }
 
 
-class Shell:
-    """One SSH session kept open for the whole module: breaking the key must not lock the test out."""
-
-    def __init__(self, host: str, port: int, key_file: Path) -> None:
-        self.client = paramiko.SSHClient()
-        self.client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        self.client.connect(
-            host,
-            port=port,
-            username="root",
-            key_filename=str(key_file),
-            allow_agent=False,
-            look_for_keys=False,
-        )
-
-    def run(self, command: str) -> None:
-        _, stdout, stderr = self.client.exec_command(command, timeout=120)
-        status = stdout.channel.recv_exit_status()
-        assert status == 0, f"`{command}` exited {status}: {stderr.read().decode()[-500:]}"
-
-
 @pytest.fixture(scope="module")
 def vm(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
     """The pool's KVM secstorage VM (booted in the background since the session started), then stopped."""
@@ -359,7 +337,7 @@ def vm(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
         try:
             yield booted, params, shell
         finally:
-            shell.client.close()
+            shell.close()
     finally:
         vm_pool.release("canfail")
 

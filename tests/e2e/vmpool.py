@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from systemvm.boot import sshwait
+from systemvm.boot.patch import ssh_session
 from systemvm.boot.qemu import QemuVM
 from tests.e2e import artifacts
 
@@ -66,6 +67,25 @@ def ova_to_qcow2(artifact: Path, tmp: Path) -> Path:
         member = next(m for m in tar.getmembers() if m.name.endswith(".vmdk"))
         tar.extract(member, tmp, filter="data")
     return _to_qcow2(tmp / member.name, "vmdk", tmp / "from-vmdk.qcow2")
+
+
+class Shell:
+    """One SSH session (:func:`systemvm.boot.patch.ssh_session`) kept open for a can-fail module's breaks and
+    repairs: a case that breaks the key or sshd must not lock the test out of repairing it."""
+
+    def __init__(self, host: str, port: int, key_file: Path) -> None:
+        self._stack = contextlib.ExitStack()
+        self.client = self._stack.enter_context(ssh_session(host, port, key_file))
+
+    def run(self, command: str) -> str:
+        """``command``'s output; AssertionError naming it and its stderr when it exits non-zero."""
+        _, stdout, stderr = self.client.exec_command(command, timeout=120)
+        status = stdout.channel.recv_exit_status()
+        assert status == 0, f"`{command}` exited {status}: {stderr.read().decode()[-500:]}"
+        return stdout.read().decode()
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 @dataclasses.dataclass(frozen=True)
