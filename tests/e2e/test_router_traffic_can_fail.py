@@ -22,9 +22,8 @@ import pytest
 
 from systemvm.boot import netlab
 from systemvm.boot.routerlab import router_rules
-from systemvm.check.report import parse_junit
-from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
-from tests.e2e.vmpool import Shell, VmPool, pool_member
+from systemvm.check.suite import PACKAGES_DIR, check_node
+from tests.e2e.vmpool import Shell, VmPool, check_results, pool_member
 
 pytestmark = [
     pytest.mark.e2e,
@@ -81,15 +80,10 @@ def router(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
             assert netlab.leftovers(prefix) == [], f"the lab {prefix} was left behind"
 
 
-def _results(params: dict[str, Any], work: Path, label: str, select: list[str]) -> dict[str, tuple[str, str]]:
-    junit = run_checks(params, work, label, select)
-    return {c.name: (c.result, c.message) for c in parse_junit(junit).checks}
-
-
 @pytest.fixture(scope="module")
 def healthy(router: tuple[Any, dict[str, Any], Shell], tmp_path_factory: pytest.TempPathFactory) -> dict:
     _, params, _ = router
-    return _results(params, tmp_path_factory.mktemp("healthy"), "healthy", ALL)
+    return check_results(params, tmp_path_factory.mktemp("healthy"), "healthy", ALL)
 
 
 def test_the_healthy_router_passes_the_traffic_checks(healthy: dict[str, tuple[str, str]]) -> None:
@@ -116,7 +110,7 @@ def test_a_broken_router_fails_the_check(
     broken = {**params, "lab": {**params["lab"], **overrides}}
     shell.run(break_it)
     try:
-        results = _results(broken, tmp_path, case.replace(" ", "-"), expected)
+        results = check_results(broken, tmp_path, case.replace(" ", "-"), expected)
     finally:
         shell.run(repair)
     names = {node.split("::")[1] for node in expected}

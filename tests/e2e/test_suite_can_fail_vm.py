@@ -20,10 +20,9 @@ import pytest
 from systemvm import naming
 from systemvm.boot import payload
 from systemvm.boot.testnet import TEST_MGMT_CIDR
-from systemvm.check.report import parse_junit
-from systemvm.check.suite import PACKAGES_DIR, check_node, run_checks
+from systemvm.check.suite import PACKAGES_DIR, check_node
 from tests.e2e import artifacts
-from tests.e2e.vmpool import SPECS, Shell, VmPool, pool_member
+from tests.e2e.vmpool import SPECS, Shell, VmPool, check_results, pool_member
 
 pytestmark = [pytest.mark.e2e, pytest.mark.vm("canfail")]
 
@@ -351,17 +350,10 @@ def with_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[st
     return merged
 
 
-def _results(
-    params: dict[str, Any], work: Path, label: str, select: list[str] | None
-) -> dict[str, tuple[str, str]]:
-    junit = run_checks(params, work, label, select)
-    return {c.name: (c.result, c.message) for c in parse_junit(junit).checks}
-
-
 @pytest.fixture(scope="module")
 def healthy(vm: tuple[Any, dict[str, Any], Shell], tmp_path_factory: pytest.TempPathFactory) -> dict:
     _, params, _ = vm
-    return _results(params, tmp_path_factory.mktemp("healthy"), "healthy", None)
+    return check_results(params, tmp_path_factory.mktemp("healthy"), "healthy", None)
 
 
 def test_the_healthy_vm_passes_every_check(healthy: dict[str, tuple[str, str]]) -> None:
@@ -380,7 +372,7 @@ def test_a_broken_vm_fails_the_check(
     break_it, repair, overrides, expected = CASES[case]
     shell.run(break_it)
     try:
-        results = _results(with_overrides(params, overrides), tmp_path, case.replace(" ", "-"), expected)
+        results = check_results(with_overrides(params, overrides), tmp_path, case.replace(" ", "-"), expected)
     finally:
         shell.run(repair.format(name=booted.name))
     names = {node.split("::")[1] for node in expected}

@@ -88,6 +88,17 @@ class Shell:
         self._stack.close()
 
 
+def check_results(
+    params: dict[str, Any], work: Path, label: str, select: list[str] | None
+) -> dict[str, tuple[str, str]]:
+    """Run the appliance checks ``select`` (all when None) with ``params``; per check (result, message)."""
+    from systemvm.check.report import parse_junit
+    from systemvm.check.suite import run_checks
+
+    junit = run_checks(params, work, label, select)
+    return {c.name: (c.result, c.message) for c in parse_junit(junit).checks}
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """One shared VM. ``kind``: ``plain`` (plain QEMU, :class:`QemuVM`) or ``kvm`` (through libvirt with the
