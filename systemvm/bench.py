@@ -203,6 +203,12 @@ def bench(flavours: list[str], version: str, artifacts: Path, sections: list[str
 
         qcow2 = [vdir / naming.export_name(version, f, "qcow2") for f in flavours]
         rows += run_section("kvm", lambda: bench_kvm([p for p in qcow2 if p.exists()]))
+    if "router" in sections:
+        from systemvm.boot.routerlab import bench_router
+
+        for flavour in flavours:
+            disk = vdir / naming.export_name(version, flavour, "qcow2")
+            rows += run_section("router", functools.partial(bench_router, flavour, disk))
     for hypervisor, fmt in ((Hypervisor.XENSERVER, "vhd"), (Hypervisor.VMWARE, "ova")):
         if hypervisor in sections:
             artifact = vdir / naming.export_name(version, Flavour.AMD64, fmt)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from systemvm.boot.netlab import LabError, NetLab, Service
+from systemvm.boot.netlab import LabError, NetLab, Service, backend_names
 from systemvm.hosttools import require_tools
 
 CHARON = Path("/usr/lib/ipsec/charon")  # strongswan-charon: the IKE daemon (not on PATH)
@@ -39,7 +39,7 @@ def _python_service(lab: NetLab, name: str, host: str, *args: str, port: int = 8
 def start_web_backends(lab: NetLab, port: int = 80) -> list[Service]:
     """An HTTP server on every backend host (``web1``, ``web2``, ...), each answering with its name:
     a load balancer's round-robin shows in the bodies, its source address in each access log."""
-    return [_python_service(lab, h, h, port=port) for h in lab.hosts if h.startswith("web")]
+    return [_python_service(lab, h, h, port=port) for h in backend_names(lab.plan)]
 
 
 def start_public_http(lab: NetLab, files: Mapping[str, bytes] | None = None, port: int = 80) -> Service:

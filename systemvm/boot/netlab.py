@@ -94,10 +94,18 @@ class Host:
     gateway: str | None
 
 
+def backend_names(plan: LabPlan) -> list[str]:
+    """The web backends' host names, in the order of ``plan.backend_ips``."""
+    return [f"web{i}" for i in range(1, len(plan.backend_ips) + 1)]
+
+
 def lab_hosts(plan: LabPlan) -> tuple[Host, ...]:
     """The client, the web backends (their default route is the router) and the public server."""
     guest = [Host("client", "guest", plan.client_ip, plan.router_guest_ip)]
-    guest += [Host(f"web{i}", "guest", ip, plan.router_guest_ip) for i, ip in enumerate(plan.backend_ips, 1)]
+    guest += [
+        Host(name, "guest", ip, plan.router_guest_ip)
+        for name, ip in zip(backend_names(plan), plan.backend_ips, strict=True)
+    ]
     return (*guest, Host("server", "public", plan.server_ip, None))
 
 

@@ -15,7 +15,10 @@ the image), in their shapes (``CsAddress.fw_router``, the port-forwarding and eg
 - a port forward: ``nat PREROUTING -d <public ip>/32 -i eth2 -p tcp --dport 8080 -j DNAT
   --to-destination <web1>:80``, and the FORWARD accept of its new connections;
 - FORWARD: the public side's replies (RELATED,ESTABLISHED), guest to public through ``FW_OUTBOUND`` and
-  ``FW_EGRESS_RULES``, where the egress rule drops one destination and the rest is accepted.
+  ``FW_EGRESS_RULES``, where the egress rule drops one destination and the rest is accepted;
+- a load balancer rule: the INPUT accept of new connections to ``<public ip>:8081`` (``CsLoadBalancer``
+  opens each load balancer's port), with HAProxy's configuration (:func:`haproxy_config`, a ``listen``
+  section per rule as the management server's HAProxy configurator renders it) balancing over web1 and web2.
 
 Each rule belongs to a named group, so a can-fail test can hand the checks the rules without one
 (:func:`router_rules` ``without=``).
@@ -25,7 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import shlex
 from collections.abc import Collection, Iterator
+from pathlib import Path
 from typing import Any
 
 from systemvm.boot import labservices, netlab
@@ -33,7 +39,42 @@ from systemvm.boot import labservices, netlab
 GUEST_DEV, PUBLIC_DEV = "eth0", "eth2"  # CloudStack's router NIC order: guest, control, public
 FORWARD_PORT = 8080  # the public port forwarded to web1's port 80
 BACKEND_PORT = 80
-RULE_GROUPS = ("forward", "snat", "dnat", "dnat-forward", "egress")
+LB_PORT = 8081  # the load balancer's public port: not one the role's boot firewall opens
+RULE_GROUPS = ("forward", "snat", "dnat", "dnat-forward", "egress", "lb-input")
+HEALTH_CHECK_MS = 1000  # HAProxy's check interval: a backend is down after two failed checks
+
+
+def haproxy_config(plan: netlab.LabPlan, balance: str = "roundrobin", health_checks: bool = True) -> str:
+    """/etc/haproxy/haproxy.cfg for one load balancer rule, ``<public ip>:8081`` over the web backends, in
+    the shape CloudStack's HAProxy configurator gives it (global/defaults, one ``listen`` per rule,
+    ``server <rule>_<n> <ip>:<port> check``). ``balance`` and ``health_checks`` let a can-fail test hand the
+    router a configuration that does not balance, or never notices a dead backend."""
+    public = plan.router_public_ip
+    rule = f"{public.replace('.', '_')}-{LB_PORT}"
+    check = f" check inter {HEALTH_CHECK_MS} fall 2 rise 1" if health_checks else ""
+    servers = [f"\tserver {rule}_{n} {ip}:{BACKEND_PORT}{check}" for n, ip in enumerate(plan.backend_ips)]
+    return "\n".join([
+        "global",
+        "\tlog 127.0.0.1:3914 local0 warning",
+        "\tmaxconn 4096",
+        "\tdaemon",
+        "",
+        "defaults",
+        "\tlog global",
+        "\tmode tcp",
+        "\toption dontlognull",
+        "\tretries 3",
+        "\ttimeout connect 5s",
+        "\ttimeout check 1s",
+        "\ttimeout client 50s",
+        "\ttimeout server 50s",
+        "",
+        f"listen {rule}",
+        f"\tbind {public}:{LB_PORT}",
+        f"\tbalance {balance}",
+        *servers,
+        "",
+    ])  # fmt: skip
 
 
 def blocked_destination(plan: netlab.LabPlan) -> str:
@@ -70,6 +111,8 @@ def router_rules(plan: netlab.LabPlan, without: Collection[str] = ()) -> dict[st
         ("forward", "-A FW_OUTBOUND -j FW_EGRESS_RULES"),
         ("egress", f"-A FW_EGRESS_RULES -d {blocked_destination(plan)}/32 -j DROP"),
         ("forward", "-A FW_EGRESS_RULES -j ACCEPT"),
+        ("lb-input", f"-A INPUT -d {public}/32 -i {p} -p tcp -m tcp --dport {LB_PORT} "
+                     "-m state --state NEW -j ACCEPT"),
     ]  # fmt: skip
     nat_head = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
                 ":POSTROUTING ACCEPT [0:0]"]  # fmt: skip
@@ -101,6 +144,7 @@ def lab_params(router_lab: RouterLab, taps: list[str]) -> dict[str, Any]:
         "prefix": lab.prefix,
         "taps": list(taps),
         "netns": {name: lab.netns(name) for name in lab.hosts},
+        "switches": {network: lab.switch(network) for network in netlab.NETWORKS},
         "plan": dataclasses.asdict(plan),
         "guest_dev": GUEST_DEV,
         "public_dev": PUBLIC_DEV,
@@ -113,6 +157,17 @@ def lab_params(router_lab: RouterLab, taps: list[str]) -> dict[str, Any]:
         "blocked": blocked_destination(plan),
         "allowed": plan.server_ip,
         "rules": router_rules(plan),
+        "load_balancer": lab_params_load_balancer(plan),
+    }
+
+
+def lab_params_load_balancer(plan: netlab.LabPlan) -> dict[str, Any]:
+    """The load balancer the checks configure: its public port, backends (lab host names), HAProxy's file."""
+    return {
+        "port": LB_PORT,
+        "backends": netlab.backend_names(plan),
+        "config": haproxy_config(plan),
+        "health_check_ms": HEALTH_CHECK_MS,
     }
 
 
@@ -123,3 +178,43 @@ def router_lab(prefix: str | None = None) -> Iterator[RouterLab]:
         backends = labservices.start_web_backends(lab, port=BACKEND_PORT)
         public = labservices.start_public_http(lab)
         yield RouterLab(lab, public, backends)
+
+
+IPERF_SECONDS = 5
+
+
+def bench_router(flavour: str, artifact: Path | None = None) -> list[tuple[str, str]]:
+    """Rows for ``invoke bench``: a KVM router booted in the lab with the lab's rules (SNAT out of eth2), then
+    iperf3 from the guest client to the public server through it (TCP, ``IPERF_SECONDS``), both directions."""
+    from systemvm.boot import patch
+    from systemvm.boot.harness import boot_system_vm
+
+    rows: list[tuple[str, str]] = []
+    with router_lab() as rlab:
+        plan = rlab.lab.plan
+        labservices.start_iperf3(rlab.lab)
+        with boot_system_vm("kvm", flavour, "router", artifact=artifact, lab=rlab, with_patch=False) as vm:
+            rows.append(
+                (f"{flavour} router: define to SSH on 3922 (in the lab)", f"{vm.timings['ssh']:.1f} s")
+            )
+            rules = router_rules(plan)
+            with patch.ssh_session(vm.target.host, vm.target.port, vm.key_file) as client:
+                for command in (
+                    f"printf %s {shlex.quote(rules['nat'])} | iptables-restore",
+                    f"printf %s {shlex.quote(rules['filter'])} | iptables-restore --noflush",
+                ):
+                    _, out, err = client.exec_command(command, timeout=60)
+                    if out.channel.recv_exit_status() != 0:
+                        raise netlab.LabError(
+                            f"{command.split('|')[-1].strip()} failed: {err.read().decode()}"
+                        )
+            for direction, extra in (("guest -> public", ()), ("public -> guest", ("--reverse",))):
+                done = rlab.lab.exec(
+                    "client", "iperf3", "--client", plan.server_ip, "--time", str(IPERF_SECONDS), "--json",
+                    *extra, timeout=IPERF_SECONDS + 60,
+                )  # fmt: skip
+                bits = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
+                rows.append(
+                    (f"{flavour} router: forwarding {direction} (iperf3 TCP)", f"{bits / 1e6:.0f} Mbit/s")
+                )
+    return rows

@@ -10,7 +10,7 @@ from systemvm import naming
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
 from systemvm.tasks import user_errors
 
-SECTIONS = "build,boot,export,sbom,kvm,xenserver,vmware,seed,cleanroom,matrix"
+SECTIONS = "build,boot,export,sbom,kvm,router,xenserver,vmware,seed,cleanroom,matrix"
 
 
 @task(
@@ -25,7 +25,8 @@ SECTIONS = "build,boot,export,sbom,kvm,xenserver,vmware,seed,cleanroom,matrix"
 def bench(
     c, flavour="all", version=DEFAULT_VERSION, sections=SECTIONS, cold=False, artifacts=str(ARTIFACTS_DIR)
 ):
-    """Benchmarks: build (cold/warm), sizes, QEMU boot to SSH, exports, hypervisor paths, seeding, matrix."""
+    """Benchmarks: build (cold/warm), sizes, QEMU boot to SSH, exports, router forwarding, hypervisor paths,
+    seeding, matrix."""
     from systemvm.bench import bench as run
 
     with user_errors():

@@ -6,7 +6,8 @@ VMDK read back (Python's tarfile, then qemu-img's VMDK reader), so this module i
 proof (issue 4): the read-back disk boots to SSH on 3922 and routes. The traffic checks must pass
 on it first; then each case breaks one feature, on the VM (IPv4 forwarding off) or in the rules the
 management server hands the router (``params["lab"]["rules"]`` without the SNAT rule, the DNAT rule, the
-port forward's FORWARD accept, the egress rule), runs the checks it targets, expects them to fail, and
+port forward's FORWARD accept, the egress rule, the load balancer's INPUT accept; HAProxy configured to
+balance by source address or without health checks), runs the checks it targets, expects them to fail, and
 repairs the VM for the next case. Afterwards the lab's namespaces and taps and the VM are gone.
 Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from systemvm.boot import netlab
+from systemvm.boot import netlab, routerlab
 from systemvm.boot.routerlab import router_rules
 from systemvm.check.suite import PACKAGES_DIR, check_node
 from tests.e2e.vmpool import Shell, VmPool, check_results, pool_member
@@ -37,12 +38,20 @@ SNAT = T + "test_guest_traffic_leaves_with_the_routers_public_address"
 PORT_FORWARD = T + "test_port_forward_reaches_the_guest_backend"
 EGRESS = T + "test_egress_rule_blocks_its_destination_only"
 CONNTRACK = T + "test_connection_tracking_holds_the_guests_flow"
-ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK]
+ROUND_ROBIN = T + "test_load_balancer_takes_turns_over_the_backends"
+BACKEND_DOWN = T + "test_load_balancer_stops_sending_to_a_dead_backend"
+ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK, ROUND_ROBIN, BACKEND_DOWN]
 PLAN = netlab.LabPlan()
 
 
 def without(*groups: str) -> dict[str, Any]:
     return {"rules": router_rules(PLAN, without=groups)}
+
+
+def haproxy(**options: Any) -> dict[str, Any]:
+    """The lab's load balancer, handed to the router with another HAProxy configuration."""
+    lb = routerlab.lab_params_load_balancer(PLAN)
+    return {"load_balancer": {**lb, "config": routerlab.haproxy_config(PLAN, **options)}}
 
 
 # case -> (break on the VM, repair, lab parameter overrides, checks expected to fail). In this order, one VM.
@@ -57,6 +66,9 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
     "no DNAT rule": ("true", "true", without("dnat"), [PORT_FORWARD]),
     "port forward not accepted in FORWARD": ("true", "true", without("dnat-forward"), [PORT_FORWARD]),
     "no egress rule": ("true", "true", without("egress"), [EGRESS]),
+    "no load balancer INPUT rule": ("true", "true", without("lb-input"), [ROUND_ROBIN, BACKEND_DOWN]),
+    "HAProxy balances by source address": ("true", "true", haproxy(balance="source"), [ROUND_ROBIN]),
+    "HAProxy without health checks": ("true", "true", haproxy(health_checks=False), [BACKEND_DOWN]),
 }
 
 

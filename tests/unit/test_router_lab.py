@@ -137,7 +137,10 @@ def test_the_rules_hold_snat_dnat_and_the_egress_rule() -> None:
     assert "ip_forward" not in json.dumps(rules)
 
 
-@pytest.mark.parametrize(("group", "gone"), [("snat", "SNAT"), ("dnat", "DNAT"), ("egress", "-j DROP")])
+@pytest.mark.parametrize(
+    ("group", "gone"),
+    [("snat", "SNAT"), ("dnat", "DNAT"), ("egress", "-j DROP"), ("lb-input", "--dport 8081")],
+)
 def test_a_rule_group_can_be_left_out(group: str, gone: str) -> None:
     full = routerlab.router_rules(netlab.LabPlan())
     rules = routerlab.router_rules(netlab.LabPlan(), without={group})
@@ -162,3 +165,29 @@ def test_lab_params_are_json_with_the_namespaces_and_logs(tmp_path: Path) -> Non
     assert params["plan"]["router_public_ip"] == "198.51.100.10"
     assert (params["blocked"], params["allowed"]) == ("10.2.2.1", "198.51.100.1")
     assert params["rules"] == routerlab.router_rules(netlab.LabPlan())
+    assert params["switches"] == {"guest": "nl0001-guest-sw", "public": "nl0001-public-sw"}
+    assert params["load_balancer"]["backends"] == ["web1", "web2"]
+    assert params["load_balancer"]["config"] == routerlab.haproxy_config(netlab.LabPlan())
+
+
+def test_the_load_balancer_listens_on_the_public_address_over_both_backends() -> None:
+    config = routerlab.haproxy_config(netlab.LabPlan())
+    listen = config[config.index("listen ") :]
+    assert "\tbind 198.51.100.10:8081\n" in listen and "\tbalance roundrobin\n" in listen
+    servers = [line.split() for line in listen.splitlines() if line.startswith("\tserver ")]
+    assert [s[2] for s in servers] == ["10.1.1.11:80", "10.1.1.12:80"]
+    assert all("check" in s for s in servers)
+    assert (
+        "-d 198.51.100.10/32 -i eth2 -p tcp -m tcp --dport 8081"
+        in routerlab.router_rules(netlab.LabPlan())["filter"]
+    )
+
+
+def test_a_can_fail_configuration_changes_only_what_it_names() -> None:
+    plan = netlab.LabPlan()
+    good = routerlab.haproxy_config(plan)
+    by_source = routerlab.haproxy_config(plan, balance="source")
+    unchecked = routerlab.haproxy_config(plan, health_checks=False)
+    assert by_source == good.replace("balance roundrobin", "balance source")
+    servers = [line for line in unchecked.splitlines() if line.startswith("\tserver ")]
+    assert len(servers) == 2 and not any("check" in line for line in servers)

@@ -1,13 +1,15 @@
 """Router traffic.
 
-Source NAT, a port forward, an egress rule and connection tracking, through the network lab. Only for a
-router booted inside the lab (``params["lab"]``, :mod:`systemvm.boot.routerlab`): its guest NIC (eth0) and
-public NIC (eth2) are taps on the lab's bridges, with a client and web backends behind eth0 and a public
-server behind eth2. The module configures the router over SSH as CloudStack's scripts do at run time
-(``iptables-restore`` of the rules the lab parameters carry: SNAT, a DNAT port forward, FORWARD with an
-egress rule), sends real traffic from the lab's namespaces (``ip netns exec``: the suite runs on the host),
-reads what the servers logged and what the router's connection tracking holds, and restores the router's
-rules afterwards. IPv4 forwarding is never turned on here: the boot must have done it.
+Source NAT, a port forward, an egress rule, connection tracking and a load balancer, through the network
+lab. Only for a router booted inside the lab (``params["lab"]``, :mod:`systemvm.boot.routerlab`): its guest
+NIC (eth0) and public NIC (eth2) are taps on the lab's bridges, with a client and web backends behind eth0
+and a public server behind eth2. The module configures the router over SSH as CloudStack's scripts do at
+run time (``iptables-restore`` of the rules the lab parameters carry: SNAT, a DNAT port forward, FORWARD
+with an egress rule, a load balancer's INPUT accept; HAProxy's configuration written, checked with
+``haproxy -c`` and reloaded as CsLoadBalancer does), sends real traffic from the lab's namespaces
+(``ip netns exec``: the suite runs on the host), reads what the servers logged and what the router's
+connection tracking holds, and restores the router's rules and HAProxy's configuration afterwards. IPv4
+forwarding is never turned on here: the boot must have done it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import secrets
 import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ from systemvm.check.appliance.target import Params, run_ok
 pytestmark = [pytest.mark.live]
 
 SAVED_RULES = "/root/.svmt-router-traffic.rules"
+HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
+SAVED_HAPROXY = "/root/.svmt-router-traffic.haproxy.cfg"
 CONNECT_TIMEOUT = 3
 TUPLE_RE = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
 
@@ -167,3 +172,93 @@ def test_connection_tracking_holds_the_guests_flow(host: Any, configured: dict[s
         f"the reply direction is not to the router's public address: {entries[0]}"
     )
     assert "UNREPLIED" not in entries[0], f"the server never answered: {entries[0]}"
+
+
+def wait_for(predicate: Any, timeout: float, step: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+@pytest.fixture(scope="module")
+def load_balancer(host: Any, configured_router: dict[str, Any] | None) -> Iterator[dict[str, Any] | None]:
+    """HAProxy on the router with the lab's load balancer configuration, as CsLoadBalancer applies one
+    (the new file checked with ``haproxy -c``, moved into place, haproxy reloaded or started); the
+    router's own configuration and haproxy's state restored afterwards. None where the checks do not apply."""
+    if configured_router is None:
+        yield None
+        return
+    lab = configured_router
+    lb = lab["load_balancer"]
+    was_active = host.service("haproxy").is_running
+    run_ok(host, f"cp -p {HAPROXY_CFG} {SAVED_HAPROXY}")
+    try:
+        run_ok(host, f"printf %s {shlex.quote(lb['config'])} > {HAPROXY_CFG}.new")
+        run_ok(host, f"haproxy -c -q -f {HAPROXY_CFG}.new")
+        run_ok(host, f"mv {HAPROXY_CFG}.new {HAPROXY_CFG} && systemctl reload-or-restart haproxy")
+        listening = wait_for(lambda: f":{lb['port']} " in run_ok(host, "ss -Htln"), timeout=15)
+        assert listening, f"haproxy does not listen on {lb['port']} after the reload"
+        yield lab
+    finally:
+        restart = "systemctl reload-or-restart haproxy" if was_active else "systemctl stop haproxy"
+        run_ok(host, f"mv {SAVED_HAPROXY} {HAPROXY_CFG} && {restart}")
+
+
+@pytest.fixture
+def balanced(configured: dict[str, Any], load_balancer: dict[str, Any] | None) -> dict[str, Any]:
+    """The lab with HAProxy configured (the checks skip in :func:`configured` where they do not apply)."""
+    assert load_balancer is not None, "the router was configured but its load balancer was not"
+    return load_balancer
+
+
+def lb_fetches(lab: dict[str, Any], path: str, count: int) -> list[str]:
+    """``count`` requests from the public server to the load balancer: each one's body, or ``error: ...``."""
+    url = f"http://{lab['plan']['router_public_ip']}:{lab['load_balancer']['port']}{path}"
+    answers = []
+    for _ in range(count):
+        done = fetch(lab, "server", url)
+        answers.append(done.stdout.strip() if done.returncode == 0 else f"error: {done.stderr.strip()}")
+    return answers
+
+
+def test_load_balancer_takes_turns_over_the_backends(balanced: dict[str, Any]) -> None:
+    """HAProxy on the router's public address balances round-robin over both guest backends"""
+    lab = balanced
+    path = token()
+    answers = lb_fetches(lab, path, 4)
+    backends = lab["load_balancer"]["backends"]
+    assert sorted(answers) == sorted(backends * 2) and answers[0] != answers[1], (
+        f"four requests to the load balancer were answered by {answers}, not in turns by {backends}"
+    )
+    for name in backends:
+        seen = set(logged_clients(lab["backends"][name]["access_log"], path))
+        assert seen == {lab["plan"]["router_guest_ip"]}, (
+            f"{name} saw {sorted(seen)}, not the router's guest address (HAProxy proxies the connection)"
+        )
+
+
+def test_load_balancer_stops_sending_to_a_dead_backend(balanced: dict[str, Any]) -> None:
+    """HAProxy stops sending to a backend that went down; the other one answers every request"""
+    lab = balanced
+    lb = lab["load_balancer"]
+    alive, dead = lb["backends"][0], lb["backends"][-1]
+    switch = lab["switches"]["guest"]
+    last: list[list[str]] = []
+
+    def only_alive_answers() -> bool:
+        last[:] = [lb_fetches(lab, token(), 4)]
+        return last[0] == [alive] * 4
+
+    subprocess.run(["ip", "netns", "exec", switch, "ip", "link", "set", dead, "down"], check=True)
+    try:
+        # two failed health checks mark it down; a few intervals more for requests already sent to it
+        settled = wait_for(only_alive_answers, timeout=10 * lb["health_check_ms"] / 1000 + 10)
+    finally:
+        subprocess.run(["ip", "netns", "exec", switch, "ip", "link", "set", dead, "up"], check=True)
+        # back in the pool before any later check: a passing health check marks it up again
+        wait_for(lambda: dead in lb_fetches(lab, token(), 2), timeout=15)
+    assert settled, f"with {dead} down, the load balancer still answered {last[0] if last else []}"
