@@ -69,6 +69,8 @@ LIVE_ONLY = {
     "test_port_forward_reaches_the_guest_backend",
     "test_egress_rule_blocks_its_destination_only",
     "test_connection_tracking_holds_the_guests_flow",
+    "test_load_balancer_takes_turns_over_the_backends",
+    "test_load_balancer_stops_sending_to_a_dead_backend",
 }
 SECTIONS = {
     "3922 access",
