@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import shlex
 from collections.abc import Collection, Iterator
@@ -42,6 +43,42 @@ BACKEND_PORT = 80
 LB_PORT = 8081  # the load balancer's public port: not one the role's boot firewall opens
 RULE_GROUPS = ("forward", "snat", "dnat", "dnat-forward", "egress", "lb-input")
 HEALTH_CHECK_MS = 1000  # HAProxy's check interval: a backend is down after two failed checks
+
+
+DHCP_TAG = f"interface-{GUEST_DEV}-0"  # CsDhcp tags each guest range by its device
+DHCP_LEASE_IP = (
+    "10.1.1.20"  # the client's static lease (not its lab address: the offer must come from dnsmasq)
+)
+DHCP_NAME = "client-vm"
+DNS_NAME, DNS_IP_INDEX = "web1-vm", 0  # a guest VM's name in the router's /etc/hosts, answered by dnsmasq
+DNS_DOMAIN = "cs2cloud.internal"  # CloudStack's default guest network domain
+
+
+def dnsmasq_files(plan: netlab.LabPlan, router_option: bool = True) -> dict[str, str]:
+    """What CsDhcp writes for a guest network (path -> text): /etc/dnsmasq.d/cloud.conf (a static range on the
+    guest subnet, tagged by device, with the domain, resolver and router options), /etc/dhcphosts.txt (one
+    ``<mac>,<ip>,<name>,infinite`` line per VM; ``{mac}`` is filled in with the lab client's MAC) and the
+    /etc/hosts line dnsmasq answers a guest VM's name from. ``router_option=False``: a can-fail test's
+    configuration without the gateway option."""
+    network = ipaddress.ip_network(plan.guest_cidr)
+    options = [
+        f"dhcp-option=tag:{DHCP_TAG},15,{DNS_DOMAIN}",
+        f"dhcp-option=tag:{DHCP_TAG},6,{plan.router_guest_ip}",
+    ]
+    if router_option:
+        options.append(f"dhcp-option=tag:{DHCP_TAG},3,{plan.router_guest_ip}")
+    conf = [
+        "dhcp-hostsfile=/etc/dhcphosts.txt",
+        f"dhcp-range=set:{DHCP_TAG},{network.network_address},static,{network.netmask},infinite",
+        *options,
+        f"domain={DNS_DOMAIN}",
+        "",
+    ]
+    return {
+        "/etc/dnsmasq.d/cloud.conf": "\n".join(conf),
+        "/etc/dhcphosts.txt": f"{{mac}},{DHCP_LEASE_IP},{DHCP_NAME},infinite\n",
+        "/etc/hosts": f"{plan.backend_ips[DNS_IP_INDEX]} {DNS_NAME}\n",  # appended to the router's own file
+    }
 
 
 def haproxy_config(plan: netlab.LabPlan, balance: str = "roundrobin", health_checks: bool = True) -> str:
@@ -158,6 +195,19 @@ def lab_params(router_lab: RouterLab, taps: list[str]) -> dict[str, Any]:
         "allowed": plan.server_ip,
         "rules": router_rules(plan),
         "load_balancer": lab_params_load_balancer(plan),
+        "dhcp": lab_params_dhcp(plan),
+    }
+
+
+def lab_params_dhcp(plan: netlab.LabPlan, router_option: bool = True) -> dict[str, Any]:
+    """The guest network's DHCP and DNS the checks configure: dnsmasq's files and what a client must see."""
+    return {
+        "files": dnsmasq_files(plan, router_option),
+        "lease_ip": DHCP_LEASE_IP,
+        "gateway": plan.router_guest_ip,
+        "resolver": plan.router_guest_ip,
+        "dns_name": DNS_NAME,
+        "dns_ip": plan.backend_ips[DNS_IP_INDEX],
     }
 
 

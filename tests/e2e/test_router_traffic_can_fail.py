@@ -7,7 +7,8 @@ proof (issue 4): the read-back disk boots to SSH on 3922 and routes. The traffic
 on it first; then each case breaks one feature, on the VM (IPv4 forwarding off) or in the rules the
 management server hands the router (``params["lab"]["rules"]`` without the SNAT rule, the DNAT rule, the
 port forward's FORWARD accept, the egress rule, the load balancer's INPUT accept; HAProxy configured to
-balance by source address or without health checks), runs the checks it targets, expects them to fail, and
+balance by source address or without health checks; dnsmasq without the gateway option, without the guest
+VM's name), runs the checks it targets, expects them to fail, and
 repairs the VM for the next case. Afterwards the lab's namespaces and taps and the VM are gone.
 Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
 """
@@ -40,7 +41,9 @@ EGRESS = T + "test_egress_rule_blocks_its_destination_only"
 CONNTRACK = T + "test_connection_tracking_holds_the_guests_flow"
 ROUND_ROBIN = T + "test_load_balancer_takes_turns_over_the_backends"
 BACKEND_DOWN = T + "test_load_balancer_stops_sending_to_a_dead_backend"
-ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK, ROUND_ROBIN, BACKEND_DOWN]
+DHCP = T + "test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway"
+DNS = T + "test_dnsmasq_answers_a_guest_vms_name"
+ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK, ROUND_ROBIN, BACKEND_DOWN, DHCP, DNS]
 PLAN = netlab.LabPlan()
 
 
@@ -52,6 +55,14 @@ def haproxy(**options: Any) -> dict[str, Any]:
     """The lab's load balancer, handed to the router with another HAProxy configuration."""
     lb = routerlab.lab_params_load_balancer(PLAN)
     return {"load_balancer": {**lb, "config": routerlab.haproxy_config(PLAN, **options)}}
+
+
+def dhcp(hosts: str | None = None, **options: Any) -> dict[str, Any]:
+    """The lab's guest DHCP and DNS, handed to the router with other dnsmasq files."""
+    params = routerlab.lab_params_dhcp(PLAN, **options)
+    if hosts is not None:
+        params["files"] = {**params["files"], "/etc/hosts": hosts}
+    return {"dhcp": params}
 
 
 # case -> (break on the VM, repair, lab parameter overrides, checks expected to fail). In this order, one VM.
@@ -69,6 +80,8 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
     "no load balancer INPUT rule": ("true", "true", without("lb-input"), [ROUND_ROBIN, BACKEND_DOWN]),
     "HAProxy balances by source address": ("true", "true", haproxy(balance="source"), [ROUND_ROBIN]),
     "HAProxy without health checks": ("true", "true", haproxy(health_checks=False), [BACKEND_DOWN]),
+    "DHCP offers no gateway": ("true", "true", dhcp(router_option=False), [DHCP]),
+    "the guest VM's name is not in the router's hosts": ("true", "true", dhcp(hosts=""), [DNS]),
 }
 
 

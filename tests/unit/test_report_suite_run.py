@@ -71,6 +71,8 @@ LIVE_ONLY = {
     "test_connection_tracking_holds_the_guests_flow",
     "test_load_balancer_takes_turns_over_the_backends",
     "test_load_balancer_stops_sending_to_a_dead_backend",
+    "test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway",
+    "test_dnsmasq_answers_a_guest_vms_name",
 }
 SECTIONS = {
     "3922 access",

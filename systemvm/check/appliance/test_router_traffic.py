@@ -14,11 +14,13 @@ forwarding is never turned on here: the boot must have done it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,3 +264,86 @@ def test_load_balancer_stops_sending_to_a_dead_backend(balanced: dict[str, Any])
         # back in the pool before any later check: a passing health check marks it up again
         wait_for(lambda: dead in lb_fetches(lab, token(), 2), timeout=15)
     assert settled, f"with {dead} down, the load balancer still answered {last[0] if last else []}"
+
+
+SAVED_DHCP = "/root/.svmt-router-traffic.dhcp"
+DHCP_WAIT = 30  # dnsmasq's restart under TCG, then the offer
+
+
+@pytest.fixture(scope="module")
+def guest_dhcp(host: Any, configured_router: dict[str, Any] | None) -> Iterator[dict[str, Any] | None]:
+    """dnsmasq on the router with the lab's guest network, as CsDhcp configures it (cloud.conf, a static
+    lease for the lab client's MAC in dhcphosts.txt, a guest VM's name in /etc/hosts, dnsmasq restarted);
+    the router's own files and dnsmasq's state restored afterwards. None where the checks do not apply."""
+    if configured_router is None:
+        yield None
+        return
+    lab = configured_router
+    files = lab["dhcp"]["files"]
+    mac = in_netns(lab, "client", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    was_active = host.service("dnsmasq").is_running
+    saved = " ".join(shlex.quote(path) for path in files)
+    run_ok(
+        host,
+        f"mkdir -p {SAVED_DHCP} && for f in {saved}; do [ ! -e $f ] || cp -p --parents $f {SAVED_DHCP}; done",
+    )
+    try:
+        for path, text in files.items():
+            text = text.replace("{mac}", mac)
+            if path == "/etc/hosts":  # added to the router's own names, on a line of its own
+                run_ok(host, f"printf '\\n%s' {shlex.quote(text)} >> {path}")
+            else:
+                run_ok(host, f"printf %s {shlex.quote(text)} > {path}")
+        run_ok(host, "systemctl restart dnsmasq")
+        yield lab
+    finally:
+        restore = f"for f in {saved}; do rm -f $f; [ ! -e {SAVED_DHCP}$f ] || cp -p {SAVED_DHCP}$f $f; done"
+        state = "systemctl restart dnsmasq" if was_active else "systemctl stop dnsmasq"
+        run_ok(host, f"{restore}; rm -rf {SAVED_DHCP}; {state}")
+
+
+@pytest.fixture
+def dhcp_ready(configured: dict[str, Any], guest_dhcp: dict[str, Any] | None) -> dict[str, Any]:
+    assert guest_dhcp is not None, "the router was configured but its DHCP server was not"
+    return guest_dhcp
+
+
+def probe(lab: dict[str, Any], *args: str, timeout: float = 5) -> dict[str, Any]:
+    from systemvm.boot import labprobe
+
+    done = in_netns(lab, "client", sys.executable, labprobe.__file__, "--timeout", str(timeout), *args,
+                    timeout=timeout + 10)  # fmt: skip
+    assert done.returncode == 0, f"the probe {args[0]} failed: {done.stderr.strip()}"
+    return dict(json.loads(done.stdout))
+
+
+def test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway(dhcp_ready: dict[str, Any]) -> None:
+    """dnsmasq offers a guest its static lease with the router as gateway and resolver"""
+    lab = dhcp_ready
+    dhcp = lab["dhcp"]
+    offer: dict[str, Any] = {}
+
+    def offered() -> bool:
+        offer.update(probe(lab, "dhcp", "eth0", timeout=3))
+        return bool(offer.get("offer"))
+
+    wait_for(offered, timeout=DHCP_WAIT, step=1)
+    assert offer.get("offer") == dhcp["lease_ip"], f"DHCP offered {offer}, not the lease {dhcp['lease_ip']}"
+    assert offer["router"] == [dhcp["gateway"]], f"the offer's gateway is {offer['router']}, not the router"
+    assert offer["dns"] == [dhcp["resolver"]], f"the offer's resolver is {offer['dns']}, not the router"
+
+
+def test_dnsmasq_answers_a_guest_vms_name(dhcp_ready: dict[str, Any]) -> None:
+    """dnsmasq on the router's guest address answers DNS for a guest VM's name"""
+    lab = dhcp_ready
+    dhcp = lab["dhcp"]
+    answer: dict[str, Any] = {}
+
+    def answered() -> bool:
+        answer.update(probe(lab, "dns", dhcp["resolver"], dhcp["dns_name"], timeout=3))
+        return answer.get("rcode") is not None
+
+    wait_for(answered, timeout=DHCP_WAIT, step=1)
+    assert answer.get("addresses") == [dhcp["dns_ip"]], (
+        f"{dhcp['resolver']} answered {answer} for {dhcp['dns_name']}, not {dhcp['dns_ip']}"
+    )
