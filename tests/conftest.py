@@ -6,20 +6,17 @@ CI's budget is per run, and a new check is judged by what it costs: this table s
 
 from __future__ import annotations
 
-import signal
 from collections import defaultdict
 
 import pytest
 
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+from systemvm.interrupts import sigterm_is_interrupt
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """A CI runner's timeout sends SIGTERM: treat it as Ctrl-C, so fixtures tear down what they started
     (VMs of the e2e pool run in their own sessions and would outlive a killed test run)."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    sigterm_is_interrupt()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

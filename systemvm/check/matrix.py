@@ -12,11 +12,14 @@ allows. Cells start longest first (:func:`start_order`), so the run does not end
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -194,6 +197,31 @@ def cell_command(cell: Cell, version: str, artifacts: Path) -> list[str]:
     ]
 
 
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+CELL_TEARDOWN_SECONDS = 120.0  # a cell's VM destroy and lab teardown after SIGTERM, on a loaded host
+
+
+def stop_cells(timeout: float = CELL_TEARDOWN_SECONDS) -> list[int]:
+    """SIGTERM every running cell process (each tears down its VM and lab as on Ctrl-C), wait for them,
+    SIGKILL what is still there after ``timeout``; the pids that had to be killed."""
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    killed = []
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            killed.append(proc.pid)
+    return killed
+
+
 def run_cell_process(cell: Cell, version: str, artifacts: Path) -> CellResult:
     """Run one cell in its own process; read the result file it leaves (ERROR when it left none)."""
     out = reports_dir(artifacts, version)
@@ -203,9 +231,18 @@ def run_cell_process(cell: Cell, version: str, artifacts: Path) -> CellResult:
     result_file.unlink(missing_ok=True)
     start = time.monotonic()
     with open(log, "wb") as sink:
-        proc = subprocess.run(
-            cell_command(cell, version, artifacts), stdout=sink, stderr=subprocess.STDOUT, cwd=REPO
-        )
+        # a session of its own: a terminal's Ctrl-C reaches the matrix, which stops the cells (stop_cells)
+        proc = subprocess.Popen(
+            cell_command(cell, version, artifacts), stdout=sink, stderr=subprocess.STDOUT, cwd=REPO,
+            start_new_session=True,
+        )  # fmt: skip
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
+        try:
+            proc.wait()
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
     seconds = time.monotonic() - start
     if result_file.is_file():
         data = json.loads(result_file.read_text())
@@ -267,7 +304,8 @@ def run_matrix(
     cells = list(cells)
     order = start_order(cells, previous_seconds(cells, version, artifacts))
     results: dict[Cell, CellResult] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=jobs)
+    try:
         futures = {pool.submit(run_cell, cell, version, artifacts): cell for cell in order}
         for future in concurrent.futures.as_completed(futures):
             cell = futures[future]
@@ -277,6 +315,13 @@ def run_matrix(
                 results[cell] = CellResult(cell=cell, status="ERROR", note=str(exc).splitlines()[0][:160])
             r = results[cell]
             say(f"    {cell.label}: {r.status} ({r.seconds:.0f} s){' ' + r.note if r.note else ''}")
+    except BaseException:  # Ctrl-C or SIGTERM: no cell starts any more, the running ones tear down
+        pool.shutdown(wait=False, cancel_futures=True)
+        say("    interrupted: stopping the running cells (each removes its VM and lab)")
+        stop_cells()
+        raise
+    finally:
+        pool.shutdown(wait=True)
     return [results[c] for c in cells]
 
 

@@ -39,6 +39,7 @@ from systemvm.check.report import RunSummary, parse_junit, write_report
 from systemvm.contract import AGENT_ROLES, ROLES
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION, elements_dir
 from systemvm.errors import UserError
+from systemvm.interrupts import sigterm_is_interrupt
 from systemvm.progress import phase, say
 
 REPO = Path(__file__).resolve().parents[2]
@@ -357,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", default=str(ARTIFACTS_DIR))
     parser.add_argument("--artifact", default=None, help="boot this file instead of the exported artifact")
     args = parser.parse_args(argv)
+    sigterm_is_interrupt()  # the matrix stops a cell with SIGTERM: its VM and lab go as on Ctrl-C
     try:
         runner = run_api_flow if api_only(args.hypervisor) else run_appliance_test
         outcome = runner(

@@ -58,8 +58,10 @@ def matrix(
 ):
     """Run the appliance suite for every flavour x role x configured hypervisor; print one summary table."""
     from systemvm.check import matrix as m
+    from systemvm.interrupts import sigterm_is_interrupt
     from systemvm.progress import say
 
+    sigterm_is_interrupt()  # a killed matrix stops its cells, which remove their VMs and labs
     with user_errors():
         root = Path(artifacts) if artifacts else ARTIFACTS_DIR
         cells = m.plan_matrix(hypervisors, flavours, roles)
