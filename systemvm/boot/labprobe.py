@@ -74,7 +74,7 @@ def dhcp_discover(device: str, timeout: float) -> dict[str, object]:
     return {"offer": None, "error": f"no DHCPOFFER on {device} within {timeout:.0f} s"}
 
 
-def dns_query(server: str, name: str, timeout: float) -> dict[str, object]:
+def dns_query(server: str, name: str, timeout: float, port: int = 53) -> dict[str, object]:
     query_id = secrets.randbits(16)
     question = (
         b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack("!HH", 1, 1)
@@ -82,7 +82,7 @@ def dns_query(server: str, name: str, timeout: float) -> dict[str, object]:
     packet = struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + question
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.sendto(packet, (server, 53))
+        sock.sendto(packet, (server, port))
         try:
             reply = sock.recv(4096)
         except TimeoutError:
