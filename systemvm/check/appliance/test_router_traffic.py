@@ -283,10 +283,8 @@ def guest_dhcp(host: Any, configured_router: dict[str, Any] | None) -> Iterator[
     mac = in_netns(lab, "client", "cat", "/sys/class/net/eth0/address").stdout.strip()
     was_active = host.service("dnsmasq").is_running
     saved = " ".join(shlex.quote(path) for path in files)
-    run_ok(
-        host,
-        f"mkdir -p {SAVED_DHCP} && for f in {saved}; do [ ! -e $f ] || cp -p --parents $f {SAVED_DHCP}; done",
-    )
+    keep = f"[ ! -e $f ] || {{ mkdir -p {SAVED_DHCP}$(dirname $f) && cp -p $f {SAVED_DHCP}$f; }}"
+    run_ok(host, f"mkdir -p {SAVED_DHCP} && for f in {saved}; do {keep}; done")
     try:
         for path, text in files.items():
             text = text.replace("{mac}", mac)
