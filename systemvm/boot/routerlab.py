@@ -54,19 +54,17 @@ DNS_NAME, DNS_IP_INDEX = "web1-vm", 0  # a guest VM's name in the router's /etc/
 DNS_DOMAIN = "cs2cloud.internal"  # CloudStack's default guest network domain
 
 
-def dnsmasq_files(plan: netlab.LabPlan, router_option: bool = True) -> dict[str, str]:
+def dnsmasq_files(plan: netlab.LabPlan) -> dict[str, str]:
     """What CsDhcp writes for a guest network (path -> text): /etc/dnsmasq.d/cloud.conf (a static range on the
     guest subnet, tagged by device, with the domain, resolver and router options), /etc/dhcphosts.txt (one
     ``<mac>,<ip>,<name>,infinite`` line per VM; ``{mac}`` is filled in with the lab client's MAC) and the
-    /etc/hosts line dnsmasq answers a guest VM's name from. ``router_option=False``: a can-fail test's
-    configuration without the gateway option."""
+    /etc/hosts line dnsmasq answers a guest VM's name from."""
     network = ipaddress.ip_network(plan.guest_cidr)
     options = [
         f"dhcp-option=tag:{DHCP_TAG},15,{DNS_DOMAIN}",
         f"dhcp-option=tag:{DHCP_TAG},6,{plan.router_guest_ip}",
+        f"dhcp-option=tag:{DHCP_TAG},3,{plan.router_guest_ip}",
     ]
-    if router_option:
-        options.append(f"dhcp-option=tag:{DHCP_TAG},3,{plan.router_guest_ip}")
     conf = [
         "dhcp-hostsfile=/etc/dhcphosts.txt",
         f"dhcp-range=set:{DHCP_TAG},{network.network_address},static,{network.netmask},infinite",
@@ -199,10 +197,10 @@ def lab_params(router_lab: RouterLab, taps: list[str]) -> dict[str, Any]:
     }
 
 
-def lab_params_dhcp(plan: netlab.LabPlan, router_option: bool = True) -> dict[str, Any]:
+def lab_params_dhcp(plan: netlab.LabPlan) -> dict[str, Any]:
     """The guest network's DHCP and DNS the checks configure: dnsmasq's files and what a client must see."""
     return {
-        "files": dnsmasq_files(plan, router_option),
+        "files": dnsmasq_files(plan),
         "lease_ip": DHCP_LEASE_IP,
         "gateway": plan.router_guest_ip,
         "resolver": plan.router_guest_ip,

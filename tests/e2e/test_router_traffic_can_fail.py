@@ -7,8 +7,8 @@ proof (issue 4): the read-back disk boots to SSH on 3922 and routes. The traffic
 on it first; then each case breaks one feature, on the VM (IPv4 forwarding off) or in the rules the
 management server hands the router (``params["lab"]["rules"]`` without the SNAT rule, the DNAT rule, the
 port forward's FORWARD accept, the egress rule, the load balancer's INPUT accept; HAProxy configured to
-balance by source address or without health checks; dnsmasq without the gateway option, without the guest
-VM's name), runs the checks it targets, expects them to fail, and
+balance by source address or without health checks; dnsmasq without the guest's static lease, without the
+guest VM's name), runs the checks it targets, expects them to fail, and
 repairs the VM for the next case. Afterwards the lab's namespaces and taps and the VM are gone.
 Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
 """
@@ -57,11 +57,12 @@ def haproxy(**options: Any) -> dict[str, Any]:
     return {"load_balancer": {**lb, "config": routerlab.haproxy_config(PLAN, **options)}}
 
 
-def dhcp(hosts: str | None = None, **options: Any) -> dict[str, Any]:
-    """The lab's guest DHCP and DNS, handed to the router with other dnsmasq files."""
-    params = routerlab.lab_params_dhcp(PLAN, **options)
-    if hosts is not None:
-        params["files"] = {**params["files"], "/etc/hosts": hosts}
+def dhcp(**files: str) -> dict[str, Any]:
+    """The lab's guest DHCP and DNS, handed to the router with some of dnsmasq's files changed
+    (``dhcphosts``, ``hosts``: /etc/dhcphosts.txt, /etc/hosts)."""
+    params = routerlab.lab_params_dhcp(PLAN)
+    params["files"] = {**params["files"], **{f"/etc/{name}{'.txt' if name == 'dhcphosts' else ''}": text
+                                              for name, text in files.items()}}  # fmt: skip
     return {"dhcp": params}
 
 
@@ -80,7 +81,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
     "no load balancer INPUT rule": ("true", "true", without("lb-input"), [ROUND_ROBIN, BACKEND_DOWN]),
     "HAProxy balances by source address": ("true", "true", haproxy(balance="source"), [ROUND_ROBIN]),
     "HAProxy without health checks": ("true", "true", haproxy(health_checks=False), [BACKEND_DOWN]),
-    "DHCP offers no gateway": ("true", "true", dhcp(router_option=False), [DHCP]),
+    "no static lease for the guest": ("true", "true", dhcp(dhcphosts=""), [DHCP]),
     "the guest VM's name is not in the router's hosts": ("true", "true", dhcp(hosts=""), [DNS]),
 }
 
