@@ -89,7 +89,7 @@ def dns_query(server: str, name: str, timeout: float, port: int = 53) -> dict[st
             return {
                 "rcode": None,
                 "addresses": [],
-                "error": f"no answer from {server}:53 within {timeout:.0f} s",
+                "error": f"no answer from {server}:{port} within {timeout:.0f} s",
             }
     rid, flags, _, ancount, _, _ = struct.unpack("!HHHHHH", reply[:12])
     if rid != query_id:

@@ -46,9 +46,8 @@ HEALTH_CHECK_MS = 1000  # HAProxy's check interval: a backend is down after two 
 
 
 DHCP_TAG = f"interface-{GUEST_DEV}-0"  # CsDhcp tags each guest range by its device
-DHCP_LEASE_IP = (
-    "10.1.1.20"  # the client's static lease (not its lab address: the offer must come from dnsmasq)
-)
+# the client's static lease (not its lab address: the offer must come from dnsmasq)
+DHCP_LEASE_IP = "10.1.1.20"
 DHCP_NAME = "client-vm"
 DNS_NAME, DNS_IP_INDEX = "web1-vm", 0  # a guest VM's name in the router's /etc/hosts, answered by dnsmasq
 DNS_DOMAIN = "cs2cloud.internal"  # CloudStack's default guest network domain
@@ -251,11 +250,9 @@ def bench_router(flavour: str, artifact: Path | None = None) -> list[tuple[str, 
                     f"printf %s {shlex.quote(rules['nat'])} | iptables-restore",
                     f"printf %s {shlex.quote(rules['filter'])} | iptables-restore --noflush",
                 ):
-                    _, out, err = client.exec_command(command, timeout=60)
-                    if out.channel.recv_exit_status() != 0:
-                        raise netlab.LabError(
-                            f"{command.split('|')[-1].strip()} failed: {err.read().decode()}"
-                        )
+                    status, output = patch.run_command(client, command, timeout=60)
+                    if status != 0:
+                        raise netlab.LabError(f"{command.split('|')[-1].strip()} failed: {output.strip()}")
             for direction, extra in (("guest -> public", ()), ("public -> guest", ("--reverse",))):
                 done = rlab.lab.exec(
                     "client", "iperf3", "--client", plan.server_ip, "--time", str(IPERF_SECONDS), "--json",

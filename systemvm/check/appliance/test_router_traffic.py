@@ -22,7 +22,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,7 @@ def test_connection_tracking_holds_the_guests_flow(host: Any, configured: dict[s
     assert "UNREPLIED" not in entries[0], f"the server never answered: {entries[0]}"
 
 
-def wait_for(predicate: Any, timeout: float, step: float = 0.5) -> bool:
+def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.5) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         if predicate():
