@@ -257,6 +257,15 @@ def set_root_password(guest: Guest, config: contract.BootConfig) -> None:
     guest.log("root password set from vmpassword")
 
 
+def hold_ssh_for_late_config(guest: Guest, config: contract.BootConfig) -> None:
+    """Late configuration only: stop the boot's sshd before the key is installed. Left running, it would
+    accept the new key at once and then be restarted for the new control address (restart_after_late_config),
+    resetting the connection of a host that had just seen SSH answer; stopped, the key works only on the
+    sshd that stays."""
+    if guest.late:
+        guest.run(["systemctl", "stop", "ssh.service"])
+
+
 def install_authorized_key(guest: Guest, config: contract.BootConfig) -> None:
     if not config.authorized_key:
         guest.log("no authorized_key on the command line: SSH will accept no key")
@@ -419,6 +428,7 @@ STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
     configure_sysctls,
     configure_ntp,
     set_root_password,
+    hold_ssh_for_late_config,
     install_authorized_key,
     configure_ssh_listen,
     firewall.apply_firewall,

@@ -462,6 +462,13 @@ def test_a_command_line_written_after_the_wait_still_configures_the_vm(tmp_path)
     )
     assert ["systemctl", "restart", "--no-block", "ssh.service"] in run.calls
     assert ["systemctl", "restart", "--no-block", "cloud-patch.service"] in run.calls
+    # the boot's sshd never sees the new key: it stops before the key is written (a host that logged in
+    # on it would be cut off by the restart)
+    steps = early_config.STEPS
+    assert steps.index(early_config.hold_ssh_for_late_config) < steps.index(early_config.install_authorized_key)
+    assert run.calls.index(["systemctl", "stop", "ssh.service"]) < run.calls.index(
+        ["systemctl", "restart", "--no-block", "ssh.service"]
+    )
     assert ["systemctl", "start", "--no-block", "ssh.service"] not in run.calls
     assert (root / contract.APPLIED_CMDLINE_PATH.lstrip("/")).read_text() == late + "\n"
 
