@@ -465,7 +465,8 @@ def test_a_command_line_written_after_the_wait_still_configures_the_vm(tmp_path)
     # the boot's sshd never sees the new key: it stops before the key is written (a host that logged in
     # on it would be cut off by the restart)
     steps = early_config.STEPS
-    assert steps.index(early_config.hold_ssh_for_late_config) < steps.index(early_config.install_authorized_key)
+    hold, install = early_config.hold_ssh_for_late_config, early_config.install_authorized_key
+    assert steps.index(hold) < steps.index(install)
     assert run.calls.index(["systemctl", "stop", "ssh.service"]) < run.calls.index(
         ["systemctl", "restart", "--no-block", "ssh.service"]
     )
