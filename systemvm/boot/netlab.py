@@ -80,6 +80,8 @@ class LabPlan:
     storage_public_ip: str = "198.51.100.11"
     site_cidr: str = "10.2.2.0/24"  # the IPsec peer's own network, behind the tunnel
     site_ip: str = "10.2.2.1"  # on the server's loopback
+    # also on it: what the router's VPN checks reach (the egress rule blocks site_ip)
+    tunnel_ip: str = "10.2.2.2"
 
     def prefixlen(self, network: str) -> int:
         cidr = self.guest_cidr if network == "guest" else self.public_cidr
@@ -309,7 +311,7 @@ class NetLab:
             if host.gateway:
                 lines.append(f"route add default via {host.gateway} dev eth0 onlink")
             if host.name == "server":
-                lines.append(f"addr add {self.plan.site_ip}/32 dev lo")
+                lines += [f"addr add {ip}/32 dev lo" for ip in (self.plan.site_ip, self.plan.tunnel_ip)]
             _ip(netns=self.netns(host.name), batch="\n".join(lines) + "\n")
 
     def add_tap(self, network: str) -> str:

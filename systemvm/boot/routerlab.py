@@ -20,6 +20,12 @@ the image), in their shapes (``CsAddress.fw_router``, the port-forwarding and eg
   opens each load balancer's port), with HAProxy's configuration (:func:`haproxy_config`, a ``listen``
   section per rule as the management server's HAProxy configurator renders it) balancing over web1 and web2.
 
+A site-to-site VPN to the lab's strongSwan peer (the public server, with the site network 10.2.2.0/24 behind
+it) is configured the way ``CsSite2SiteVpn`` does it: ``/etc/ipsec.d/ipsec.vpn-<peer>.conf`` (one ``conn``,
+PSK, ``auto=start``) and its ``.secrets`` (mode 0400) under the ``include`` lines of CloudStack's
+/etc/ipsec.conf and /etc/ipsec.secrets, then ``ipsec reload``; its rules accept IKE, NAT-T and ESP from the
+peer and mark the tunnel's traffic so source NAT leaves it alone (:func:`vpn_rules`).
+
 Each rule belongs to a named group, so a can-fail test can hand the checks the rules without one
 (:func:`router_rules` ``without=``).
 """
@@ -31,7 +37,8 @@ import dataclasses
 import ipaddress
 import json
 import shlex
-from collections.abc import Collection, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,7 @@ FORWARD_PORT = 8080  # the public port forwarded to web1's port 80
 BACKEND_PORT = 80
 LB_PORT = 8081  # the load balancer's public port: not one the role's boot firewall opens
 RULE_GROUPS = ("forward", "snat", "dnat", "dnat-forward", "egress", "lb-input")
+VPN_RULE_GROUPS = ("vpn-input", "vpn-nat-exempt")
 HEALTH_CHECK_MS = 1000  # HAProxy's check interval: a backend is down after two failed checks
 
 
@@ -158,6 +166,107 @@ def router_rules(plan: netlab.LabPlan, without: Collection[str] = ()) -> dict[st
     }
 
 
+def rule_commands(rules: dict[str, str]) -> list[str]:
+    """The shell commands that load :func:`router_rules` on the router, as CsNetfilter loads its tables:
+    nat replaced whole, filter without flushing (INPUT and the policies stay as the boot left them)."""
+    return [
+        f"printf %s {shlex.quote(rules['nat'])} | iptables-restore",
+        f"printf %s {shlex.quote(rules['filter'])} | iptables-restore --noflush",
+    ]
+
+
+# --------------------------------------------------------------------------------- site-to-site VPN
+
+VPN_PSK = "lab-site-to-site-psk"
+# The IKE versions and proposals CloudStack's customer gateways offer by default (``ike_policy`` /
+# ``esp_policy`` as ``cipher-hash;group``, turned into strongSwan's ``cipher-hash-group``), one tunnel each.
+VPN_TUNNELS = {"ikev1": "aes128-sha1;modp1536", "ikev2": "aes256-sha256;modp2048"}
+VPN_MARK_OUT, VPN_MARK_IN = "0x525", "0x524"  # CsSite2SiteVpn's marks for the tunnel's two directions
+IPSEC_CONF = "config setup\n\ninclude /etc/ipsec.d/*.conf\n"  # CloudStack's /etc/ipsec.conf
+IPSEC_SECRETS = "include /etc/ipsec.d/ipsec.*.secrets\n"  # and its /etc/ipsec.secrets
+
+
+def vpn_peer() -> labservices.IpsecPeer:
+    """The lab's peer: a responder for either IKE version, offering every tunnel's proposal."""
+    proposals = ",".join(policy.replace(";", "-") for policy in VPN_TUNNELS.values())
+    return labservices.IpsecPeer(psk=VPN_PSK, ike_proposals=proposals, esp_proposals=proposals, ike_version=0)
+
+
+def vpn_connection(plan: netlab.LabPlan) -> str:
+    """The connection's name on the router: CsSite2SiteVpn names it after the peer's address."""
+    return f"vpn-{plan.server_ip}"
+
+
+def ipsec_files(plan: netlab.LabPlan, version: str, psk: str = VPN_PSK) -> dict[str, str]:
+    """What CsSite2SiteVpn and CloudStack's /etc files give strongSwan for one tunnel (path -> text): the
+    include lines, the ``conn`` (IKE ``version``, its default proposal, PSK, UDP-encapsulated ESP as the
+    gateway's ``encap`` option asks, started as soon as it is loaded) and its secret."""
+    if version not in VPN_TUNNELS:
+        raise ValueError(f"unknown IKE version {version!r}: use {', '.join(VPN_TUNNELS)}")
+    policy = VPN_TUNNELS[version].replace(";", "-")
+    name = vpn_connection(plan)
+    conn = [
+        f"#conn for {name}", f"conn {name}",
+        f" left={plan.router_public_ip}", f" leftsubnet={plan.guest_cidr}",
+        f" right={plan.server_ip}", f" rightsubnet={plan.site_cidr}", " type=tunnel", " authby=secret",
+        f" keyexchange={version}", f" ike={policy}", " ikelifetime=24h", f" esp={policy}", " lifetime=1h",
+        " keyingtries=%forever", " auto=start", " closeaction=restart", " inactivity=0", " forceencaps=yes",
+        "",
+    ]  # fmt: skip
+    return {
+        "/etc/ipsec.conf": IPSEC_CONF,
+        "/etc/ipsec.secrets": IPSEC_SECRETS,
+        f"/etc/ipsec.d/ipsec.{name}.conf": "\n".join(conn),
+        f"/etc/ipsec.d/ipsec.{name}.secrets": f'{plan.router_public_ip} {plan.server_ip} : PSK "{psk}"\n',
+    }
+
+
+def vpn_rules(plan: netlab.LabPlan, without: Collection[str] = ()) -> list[str]:
+    """iptables commands for the tunnel, in CsSite2SiteVpn's shape, each put in front of its chain: INPUT
+    accepts IKE (500), NAT-T (4500) and ESP from the peer; mangle marks the tunnel's traffic and nat's
+    POSTROUTING accepts the marked packets before the source NAT rule (NATed, they would leave in clear).
+    ``without``: groups of :data:`VPN_RULE_GROUPS` to leave out."""
+    unknown = sorted(set(without) - set(VPN_RULE_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown VPN rule groups {unknown}: use {', '.join(VPN_RULE_GROUPS)}")
+    p, local, peer = PUBLIC_DEV, plan.router_public_ip, plan.server_ip
+    guest, site = plan.guest_cidr, plan.site_cidr
+    rules = [
+        ("vpn-input", f"iptables -I INPUT -i {p} -p udp -m udp --dport 500 -s {peer} -d {local} -j ACCEPT"),
+        ("vpn-input", f"iptables -I INPUT -i {p} -p udp -m udp --dport 4500 -s {peer} -d {local} -j ACCEPT"),
+        ("vpn-input", f"iptables -I INPUT -i {p} -p esp -s {peer} -d {local} -j ACCEPT"),
+        ("vpn-nat-exempt", f"iptables -t nat -I POSTROUTING -o {p} -m mark --mark {VPN_MARK_OUT} -j ACCEPT"),
+        ("vpn-nat-exempt", f"iptables -t mangle -I FORWARD -s {guest} -d {site} "
+                           f"-j MARK --set-xmark {VPN_MARK_OUT}/0xffffffff"),
+        ("vpn-nat-exempt", f"iptables -t mangle -A OUTPUT -s {guest} -d {site} "
+                           f"-j MARK --set-xmark {VPN_MARK_OUT}/0xffffffff"),
+        ("vpn-nat-exempt", f"iptables -t mangle -I FORWARD -s {site} -d {guest} "
+                           f"-j MARK --set-xmark {VPN_MARK_IN}/0xffffffff"),
+        ("vpn-nat-exempt", f"iptables -t mangle -A INPUT -s {site} -d {guest} "
+                           f"-j MARK --set-xmark {VPN_MARK_IN}/0xffffffff"),
+    ]  # fmt: skip
+    return [rule for group, rule in rules if group not in without]
+
+
+def vpn_up_commands(plan: netlab.LabPlan, version: str, psk: str = VPN_PSK) -> list[str]:
+    """The tunnel's files written (the secrets 0400) and ``ipsec reload``: with ``auto=start`` charon then
+    brings the tunnel up by itself, as on a router the management server configured."""
+    commands = ["mkdir -p /etc/ipsec.d"]
+    for path, text in ipsec_files(plan, version, psk).items():
+        mode = 0o400 if path.endswith(".secrets") and "/ipsec.d/" in path else 0o644
+        commands.append(f"rm -f {path} && printf %s {shlex.quote(text)} > {path} && chmod {mode:o} {path}")
+    return [*commands, "ipsec reload"]
+
+
+def vpn_status_command(plan: netlab.LabPlan) -> str:
+    return f"ipsec status {vpn_connection(plan)}"
+
+
+def vpn_is_up(status: str) -> bool:
+    """Whether ``ipsec status <conn>`` shows the IKE SA established and the tunnel's CHILD_SA installed."""
+    return "ESTABLISHED" in status and "INSTALLED" in status
+
+
 @dataclasses.dataclass
 class RouterLab:
     """The lab a router boots into, with the services its checks talk to."""
@@ -165,6 +274,7 @@ class RouterLab:
     lab: netlab.NetLab
     public_http: netlab.Service
     backends: list[netlab.Service]
+    ipsec_peer: netlab.Service
 
     def params(self, taps: list[str]) -> dict[str, Any]:
         return lab_params(self, taps)
@@ -193,6 +303,23 @@ def lab_params(router_lab: RouterLab, taps: list[str]) -> dict[str, Any]:
         "rules": router_rules(plan),
         "load_balancer": lab_params_load_balancer(plan),
         "dhcp": lab_params_dhcp(plan),
+        "vpn": lab_params_vpn(router_lab),
+    }
+
+
+def lab_params_vpn(router_lab: RouterLab) -> dict[str, Any]:
+    """The site-to-site VPN the checks configure: per IKE version the router's commands, the rules, and
+    where the peer's charon answers ``swanctl`` (its namespace and strongswan.conf)."""
+    plan = router_lab.lab.plan
+    peer = router_lab.ipsec_peer
+    return {
+        "tunnels": {version: vpn_up_commands(plan, version) for version in VPN_TUNNELS},
+        "proposals": {version: policy.replace(";", "-") for version, policy in VPN_TUNNELS.items()},
+        "rules": vpn_rules(plan),
+        "status": vpn_status_command(plan),
+        "files": sorted({path for version in VPN_TUNNELS for path in ipsec_files(plan, version)}),
+        "target": plan.tunnel_ip,
+        "peer": {"netns": peer.netns, "strongswan_conf": str(peer.files["strongswan.conf"])},
     }
 
 
@@ -224,15 +351,19 @@ def router_lab(prefix: str | None = None) -> Iterator[RouterLab]:
     with netlab.net_lab(prefix) as lab:
         backends = labservices.start_web_backends(lab, port=BACKEND_PORT)
         public = labservices.start_public_http(lab)
-        yield RouterLab(lab, public, backends)
+        peer = labservices.start_ipsec_peer(lab, vpn_peer())
+        yield RouterLab(lab, public, backends, peer)
 
 
 IPERF_SECONDS = 5
+VPN_BENCH_WAIT = 300.0  # charon's start, then each tunnel: minutes at worst on an emulated guest
 
 
 def bench_router(flavour: str, artifact: Path | None = None) -> list[tuple[str, str]]:
     """Rows for ``invoke bench``: a KVM router booted in the lab with the lab's rules (SNAT out of eth2), then
-    iperf3 from the guest client to the public server through it (TCP, ``IPERF_SECONDS``), both directions."""
+    iperf3 from the guest client to the public server through it (TCP, ``IPERF_SECONDS``), both directions,
+    then the site-to-site VPN: strongSwan's start and, per IKE version, ``ipsec reload`` until the guest's
+    first request through the tunnel is answered."""
     from systemvm.boot import patch
     from systemvm.boot.harness import boot_system_vm
 
@@ -244,22 +375,66 @@ def bench_router(flavour: str, artifact: Path | None = None) -> list[tuple[str, 
             rows.append(
                 (f"{flavour} router: define to SSH on 3922 (in the lab)", f"{vm.timings['ssh']:.1f} s")
             )
-            rules = router_rules(plan)
             with patch.ssh_session(vm.target.host, vm.target.port, vm.key_file) as client:
-                for command in (
-                    f"printf %s {shlex.quote(rules['nat'])} | iptables-restore",
-                    f"printf %s {shlex.quote(rules['filter'])} | iptables-restore --noflush",
-                ):
-                    status, output = patch.run_command(client, command, timeout=60)
+
+                def run(command: str) -> str:
+                    status, output = patch.run_command(client, command, timeout=120)
                     if status != 0:
                         raise netlab.LabError(f"{command.split('|')[-1].strip()} failed: {output.strip()}")
-            for direction, extra in (("guest -> public", ()), ("public -> guest", ("--reverse",))):
-                done = rlab.lab.exec(
-                    "client", "iperf3", "--client", plan.server_ip, "--time", str(IPERF_SECONDS), "--json",
-                    *extra, timeout=IPERF_SECONDS + 60,
-                )  # fmt: skip
-                bits = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
-                rows.append(
-                    (f"{flavour} router: forwarding {direction} (iperf3 TCP)", f"{bits / 1e6:.0f} Mbit/s")
-                )
+                    return output
+
+                for command in rule_commands(router_rules(plan)):
+                    run(command)
+                for direction, extra in (("guest -> public", ()), ("public -> guest", ("--reverse",))):
+                    done = rlab.lab.exec(
+                        "client", "iperf3", "--client", plan.server_ip, "--time", str(IPERF_SECONDS),
+                        "--json", *extra, timeout=IPERF_SECONDS + 60,
+                    )  # fmt: skip
+                    bits = json.loads(done.stdout)["end"]["sum_received"]["bits_per_second"]
+                    rows.append(
+                        (f"{flavour} router: forwarding {direction} (iperf3 TCP)", f"{bits / 1e6:.0f} Mbit/s")
+                    )
+                rows += _bench_vpn(rlab, flavour, run)
     return rows
+
+
+def _bench_vpn(rlab: RouterLab, flavour: str, run: Callable[[str], str]) -> list[tuple[str, str]]:
+    plan = rlab.lab.plan
+    url = f"http://{plan.tunnel_ip}/"
+    for rule in vpn_rules(plan):
+        run(rule)
+    started = time.monotonic()
+    run("ipsec start")
+    _until(lambda: _succeeds(run, "ipsec status"), "strongSwan did not answer `ipsec status`")
+    rows = [(f"{flavour} router: strongSwan start to answering", f"{time.monotonic() - started:.1f} s")]
+    for version in VPN_TUNNELS:
+        started = time.monotonic()
+        for command in vpn_up_commands(plan, version):
+            run(command)
+
+        def through_tunnel() -> bool:
+            if not vpn_is_up(run(vpn_status_command(plan))):
+                return False
+            return rlab.lab.exec("client", "curl", "-s", "--max-time", "3", url, check=False).returncode == 0
+
+        _until(through_tunnel, f"the {version} tunnel did not carry the guest's request")
+        what = f"{flavour} router: IPsec {version} tunnel set-up (reload to first answer through it)"
+        rows.append((what, f"{time.monotonic() - started:.1f} s"))
+        run(f"ipsec down {vpn_connection(plan)}")
+    return rows
+
+
+def _succeeds(run: Callable[[str], str], command: str) -> bool:
+    try:
+        run(command)
+    except netlab.LabError:
+        return False
+    return True
+
+
+def _until(predicate: Callable[[], bool], failure: str, timeout: float = VPN_BENCH_WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise netlab.LabError(f"{failure} within {timeout:.0f} s")
+        time.sleep(0.5)

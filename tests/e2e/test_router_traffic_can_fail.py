@@ -8,7 +8,8 @@ on it first; then each case breaks one feature, on the VM (IPv4 forwarding off) 
 management server hands the router (``params["lab"]["rules"]`` without the SNAT rule, the DNAT rule, the
 port forward's FORWARD accept, the egress rule, the load balancer's INPUT accept; HAProxy configured to
 balance by source address or without health checks; dnsmasq without the guest's static lease, without the
-guest VM's name), runs the checks it targets, expects them to fail, and
+guest VM's name; the VPN with a pre-shared key the peer does not know, its traffic not exempt from source
+NAT), runs the checks it targets, expects them to fail, and
 repairs the VM for the next case. Afterwards the lab's namespaces and taps and the VM are gone.
 Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
 """
@@ -43,7 +44,9 @@ ROUND_ROBIN = T + "test_load_balancer_takes_turns_over_the_backends"
 BACKEND_DOWN = T + "test_load_balancer_stops_sending_to_a_dead_backend"
 DHCP = T + "test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway"
 DNS = T + "test_dnsmasq_answers_a_guest_vms_name"
-ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK, ROUND_ROBIN, BACKEND_DOWN, DHCP, DNS]
+VPN = check_node("test_router_vpn.py") + "test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network"
+VPN_IKEV2, VPN_IKEV1 = VPN + "[ikev2]", VPN + "[ikev1]"
+ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK, ROUND_ROBIN, BACKEND_DOWN, DHCP, DNS, VPN_IKEV2, VPN_IKEV1]
 PLAN = netlab.LabPlan()
 
 
@@ -66,6 +69,17 @@ def dhcp(**files: str) -> dict[str, Any]:
     return {"dhcp": params}
 
 
+def vpn(**overrides: Any) -> dict[str, Any]:
+    """The lab's VPN, handed to the router with some of its parts changed (merged into the lab's own)."""
+    return {"vpn": overrides}
+
+
+WRONG_PSK = {v: routerlab.vpn_up_commands(PLAN, v, psk="not-the-peers-key") for v in routerlab.VPN_TUNNELS}
+# A tunnel that never comes up fails only on the check's wait: shorter than the healthy run's, which
+# must allow for a loaded host; here the same tunnel with the right key came up minutes ago.
+FAILING_TUNNEL_WAIT = 45
+
+
 # case -> (break on the VM, repair, lab parameter overrides, checks expected to fail). In this order, one VM.
 CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
     "IPv4 forwarding off": (
@@ -83,7 +97,22 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
     "HAProxy without health checks": ("true", "true", haproxy(health_checks=False), [BACKEND_DOWN]),
     "no static lease for the guest": ("true", "true", dhcp(dhcphosts=""), [DHCP]),
     "the guest VM's name is not in the router's hosts": ("true", "true", dhcp(hosts=""), [DNS]),
-}
+    "the router's pre-shared key is not the peer's": (
+        "true", "true", vpn(tunnels=WRONG_PSK, wait=FAILING_TUNNEL_WAIT), [VPN_IKEV2],
+    ),
+    "the tunnel's traffic is not exempt from source NAT": (
+        "true", "true", vpn(rules=routerlab.vpn_rules(PLAN, without={"vpn-nat-exempt"})), [VPN_IKEV1],
+    ),
+}  # fmt: skip
+
+
+def merged(lab: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The lab parameters with ``overrides``; a dict override is merged into the lab's dict of that name."""
+    out = dict(lab)
+    for key, value in overrides.items():
+        both_dicts = isinstance(value, dict) and isinstance(lab.get(key), dict)
+        out[key] = {**lab[key], **value} if both_dicts else value
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +124,9 @@ def router(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
         assert booted.lab is not None, "the pool's router was booted without its lab"
         params = {**booted.suite_params(), "packages_dir": str(PACKAGES_DIR)}
         shell = Shell(booted.target.host, booted.target.port, booted.key_file)
+        # strongSwan once for every run of the checks (the VPN checks leave it running when they found it
+        # so): each start of charon costs up to minutes on this emulated guest
+        shell.run("ipsec start")
         try:
             yield booted, params, shell
         finally:
@@ -133,7 +165,7 @@ def test_a_broken_router_fails_the_check(
     """The targeted checks fail because of the break: they passed on the healthy router."""
     _, params, shell = router
     break_it, repair, overrides, expected = CASES[case]
-    broken = {**params, "lab": {**params["lab"], **overrides}}
+    broken = {**params, "lab": merged(params["lab"], overrides)}
     shell.run(break_it)
     try:
         results = check_results(broken, tmp_path, case.replace(" ", "-"), expected)

@@ -73,6 +73,8 @@ LIVE_ONLY = {
     "test_load_balancer_stops_sending_to_a_dead_backend",
     "test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway",
     "test_dnsmasq_answers_a_guest_vms_name",
+    "test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network[ikev2]",
+    "test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network[ikev1]",
 }
 SECTIONS = {
     "3922 access",
@@ -87,6 +89,7 @@ SECTIONS = {
     "Live patch and version handshake",
     "Kernel and system settings",
     "Router traffic",
+    "Router site-to-site VPN",
     "Boot command line keys",
 }
 

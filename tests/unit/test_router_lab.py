@@ -157,7 +157,9 @@ def test_lab_params_are_json_with_the_namespaces_and_logs(tmp_path: Path) -> Non
         return netlab.Service(name, lab.netns(host), None, tmp_path / f"{name}.log",  # type: ignore[arg-type]
                               lab.hosts[host].ip, 80, tmp_path / f"{name}.access.log")  # fmt: skip
 
-    router = routerlab.RouterLab(lab, service("public-http", "server"), [service("web1", "web1")])
+    peer = service("ipsec", "server")
+    peer.files["strongswan.conf"] = tmp_path / "ipsec" / "strongswan.conf"
+    router = routerlab.RouterLab(lab, service("public-http", "server"), [service("web1", "web1")], peer)
     params = json.loads(json.dumps(router.params(["nl0001t0", "nl0001t1"])))
     assert params["netns"]["client"] == "nl0001-client" and params["netns"]["server"] == "nl0001-server"
     assert params["public_http"]["access_log"] == str(tmp_path / "public-http.access.log")
@@ -168,6 +170,11 @@ def test_lab_params_are_json_with_the_namespaces_and_logs(tmp_path: Path) -> Non
     assert params["switches"] == {"guest": "nl0001-guest-sw", "public": "nl0001-public-sw"}
     assert params["load_balancer"]["backends"] == ["web1", "web2"]
     assert params["load_balancer"]["config"] == routerlab.haproxy_config(netlab.LabPlan())
+    vpn = params["vpn"]
+    conf = str(tmp_path / "ipsec/strongswan.conf")
+    assert vpn["peer"] == {"netns": "nl0001-server", "strongswan_conf": conf}
+    assert set(vpn["tunnels"]) == {"ikev1", "ikev2"} and vpn["target"] == "10.2.2.2"
+    assert vpn["status"] == "ipsec status vpn-198.51.100.1"
 
 
 def test_the_load_balancer_listens_on_the_public_address_over_both_backends() -> None:
@@ -191,3 +198,50 @@ def test_a_can_fail_configuration_changes_only_what_it_names() -> None:
     assert by_source == good.replace("balance roundrobin", "balance source")
     servers = [line for line in unchecked.splitlines() if line.startswith("\tserver ")]
     assert len(servers) == 2 and not any("check" in line for line in servers)
+
+
+def test_a_tunnel_is_cloudstacks_conn_with_its_default_proposal_and_secret() -> None:
+    plan = netlab.LabPlan()
+    for version, proposal in (("ikev1", "aes128-sha1-modp1536"), ("ikev2", "aes256-sha256-modp2048")):
+        files = routerlab.ipsec_files(plan, version)
+        conn = files["/etc/ipsec.d/ipsec.vpn-198.51.100.1.conf"].splitlines()
+        assert "conn vpn-198.51.100.1" in conn and f" keyexchange={version}" in conn
+        assert f" ike={proposal}" in conn and f" esp={proposal}" in conn and " auto=start" in conn
+        assert " left=198.51.100.10" in conn and " leftsubnet=10.1.1.0/24" in conn
+        assert " right=198.51.100.1" in conn and " rightsubnet=10.2.2.0/24" in conn
+        secret = files["/etc/ipsec.d/ipsec.vpn-198.51.100.1.secrets"]
+        assert secret == f'198.51.100.10 198.51.100.1 : PSK "{routerlab.VPN_PSK}"\n'
+        assert "include /etc/ipsec.d/*.conf" in files["/etc/ipsec.conf"]
+        assert "include /etc/ipsec.d/ipsec.*.secrets" in files["/etc/ipsec.secrets"]
+    with pytest.raises(ValueError, match="unknown IKE version"):
+        routerlab.ipsec_files(plan, "ikev3")
+
+
+def test_the_peer_answers_either_version_with_every_tunnels_proposal() -> None:
+    peer = routerlab.vpn_peer()
+    assert peer.ike_version == 0 and peer.psk == routerlab.VPN_PSK
+    assert peer.ike_proposals.split(",") == ["aes128-sha1-modp1536", "aes256-sha256-modp2048"]
+    assert peer.esp_proposals == peer.ike_proposals
+
+
+def test_the_tunnel_is_exempt_from_source_nat_and_a_wrong_psk_changes_only_the_secret() -> None:
+    plan = netlab.LabPlan()
+    rules = routerlab.vpn_rules(plan)
+    assert "iptables -t nat -I POSTROUTING -o eth2 -m mark --mark 0x525 -j ACCEPT" in rules
+    assert any("--dport 4500 -s 198.51.100.1 -d 198.51.100.10 -j ACCEPT" in r for r in rules)
+    assert not any("mark" in r for r in routerlab.vpn_rules(plan, without={"vpn-nat-exempt"}))
+    good, bad = routerlab.vpn_up_commands(plan, "ikev2"), routerlab.vpn_up_commands(plan, "ikev2", psk="nope")
+    assert [a == b for a, b in zip(good, bad, strict=True)].count(False) == 1
+    assert good[-1] == "ipsec reload"
+    with pytest.raises(ValueError, match="unknown VPN rule groups"):
+        routerlab.vpn_rules(plan, without={"nope"})
+
+
+def test_vpn_is_up_needs_the_ike_sa_and_the_child_sa() -> None:
+    up = (
+        "vpn-198.51.100.1[1]: ESTABLISHED 2 seconds ago, 198.51.100.10[198.51.100.10]...198.51.100.1\n"
+        "vpn-198.51.100.1{1}:  INSTALLED, TUNNEL, reqid 1, ESP in UDP SPIs: c1_i c2_o\n"
+    )
+    assert routerlab.vpn_is_up(up)
+    assert not routerlab.vpn_is_up(up.splitlines()[0])
+    assert not routerlab.vpn_is_up("vpn-198.51.100.1[1]: CONNECTING, 198.51.100.10...198.51.100.1")

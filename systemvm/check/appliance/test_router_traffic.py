@@ -15,41 +15,32 @@ forwarding is never turned on here: the boot must have done it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shlex
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from systemvm.check.appliance.lab import (
+    fetch,
+    in_netns,
+    logged_clients,
+    rules_applied,
+    token,
+    wait_for,
+    why_not,
+)
 from systemvm.check.appliance.target import Params, run_ok
 
 pytestmark = [pytest.mark.live]
 
-SAVED_RULES = "/root/.svmt-router-traffic.rules"
 HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
 SAVED_HAPROXY = "/root/.svmt-router-traffic.haproxy.cfg"
-CONNECT_TIMEOUT = 3
 TUPLE_RE = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
-
-
-def why_not(params: Params) -> str | None:
-    """Why these checks do not apply to this target (None: they do)."""
-    if params["kind"] != "vm":
-        return "needs a running system VM"
-    if params["role"] != "router":
-        return f"router traffic checks are for routers, not a {params['role']}"
-    if not params.get("lab"):
-        return "this router has no network lab around it (a KVM router booted by the harness as root)"
-    if os.geteuid() != 0:
-        return "entering the lab's namespaces needs root"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +50,8 @@ def configured_router(host: Any, params: Params) -> Iterator[dict[str, Any] | No
     if why_not(params):
         yield None
         return
-    lab = dict(params["lab"])
-    run_ok(host, f"iptables-save > {SAVED_RULES}")
-    try:
-        run_ok(host, f"printf %s {shlex.quote(lab['rules']['nat'])} | iptables-restore")
-        run_ok(host, f"printf %s {shlex.quote(lab['rules']['filter'])} | iptables-restore --noflush")
+    with rules_applied(host, params["lab"]) as lab:
         yield lab
-    finally:
-        run_ok(host, f"iptables -t nat -F && iptables-restore < {SAVED_RULES} && rm -f {SAVED_RULES}")
 
 
 @pytest.fixture
@@ -75,32 +60,6 @@ def configured(params: Params, configured_router: dict[str, Any] | None) -> dict
     if reason or configured_router is None:
         pytest.skip(reason or "the router was not configured")
     return configured_router
-
-
-def in_netns(
-    lab: dict[str, Any], host_name: str, *command: str, timeout: float = 20
-) -> subprocess.CompletedProcess[str]:
-    argv = ["ip", "netns", "exec", lab["netns"][host_name], *command]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def fetch(lab: dict[str, Any], host_name: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    """``curl`` from a lab host; the result (exit status 0 and the body, or curl's error)."""
-    return in_netns(
-        lab, host_name, "curl", "--silent", "--show-error", "--connect-timeout", str(CONNECT_TIMEOUT),
-        "--max-time", str(CONNECT_TIMEOUT + 2), *extra, url,
-    )  # fmt: skip
-
-
-def logged_clients(access_log: str, path: str) -> list[str]:
-    """The client addresses an HTTP server of the lab logged for requests of ``path``."""
-    log = Path(access_log)
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [f[0] for f in (line.split() for line in lines) if len(f) > 2 and f[2] == path]
-
-
-def token() -> str:
-    return f"/check-{secrets.token_hex(4)}"
 
 
 def conntrack_entries(host: Any) -> list[str]:
@@ -174,16 +133,6 @@ def test_connection_tracking_holds_the_guests_flow(host: Any, configured: dict[s
         f"the reply direction is not to the router's public address: {entries[0]}"
     )
     assert "UNREPLIED" not in entries[0], f"the server never answered: {entries[0]}"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,117 @@
+"""Router site-to-site VPN.
+
+An IPsec tunnel from the router to the lab's strongSwan peer, once per IKE version with the proposal
+CloudStack's customer gateways offer by default, through the network lab (``params["lab"]``,
+:mod:`systemvm.boot.routerlab`). The module loads the lab's rules and the tunnel's rules (IKE, NAT-T and
+ESP accepted from the peer, the tunnel's traffic exempt from source NAT), starts strongSwan as CloudStack's
+router scripts do when a VPN is configured, writes the connection and its secret, runs ``ipsec reload`` and
+waits for the tunnel it starts by itself. The guest client then reaches a host of the peer's network: the
+peer's server must log the client's own address (source NAT would show the router's, and only the tunnel
+routes the peer's answers back to the guest network), and the peer must hold the tunnel's SA with that IKE
+version.
+Files, rules and strongSwan's state are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from systemvm.boot.routerlab import vpn_is_up
+from systemvm.check.appliance.lab import fetch, logged_clients, rules_applied, token, wait_for, why_not
+from systemvm.check.appliance.target import Params, run_ok
+
+pytestmark = [pytest.mark.live]
+
+SAVED_VPN = "/root/.svmt-router-vpn"
+CHARON_WAIT = 180.0  # charon answers within seconds on a real CPU; minutes on an emulated, loaded host
+TUNNEL_WAIT = 120.0  # from `ipsec reload` to the CHILD_SA installed, under TCG (``vpn["wait"]`` overrides)
+VERSIONS = ("ikev2", "ikev1")
+
+
+def peer_swanctl(vpn: dict[str, Any], *args: str) -> str:
+    """``swanctl`` against the lab peer's charon (its namespace, its own strongswan.conf)."""
+    peer = vpn["peer"]
+    done = subprocess.run(
+        ["ip", "netns", "exec", peer["netns"], "swanctl", *args],
+        env={"STRONGSWAN_CONF": peer["strongswan_conf"], "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def vpn_router(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
+    """The router with the lab's rules, the tunnel's rules and strongSwan running; its files, rules and
+    strongSwan's state restored afterwards. None where the checks do not apply."""
+    if why_not(params):
+        yield None
+        return
+    vpn = params["lab"]["vpn"]
+    was_running = host.run("ipsec status").rc == 0
+    files = " ".join(vpn["files"])
+    keep = f"[ ! -e $f ] || {{ mkdir -p {SAVED_VPN}$(dirname $f) && cp -p $f {SAVED_VPN}$f; }}"
+    run_ok(host, f"mkdir -p {SAVED_VPN} && for f in {files}; do {keep}; done")
+    try:
+        with rules_applied(host, params["lab"]) as lab:
+            for rule in vpn["rules"]:
+                run_ok(host, rule)
+            if not was_running:
+                run_ok(host, "ipsec start")
+            answered = wait_for(lambda: host.run("ipsec status").rc == 0, timeout=CHARON_WAIT, step=1)
+            assert answered, f"strongSwan did not answer `ipsec status` within {CHARON_WAIT:.0f} s"
+            yield lab
+    finally:
+        restore = f"for f in {files}; do rm -f $f; [ ! -e {SAVED_VPN}$f ] || cp -p {SAVED_VPN}$f $f; done"
+        state = "ipsec reload" if was_running else "ipsec stop"
+        run_ok(host, f"{restore}; rm -rf {SAVED_VPN}; {state}")
+
+
+@pytest.fixture
+def vpn(params: Params, vpn_router: dict[str, Any] | None) -> dict[str, Any]:
+    reason = why_not(params)
+    if reason or vpn_router is None:
+        pytest.skip(reason or "the router was not configured")
+    return vpn_router
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network(
+    host: Any, vpn: dict[str, Any], version: str
+) -> None:
+    """An IPsec site-to-site tunnel (PSK, CloudStack's default proposal) comes up to the peer and carries
+    the guest's traffic to the peer's network"""
+    lab = vpn
+    tunnel = lab["vpn"]
+    status = ""
+
+    def up() -> bool:
+        nonlocal status
+        status = host.run(tunnel["status"]).stdout
+        return vpn_is_up(status)
+
+    wait = float(tunnel.get("wait", TUNNEL_WAIT))
+    for command in tunnel["tunnels"][version]:
+        run_ok(host, command)
+    try:
+        came_up = wait_for(up, timeout=wait, step=1)
+        assert came_up, (
+            f"the {version} tunnel did not come up within {wait:.0f} s; the router: {status.strip()}"
+            f"\n the peer: {peer_swanctl(tunnel, '--list-sas').strip()}"
+        )
+        path = token()
+        done = fetch(lab, "client", f"http://{tunnel['target']}{path}")
+        seen = logged_clients(lab["public_http"]["access_log"], path)
+        client = lab["plan"]["client_ip"]
+        assert done.returncode == 0 and seen == [client], (
+            f"through the {version} tunnel the peer's network saw {seen}, not the guest {client} "
+            f"(the fetch: {done.stderr.strip() or 'answered'})"
+        )
+        sas = peer_swanctl(tunnel, "--list-sas")
+        number = version[-1]
+        assert f"IKEv{number}" in sas and "INSTALLED" in sas, f"the peer holds no IKEv{number} tunnel: {sas}"
+    finally:
+        host.run(f"ipsec down {tunnel['status'].split()[-1]}")
