@@ -181,6 +181,11 @@ VPN_PSK = "lab-site-to-site-psk"
 # The IKE versions and proposals CloudStack's customer gateways offer by default (``ike_policy`` /
 # ``esp_policy`` as ``cipher-hash;group``, turned into strongSwan's ``cipher-hash-group``), one tunnel each.
 VPN_TUNNELS = {"ikev1": "aes128-sha1;modp1536", "ikev2": "aes256-sha256;modp2048"}
+# How swanctl names each tunnel's IKE proposal once negotiated (what the peer must hold).
+VPN_IKE_SA = {
+    "ikev1": "AES_CBC-128/HMAC_SHA1_96/PRF_HMAC_SHA1/MODP_1536",
+    "ikev2": "AES_CBC-256/HMAC_SHA2_256_128/PRF_HMAC_SHA2_256/MODP_2048",
+}
 VPN_MARK_OUT, VPN_MARK_IN = "0x525", "0x524"  # CsSite2SiteVpn's marks for the tunnel's two directions
 IPSEC_CONF = "config setup\n\ninclude /etc/ipsec.d/*.conf\n"  # CloudStack's /etc/ipsec.conf
 IPSEC_SECRETS = "include /etc/ipsec.d/ipsec.*.secrets\n"  # and its /etc/ipsec.secrets
@@ -249,13 +254,14 @@ def vpn_rules(plan: netlab.LabPlan, without: Collection[str] = ()) -> list[str]:
 
 
 def vpn_up_commands(plan: netlab.LabPlan, version: str, psk: str = VPN_PSK) -> list[str]:
-    """The tunnel's files written (the secrets 0400) and ``ipsec reload``: with ``auto=start`` charon then
-    brings the tunnel up by itself, as on a router the management server configured."""
+    """The tunnel's files written (the secrets 0400), ``ipsec rereadsecrets`` (a reload leaves the secrets
+    charon read at its start) and ``ipsec reload``: with ``auto=start`` charon then brings the tunnel up by
+    itself, as on a router the management server configured."""
     commands = ["mkdir -p /etc/ipsec.d"]
     for path, text in ipsec_files(plan, version, psk).items():
         mode = 0o400 if path.endswith(".secrets") and "/ipsec.d/" in path else 0o644
         commands.append(f"rm -f {path} && printf %s {shlex.quote(text)} > {path} && chmod {mode:o} {path}")
-    return [*commands, "ipsec reload"]
+    return [*commands, "ipsec rereadsecrets", "ipsec reload"]
 
 
 def vpn_status_command(plan: netlab.LabPlan) -> str:
@@ -314,7 +320,7 @@ def lab_params_vpn(router_lab: RouterLab) -> dict[str, Any]:
     peer = router_lab.ipsec_peer
     return {
         "tunnels": {version: vpn_up_commands(plan, version) for version in VPN_TUNNELS},
-        "proposals": {version: policy.replace(";", "-") for version, policy in VPN_TUNNELS.items()},
+        "ike_sa": dict(VPN_IKE_SA),
         "rules": vpn_rules(plan),
         "status": vpn_status_command(plan),
         "files": sorted({path for version in VPN_TUNNELS for path in ipsec_files(plan, version)}),

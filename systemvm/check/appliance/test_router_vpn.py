@@ -8,8 +8,7 @@ router scripts do when a VPN is configured, writes the connection and its secret
 waits for the tunnel it starts by itself. The guest client then reaches a host of the peer's network: the
 peer's server must log the client's own address (source NAT would show the router's, and only the tunnel
 routes the peer's answers back to the guest network), and the peer must hold the tunnel's SA with that IKE
-version.
-Files, rules and strongSwan's state are restored afterwards.
+version and CloudStack's proposal. Files, rules and strongSwan's state are restored afterwards.
 """
 
 from __future__ import annotations
@@ -111,7 +110,10 @@ def test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network(
             f"(the fetch: {done.stderr.strip() or 'answered'})"
         )
         sas = peer_swanctl(tunnel, "--list-sas")
-        number = version[-1]
-        assert f"IKEv{number}" in sas and "INSTALLED" in sas, f"the peer holds no IKEv{number} tunnel: {sas}"
+        ike = f"IKEv{version[-1]}"
+        proposal = tunnel["ike_sa"][version]
+        assert f"ESTABLISHED, {ike}," in sas and proposal in sas and "INSTALLED" in sas, (
+            f"the peer holds no {ike} tunnel with {proposal}: {sas.strip()}"
+        )
     finally:
         host.run(f"ipsec down {tunnel['status'].split()[-1]}")
