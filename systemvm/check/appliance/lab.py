@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from systemvm.boot.routerlab import rule_commands
 from systemvm.check.appliance.target import Params, run_ok
 
@@ -34,6 +36,15 @@ def why_not(params: Params) -> str | None:
     if os.geteuid() != 0:
         return "entering the lab's namespaces needs root"
     return None
+
+
+def applicable(params: Params, configured: dict[str, Any] | None) -> dict[str, Any]:
+    """What a module fixture configured (a lab dict), or skip the check with the reason it does not apply
+    (:func:`why_not`); the gate of every lab check's fixture."""
+    reason = why_not(params)
+    if reason or configured is None:
+        pytest.skip(reason or "the router was not configured")
+    return configured
 
 
 @contextlib.contextmanager

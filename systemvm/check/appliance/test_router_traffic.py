@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from systemvm.check.appliance.lab import (
+    applicable,
     fetch,
     in_netns,
     logged_clients,
@@ -56,10 +57,7 @@ def configured_router(host: Any, params: Params) -> Iterator[dict[str, Any] | No
 
 @pytest.fixture
 def configured(params: Params, configured_router: dict[str, Any] | None) -> dict[str, Any]:
-    reason = why_not(params)
-    if reason or configured_router is None:
-        pytest.skip(reason or "the router was not configured")
-    return configured_router
+    return applicable(params, configured_router)
 
 
 def conntrack_entries(host: Any) -> list[str]:
@@ -160,10 +158,9 @@ def load_balancer(host: Any, configured_router: dict[str, Any] | None) -> Iterat
 
 
 @pytest.fixture
-def balanced(configured: dict[str, Any], load_balancer: dict[str, Any] | None) -> dict[str, Any]:
-    """The lab with HAProxy configured (the checks skip in :func:`configured` where they do not apply)."""
-    assert load_balancer is not None, "the router was configured but its load balancer was not"
-    return load_balancer
+def balanced(params: Params, load_balancer: dict[str, Any] | None) -> dict[str, Any]:
+    """The lab with HAProxy configured."""
+    return applicable(params, load_balancer)
 
 
 def lb_fetches(lab: dict[str, Any], path: str, count: int) -> list[str]:
@@ -250,9 +247,9 @@ def guest_dhcp(host: Any, configured_router: dict[str, Any] | None) -> Iterator[
 
 
 @pytest.fixture
-def dhcp_ready(configured: dict[str, Any], guest_dhcp: dict[str, Any] | None) -> dict[str, Any]:
-    assert guest_dhcp is not None, "the router was configured but its DHCP server was not"
-    return guest_dhcp
+def dhcp_ready(params: Params, guest_dhcp: dict[str, Any] | None) -> dict[str, Any]:
+    """The lab with dnsmasq configured."""
+    return applicable(params, guest_dhcp)
 
 
 def probe(lab: dict[str, Any], *args: str, timeout: float = 5) -> dict[str, Any]:

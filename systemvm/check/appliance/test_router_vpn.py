@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from systemvm.boot.routerlab import vpn_is_up
-from systemvm.check.appliance.lab import fetch, logged_clients, rules_applied, token, wait_for, why_not
+from systemvm.check.appliance.lab import (
+    applicable,
+    fetch,
+    logged_clients,
+    rules_applied,
+    token,
+    wait_for,
+    why_not,
+)
 from systemvm.check.appliance.target import Params, run_ok
 
 pytestmark = [pytest.mark.live]
@@ -71,10 +79,7 @@ def vpn_router(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
 
 @pytest.fixture
 def vpn(params: Params, vpn_router: dict[str, Any] | None) -> dict[str, Any]:
-    reason = why_not(params)
-    if reason or vpn_router is None:
-        pytest.skip(reason or "the router was not configured")
-    return vpn_router
+    return applicable(params, vpn_router)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
