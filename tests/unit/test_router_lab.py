@@ -245,3 +245,10 @@ def test_vpn_is_up_needs_the_ike_sa_and_the_child_sa() -> None:
     assert routerlab.vpn_is_up(up)
     assert not routerlab.vpn_is_up(up.splitlines()[0])
     assert not routerlab.vpn_is_up("vpn-198.51.100.1[1]: CONNECTING, 198.51.100.10...198.51.100.1")
+
+
+def test_charon_answers_only_when_ipsec_status_lists_security_associations() -> None:
+    assert routerlab.charon_answers("Security Associations (0 up, 0 connecting):\n  none\n")
+    # the starter runs, charon's socket is not open yet: `ipsec status` exits 0 and prints only this
+    assert not routerlab.charon_answers("connecting to 'unix:///var/run/charon.ctl' failed: No such file\n")
+    assert not routerlab.charon_answers("")

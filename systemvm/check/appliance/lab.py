@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shlex
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,20 @@ def rules_applied(host: Any, lab: dict[str, Any]) -> Iterator[dict[str, Any]]:
             f"iptables -t nat -F && iptables -t mangle -F && iptables-restore < {SAVED_RULES} "
             f"&& rm -f {SAVED_RULES}",
         )
+
+
+@contextlib.contextmanager
+def files_kept(host: Any, paths: Iterable[str], saved_dir: str) -> Iterator[None]:
+    """The router's files at ``paths`` as they were afterwards: each one copied under ``saved_dir`` first and
+    put back at the end; a path that did not exist is removed."""
+    quoted = " ".join(shlex.quote(path) for path in paths)
+    keep = f"[ ! -e $f ] || {{ mkdir -p {saved_dir}$(dirname $f) && cp -p $f {saved_dir}$f; }}"
+    run_ok(host, f"mkdir -p {saved_dir} && for f in {quoted}; do {keep}; done")
+    try:
+        yield
+    finally:
+        put_back = f"rm -f $f; [ ! -e {saved_dir}$f ] || cp -p {saved_dir}$f $f"
+        run_ok(host, f"for f in {quoted}; do {put_back}; done; rm -rf {saved_dir}")
 
 
 def in_netns(

@@ -28,6 +28,7 @@ import pytest
 from systemvm.check.appliance.lab import (
     applicable,
     fetch,
+    files_kept,
     in_netns,
     logged_clients,
     rules_applied,
@@ -228,22 +229,18 @@ def guest_dhcp(host: Any, configured_router: dict[str, Any] | None) -> Iterator[
     files = lab["dhcp"]["files"]
     mac = in_netns(lab, "client", "cat", "/sys/class/net/eth0/address").stdout.strip()
     was_active = host.service("dnsmasq").is_running
-    saved = " ".join(shlex.quote(path) for path in files)
-    keep = f"[ ! -e $f ] || {{ mkdir -p {SAVED_DHCP}$(dirname $f) && cp -p $f {SAVED_DHCP}$f; }}"
-    run_ok(host, f"mkdir -p {SAVED_DHCP} && for f in {saved}; do {keep}; done")
     try:
-        for path, text in files.items():
-            text = text.replace("{mac}", mac)
-            if path == "/etc/hosts":  # added to the router's own names, on a line of its own
-                run_ok(host, f"printf '\\n%s' {shlex.quote(text)} >> {path}")
-            else:
-                run_ok(host, f"printf %s {shlex.quote(text)} > {path}")
-        run_ok(host, "systemctl restart dnsmasq")
-        yield lab
+        with files_kept(host, files, SAVED_DHCP):
+            for path, text in files.items():
+                text = text.replace("{mac}", mac)
+                if path == "/etc/hosts":  # added to the router's own names, on a line of its own
+                    run_ok(host, f"printf '\\n%s' {shlex.quote(text)} >> {path}")
+                else:
+                    run_ok(host, f"printf %s {shlex.quote(text)} > {path}")
+            run_ok(host, "systemctl restart dnsmasq")
+            yield lab
     finally:
-        restore = f"for f in {saved}; do rm -f $f; [ ! -e {SAVED_DHCP}$f ] || cp -p {SAVED_DHCP}$f $f; done"
-        state = "systemctl restart dnsmasq" if was_active else "systemctl stop dnsmasq"
-        run_ok(host, f"{restore}; rm -rf {SAVED_DHCP}; {state}")
+        run_ok(host, "systemctl restart dnsmasq" if was_active else "systemctl stop dnsmasq")
 
 
 @pytest.fixture

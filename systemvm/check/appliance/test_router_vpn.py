@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from systemvm.boot.routerlab import vpn_is_up
+from systemvm.boot.routerlab import charon_answers, vpn_is_up
 from systemvm.check.appliance.lab import (
     applicable,
     fetch,
+    files_kept,
     logged_clients,
     rules_applied,
     token,
@@ -58,23 +59,18 @@ def vpn_router(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
         yield None
         return
     vpn = params["lab"]["vpn"]
-    was_running = host.run("ipsec status").rc == 0
-    files = " ".join(vpn["files"])
-    keep = f"[ ! -e $f ] || {{ mkdir -p {SAVED_VPN}$(dirname $f) && cp -p $f {SAVED_VPN}$f; }}"
-    run_ok(host, f"mkdir -p {SAVED_VPN} && for f in {files}; do {keep}; done")
+    was_running = host.run("ipsec status").rc == 0  # the starter runs (charon may still be starting)
     try:
-        with rules_applied(host, params["lab"]) as lab:
+        with files_kept(host, vpn["files"], SAVED_VPN), rules_applied(host, params["lab"]) as lab:
             for rule in vpn["rules"]:
                 run_ok(host, rule)
             if not was_running:
                 run_ok(host, "ipsec start")
-            answered = wait_for(lambda: host.run("ipsec status").rc == 0, timeout=CHARON_WAIT, step=1)
-            assert answered, f"strongSwan did not answer `ipsec status` within {CHARON_WAIT:.0f} s"
+            answered = wait_for(lambda: charon_answers(host.run("ipsec status").stdout), CHARON_WAIT, step=1)
+            assert answered, f"charon did not answer `ipsec status` within {CHARON_WAIT:.0f} s"
             yield lab
     finally:
-        restore = f"for f in {files}; do rm -f $f; [ ! -e {SAVED_VPN}$f ] || cp -p {SAVED_VPN}$f $f; done"
-        state = "ipsec reload" if was_running else "ipsec stop"
-        run_ok(host, f"{restore}; rm -rf {SAVED_VPN}; {state}")
+        run_ok(host, "ipsec reload" if was_running else "ipsec stop")
 
 
 @pytest.fixture
