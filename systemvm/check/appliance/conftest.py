@@ -54,7 +54,8 @@ def _name_the_check(request: pytest.FixtureRequest, record_property: Any, params
     doc = (request.function.__doc__ or "").strip().splitlines()
     module_doc = (request.module.__doc__ or "").strip().splitlines()
     if doc:
-        record_property("check", doc[0].strip())
+        callspec = getattr(request.node, "callspec", None)  # a parametrized check: which case it is
+        record_property("check", doc[0].strip() + (f" ({callspec.id})" if callspec else ""))
     if module_doc:
         record_property("section", module_doc[0].strip().rstrip("."))
     if request.node.get_closest_marker("live") and params["kind"] != "vm":

@@ -82,8 +82,7 @@ def vpn(params: Params, vpn_router: dict[str, Any] | None) -> dict[str, Any]:
 def test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network(
     host: Any, vpn: dict[str, Any], version: str
 ) -> None:
-    """An IPsec site-to-site tunnel (PSK, CloudStack's default proposal) comes up to the peer and carries
-    the guest's traffic to the peer's network"""
+    """An IPsec site-to-site tunnel (PSK, CloudStack's default proposal) carries guest traffic to the peer"""
     lab = vpn
     tunnel = lab["vpn"]
     status = ""
