@@ -73,6 +73,12 @@ LIVE_ONLY = {
     "test_load_balancer_stops_sending_to_a_dead_backend",
     "test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway",
     "test_dnsmasq_answers_a_guest_vms_name",
+    "test_secondary_storage_mounts_over_nfs_v3",
+    "test_secondary_storage_mounts_over_nfs_v4",
+    "test_a_downloaded_template_unpacks_to_its_virtual_size",
+    "test_apache_serves_a_download_on_the_public_address",
+    "test_the_public_ports_accept_connections_from_the_public_network",
+    "test_other_ports_are_dropped_on_the_public_address",
 }
 SECTIONS = {
     "3922 access",
@@ -88,6 +94,8 @@ SECTIONS = {
     "Kernel and system settings",
     "Router traffic",
     "Boot command line keys",
+    "Secondary storage traffic",
+    "Console proxy ports",
 }
 
 
