@@ -157,12 +157,13 @@ def apache_vhost(ip: str) -> str:
 
 def configure_apache(host: Any, ip: str) -> None:
     """Apache as the storage VM's setup configures it at run time: Debian's ports.conf and default site
-    out, one virtual host on the public address, apache restarted."""
+    out, one virtual host on the public address, apache (re)started."""
     vhost = f"{APACHE_SITES}/vhost-{ip}.conf"
     run_ok(host, f"sed -i 's/^Include ports.conf/#&/' {APACHE_CONF}")
     run_ok(host, f"rm -f {APACHE_SITES}/000-default.conf")
     run_ok(host, f"printf %s {shlex.quote(apache_vhost(ip))} > {vhost}")
-    restart = host.run("apache2ctl configtest && systemctl restart apache2")
+    # a graceful restart takes the new Listen too, in a fraction of a full restart's time under TCG
+    restart = host.run("systemctl reload-or-restart apache2")
     said = restart.stderr.strip()[-300:]
     assert restart.rc == 0, f"apache2 did not start with the public virtual host: {said}"
 
@@ -185,7 +186,7 @@ def test_apache_serves_a_download_on_the_public_address(host: Any, lab: dict[str
         assert done.returncode == 0, f"{url} from the public server failed: {done.stderr.strip()}"
         assert done.stdout.strip() == body, f"{url} answered {done.stdout.strip()[:80]!r}, not the file"
     finally:
-        state = "systemctl restart apache2" if was_active else "systemctl stop apache2"
+        state = "systemctl reload-or-restart apache2" if was_active else "systemctl stop apache2"
         saved = SAVED_APACHE
         host.run(
             f"rm -f {EXTRACT_DIR}/{name}; rm -rf {APACHE_SITES} && cp -a {saved}/sites-enabled {APACHE_SITES}"
