@@ -16,12 +16,13 @@ import os
 import secrets
 import shlex
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from systemvm.check.appliance.target import Params, run_ok
+from systemvm.check.appliance.target import Params, parse_listeners, run_ok
 
 pytestmark = [pytest.mark.live]
 
@@ -41,6 +42,7 @@ APACHE_SITES = "/etc/apache2/sites-enabled"
 DOC_ROOT = "/var/www/html"
 EXTRACT_DIR = f"{DOC_ROOT}/userdata"  # where the storage resource links a template or volume for download
 SAVED_APACHE = "/root/.svmt-storage-apache"
+APACHE_SECONDS = 30  # from the graceful restart until apache listens on the public address
 
 
 def why_not(params: Params) -> str | None:
@@ -162,10 +164,21 @@ def configure_apache(host: Any, ip: str) -> None:
     run_ok(host, f"sed -i 's/^Include ports.conf/#&/' {APACHE_CONF}")
     run_ok(host, f"rm -f {APACHE_SITES}/000-default.conf")
     run_ok(host, f"printf %s {shlex.quote(apache_vhost(ip))} > {vhost}")
-    # a graceful restart takes the new Listen too, in a fraction of a full restart's time under TCG
+    # a graceful restart takes the new Listen too, in a fraction of a full restart's time under TCG; it
+    # returns at once, so wait until apache listens on the public address only (a request sent while the
+    # old listener closes is reset)
     restart = host.run("systemctl reload-or-restart apache2")
     said = restart.stderr.strip()[-300:]
     assert restart.rc == 0, f"apache2 did not start with the public virtual host: {said}"
+    deadline = time.monotonic() + APACHE_SECONDS
+    while (found := http_listeners(host)) != {ip}:
+        assert time.monotonic() < deadline, f"apache2 listens on {sorted(found)} for HTTP, not on {ip} only"
+        time.sleep(1)
+
+
+def http_listeners(host: Any) -> set[str]:
+    """The addresses something in the VM listens on for HTTP (port 80)."""
+    return {address for address, port, _ in parse_listeners(run_ok(host, "ss -Htln")) if port == 80}
 
 
 def test_apache_serves_a_download_on_the_public_address(host: Any, lab: dict[str, Any]) -> None:
