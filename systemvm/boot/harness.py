@@ -7,9 +7,11 @@ patch (``agent.zip``, ``cloud-scripts.tgz``, ``patch-sysvms.sh``) over SSH and w
 then yields a :class:`BootedVM`. Leaving the block destroys everything (also on Ctrl-C or a failed step)
 unless ``keep=True``.
 
-``lab=`` (a :class:`systemvm.boot.routerlab.RouterLab`, KVM routers only): the router's guest (eth0) and
-public (eth2) NICs are taps of that lab, plugged onto its bridges right after the domain started; the
-caller owns the lab and tears it down after the VM (``with router_lab() as lab: with boot_system_vm(...)``).
+``lab=`` (a :class:`systemvm.boot.routerlab.RouterLab` for a KVM router, a
+:class:`systemvm.boot.agentlab.AgentLab` for a KVM storage or console VM): the router's guest (eth0) and
+public (eth2) NICs, or the storage or console VM's public NIC (eth2), are taps of that lab, plugged onto its
+bridges right after the domain started; the caller owns the lab and tears it down after the VM
+(``with agentlab.lab_for(role) as lab: with boot_system_vm(..., lab=lab)``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 from systemvm import contract, naming
 from systemvm.boot import sshwait, testnet
 from systemvm.boot.hypervisors.base import BootRequest, Driver, SshTarget, new_run_prefix
 from systemvm.boot.listener import ManagementListener
+from systemvm.boot.netlab import NetLab
 from systemvm.boot.patch import LivePatch
-from systemvm.boot.routerlab import RouterLab
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION, Hypervisor
 from systemvm.errors import UserError
 from systemvm.progress import phase, say
@@ -44,6 +47,15 @@ VMWARE_MGMT_NET = ipaddress.ip_network("192.168.122.0/24")
 
 
 # ---------------------------------------------------------------------------------------- planning
+
+
+class Lab(Protocol):
+    """A network lab a KVM VM boots into (routerlab.RouterLab, agentlab.AgentLab): the lab and what the
+    appliance suite is told about it."""
+
+    lab: NetLab
+
+    def params(self, taps: list[str]) -> dict[str, Any]: ...
 
 
 @dataclasses.dataclass
@@ -73,8 +85,8 @@ def plan_boot(
     """NIC addresses and the command line for ``role`` on ``hypervisor``, plus the driver's options.
 
     KVM (test mode) uses :mod:`systemvm.boot.testnet`'s user networks (``lab_nics``: a router's guest and
-    public NICs on lab taps). XenServer puts the control NIC on the link-local network as CloudStack does;
-    VMware puts it on the management network (eth1).
+    public NICs, or a storage or console VM's public NIC, on lab taps). XenServer puts the control NIC on the
+    link-local network as CloudStack does; VMware puts it on the management network (eth1).
     """
     if lab_nics is not None and hypervisor != "kvm":
         raise UserError(f"the network lab is for KVM only, not {hypervisor}")
@@ -114,7 +126,22 @@ def _netmask(cidr: str) -> str:
 PLUG_TIMEOUT = 30.0  # from the domain's start until QEMU holds the taps open
 
 
-def _plugger(lab: RouterLab, taps: list[str]) -> Callable[[], None]:
+def lab_nics(role: str, lab: NetLab) -> testnet.LabNics:
+    """New taps of ``lab`` for a VM of ``role`` with the lab's addresses: a router's guest and public NICs,
+    a storage or console VM's public NIC (its own public address); the public server is the gateway."""
+    plan = lab.plan
+    return testnet.LabNics(
+        guest_tap=lab.add_tap("guest") if role == "router" else None,
+        public_tap=lab.add_tap("public"),
+        guest_ip=plan.router_guest_ip,
+        guest_netmask=_netmask(plan.guest_cidr),
+        public_ip=plan.public_ip(role),
+        public_netmask=_netmask(plan.public_cidr),
+        gateway=plan.server_ip,
+    )
+
+
+def _plugger(lab: Lab, taps: list[str]) -> Callable[[], None]:
     """What the driver calls right after starting the domain: each tap onto its lab bridge."""
 
     def plug() -> None:
@@ -150,7 +177,7 @@ class BootedVM:
     work_dir: Path
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     live_patch: LivePatch | None = None
-    lab: RouterLab | None = None
+    lab: Lab | None = None
     lab_taps: list[str] = dataclasses.field(default_factory=list)
 
     def console_log(self) -> str:
@@ -218,7 +245,7 @@ def boot_system_vm(
     memory_mib: int = 1024,
     run_prefix: str | None = None,
     driver_options: dict[str, object] | None = None,
-    lab: RouterLab | None = None,
+    lab: Lab | None = None,
     console_to: Path | None = None,
 ) -> Iterator[BootedVM]:
     """Boot ``role`` of ``flavour`` on ``hypervisor``; yield the :class:`BootedVM`; destroy it on exit.
@@ -233,8 +260,10 @@ def boot_system_vm(
         raise UserError(f"unknown flavour '{flavour}': use one of {', '.join(naming.FLAVOURS)}")
     if role not in contract.ROLES:
         raise UserError(f"unknown role '{role}': use one of {', '.join(contract.ROLES)}")
-    if lab is not None and (hypervisor, role) != ("kvm", "router"):
-        raise UserError(f"the network lab takes a KVM router, not a {role} on {hypervisor}")
+    if lab is not None and (hypervisor != "kvm" or role not in testnet.LAB_ROLES):
+        raise UserError(
+            f"the network lab takes a KVM {', '.join(testnet.LAB_ROLES)}, not a {role} on {hypervisor}"
+        )
     if artifact is None:
         artifact = artifact_path(artifacts or ARTIFACTS_DIR, version, flavour, hypervisor)
     if not Path(artifact).is_file():
@@ -251,19 +280,8 @@ def boot_system_vm(
     try:
         key_file, public_key = sshwait.make_keypair(run_dir)
         name = vm_name(role)
-        lab_nics = None
-        if lab is not None:
-            plan_lab = lab.lab.plan
-            lab_nics = testnet.LabNics(
-                guest_tap=lab.lab.add_tap("guest"),
-                public_tap=lab.lab.add_tap("public"),
-                guest_ip=plan_lab.router_guest_ip,
-                guest_netmask=_netmask(plan_lab.guest_cidr),
-                public_ip=plan_lab.router_public_ip,
-                public_netmask=_netmask(plan_lab.public_cidr),
-                gateway=plan_lab.server_ip,
-            )
-        plan = plan_boot(hypervisor, role, name, public_key, listener.port, lab_nics)
+        nics = lab_nics(role, lab.lab) if lab is not None else None
+        plan = plan_boot(hypervisor, role, name, public_key, listener.port, nics)
         options = dict(plan.driver_options)
         if hypervisor == "kvm":
             options.setdefault("key_file", key_file)

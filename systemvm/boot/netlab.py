@@ -1,10 +1,10 @@
 """The host side of the system VMs' data networks: namespaces, bridges, taps and the services checks talk to.
 
-A router's guest and public NICs and the storage VM's public NIC are tap devices; behind them the lab puts
-real hosts (network namespaces) with real services, so a check can send traffic through the router (SNAT,
-port forwards, HAProxy, IPsec) and watch what arrives. Nothing of it is reachable from the host itself.
-This module builds and removes the topology and runs processes in it; :mod:`systemvm.boot.labservices`
-starts the services (HTTP, NFS, strongSwan, iperf3) on it.
+A router's guest and public NICs and the storage and console VMs' public NICs are tap devices; behind them
+the lab puts real hosts (network namespaces) with real services, so a check can send traffic through the
+router (SNAT, port forwards, HAProxy, IPsec) or to a VM's public address and watch what arrives. Nothing
+of it is reachable from the host itself. This module builds and removes the topology and runs processes in
+it; :mod:`systemvm.boot.labservices` starts the services (HTTP, NFS, strongSwan, iperf3) on it.
 
 How a tap reaches a namespace (tried on this host: a diskless QEMU in tests/e2e/test_netlab.py, and a
 diskless libvirt domain with an ethernet interface by hand, with the same result):
@@ -78,10 +78,22 @@ class LabPlan:
     server_ip: str = "198.51.100.1"  # the public gateway, and every public service
     router_public_ip: str = "198.51.100.10"
     storage_public_ip: str = "198.51.100.11"
+    console_public_ip: str = "198.51.100.12"
     site_cidr: str = "10.2.2.0/24"  # the IPsec peer's own network, behind the tunnel
     site_ip: str = "10.2.2.1"  # on the server's loopback
     # also on it: what the router's VPN checks reach (the egress rule blocks site_ip)
     tunnel_ip: str = "10.2.2.2"
+
+    def public_ip(self, role: str) -> str:
+        """The public NIC's address of a VM of ``role`` in the lab (each role its own)."""
+        addresses = {
+            "router": self.router_public_ip,
+            "secstorage": self.storage_public_ip,
+            "consoleproxy": self.console_public_ip,
+        }
+        if role not in addresses:
+            raise LabError(f"the lab has no public address for a {role}: use one of {', '.join(addresses)}")
+        return addresses[role]
 
     def prefixlen(self, network: str) -> int:
         cidr = self.guest_cidr if network == "guest" else self.public_cidr

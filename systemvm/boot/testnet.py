@@ -7,7 +7,9 @@ listener). Routers get a guest network on eth0 first. Plain QEMU and the libvirt
 
 With a :class:`LabNics` (the host-side network lab, :mod:`systemvm.boot.netlab`), a router's guest NIC (eth0)
 and a public NIC (eth2) are the lab's taps instead, with the lab's addresses and the public gateway; the
-control NIC stays user-mode. Without one, the plan is exactly the user-mode one.
+control NIC stays user-mode. The storage and console VMs get CloudStack's three NICs then: eth0 control
+(user-mode, as without a lab), eth1 management (user-mode) and eth2 public on the lab's tap. Without a lab,
+the plan is exactly the user-mode one.
 """
 
 from __future__ import annotations
@@ -33,12 +35,20 @@ class NicPlan:
     tap: str | None = None  # a lab tap QEMU opens by name (no user-mode network then)
 
 
+# The roles a lab takes, and the NIC each lab tap is for. A router: guest, control, public (eth0 and eth2 on
+# taps). The storage and console VMs: control, management, public (eth2 on a tap; eth3, the storage VM's
+# optional storage NIC, is left out).
+LAB_ROLES = ("router", *contract.AGENT_ROLES)
+PUBLIC_NIC_INDEX = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class LabNics:
-    """A router's data NICs on lab taps: eth0 on the guest network, eth2 on the public one (CloudStack's NIC
-    order: guest, control, public). The taps exist (``NetLab.add_tap``) before the VM starts."""
+    """A VM's data NICs on lab taps: a router's eth0 on the guest network and eth2 on the public one; the
+    storage or console VM's eth2 on the public one (``guest_tap`` None). The taps exist
+    (``NetLab.add_tap``) before the VM starts."""
 
-    guest_tap: str
+    guest_tap: str | None
     public_tap: str
     guest_ip: str = "10.1.1.1"
     guest_netmask: str = "255.255.255.0"
@@ -88,9 +98,12 @@ def plan_test_network(
 ) -> TestNetwork:
     """NICs for ``role``: the control NIC forwards 3922; routers get a guest network on eth0 first.
 
-    ``lab`` (routers only): eth0 and a third NIC, eth2 (public), are the lab's taps with its addresses."""
-    if lab is not None and role != "router":
-        raise ValueError(f"a lab's guest and public NICs are a router's, not a {role}'s")
+    ``lab``: a router's eth0 and a third NIC, eth2 (public), are the lab's taps with its addresses; a storage
+    or console VM gets a management NIC (eth1, user-mode) and eth2 on the lab's public tap."""
+    if lab is not None and role not in LAB_ROLES:
+        raise ValueError(f"a lab takes a {', '.join(LAB_ROLES)}, not a {role}")
+    if lab is not None and (lab.guest_tap is None) != (role != "router"):
+        raise ValueError(f"a {role} in a lab has {'a' if role == 'router' else 'no'} guest tap")
     control = contract.control_nic(role)
     port = ssh_host_port or free_port()
     link_local = contract.LINK_LOCAL_NET
@@ -125,9 +138,17 @@ def plan_test_network(
             )
     if lab is None:
         return TestNetwork(role=role, ssh_host_port=port, nics=tuple(nics))
-    guest_nic = dataclasses.replace(
-        nics[0], network="", host_ip="", guest_ip=lab.guest_ip, netmask=lab.guest_netmask, tap=lab.guest_tap
-    )
+    if lab.guest_tap is None:  # eth0 control stays; eth1 management (user-mode), then the public tap
+        nics.append(_user_nic(MGMT_NET, len(nics), name))
+    else:
+        nics[0] = dataclasses.replace(
+            nics[0],
+            network="",
+            host_ip="",
+            guest_ip=lab.guest_ip,
+            netmask=lab.guest_netmask,
+            tap=lab.guest_tap,
+        )
     public = NicPlan(
         index=len(nics),
         network="",
@@ -138,8 +159,26 @@ def plan_test_network(
         forward_ssh=False,
         tap=lab.public_tap,
     )
-    nics = [guest_nic, *nics[1:], public]
+    nics.append(public)
     return TestNetwork(role=role, ssh_host_port=port, nics=tuple(nics), gateway=lab.gateway)
+
+
+# The storage and console VMs' management NIC (eth1) in a lab: a user-mode network of its own (nothing of the
+# checks runs over it; the agent reaches the management listener over the control NIC, as without a lab).
+MGMT_NET = ipaddress.ip_network("10.1.2.0/24")
+
+
+def _user_nic(network: ipaddress.IPv4Network | ipaddress.IPv6Network, index: int, name: str) -> NicPlan:
+    """A data NIC on a user-mode network: the guest at .1, QEMU at .2 (as every user-mode data NIC)."""
+    return NicPlan(
+        index=index,
+        network=str(network),
+        host_ip=str(network.network_address + 2),
+        guest_ip=str(network.network_address + 1),
+        netmask=str(network.netmask),
+        mac=_mac(name, index),
+        forward_ssh=False,
+    )
 
 
 def tap_netdev(nic: NicPlan) -> str:
@@ -209,6 +248,26 @@ def ipv6_keys(plan: TestNetwork) -> dict[str, str]:
     }
 
 
+# The console proxy's VNC port, as the management server sends it (vncport=): CloudStack's console proxy rules
+# open it on the public NIC (consoleproxy.sh writes it over their 8080; the live patch opens it again).
+CONSOLE_VNC_PORT = 8080
+
+
+def public_nic_keys(plan: TestNetwork) -> dict[str, str]:
+    """What CloudStack adds for a storage or console VM's public and management NICs (only a lab plan has
+    them): the storage VM names its devices (``public.network.device``, ``private.network.device``), the
+    console proxy gets its VNC port. The public NIC's address and ``gateway`` come with every plan's NICs."""
+    if plan.role not in contract.AGENT_ROLES or not plan.taps:
+        return {}
+    if plan.role == "consoleproxy":
+        return {"vncport": str(CONSOLE_VNC_PORT)}
+    management = next(n for n in plan.nics if not n.forward_ssh and not n.tap)
+    return {
+        "public.network.device": f"eth{PUBLIC_NIC_INDEX}",
+        "private.network.device": f"eth{management.index}",
+    }
+
+
 def internal_dns(plan: TestNetwork) -> str:
     """QEMU's user-network DNS proxy on the control network (the network address + 3)."""
     return str(ipaddress.ip_network(plan.control.network).network_address + 3)
@@ -217,8 +276,10 @@ def internal_dns(plan: TestNetwork) -> str:
 def boot_args(plan: TestNetwork, name: str, authorized_key: str, mgmt_port: int) -> contract.BootArgs:
     """The command line the harness sends for this network plan: CloudStack's keys for the role, with the
     zone's internal DNS first and, for the storage and console VMs, mgmtcidr routed via localgw; the NICs'
-    MACs in order (nic_macs), IPv6 on a router's data NIC, and :func:`cheap_keys`."""
+    MACs in order (nic_macs), IPv6 on a router's data NIC, :func:`cheap_keys` and, in a lab, the public
+    NIC's keys (:func:`public_nic_keys`)."""
     extra = {"internaldns1": internal_dns(plan), **cheap_keys(plan.role), **ipv6_keys(plan)}
+    extra.update(public_nic_keys(plan))
     extra["nic_macs"] = contract.nic_macs_value([n.mac for n in plan.nics])
     if plan.role in contract.AGENT_ROLES:
         extra.update(mgmtcidr=TEST_MGMT_CIDR, localgw=plan.control.host_ip)

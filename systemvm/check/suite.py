@@ -14,9 +14,10 @@ keep the console log and ``/var/log/cloud.log`` when a check fails, tear the VM 
 ``python -m systemvm.check.suite --hypervisor kvm --flavour amd64 --role secstorage`` is what ``invoke test``
 and each matrix cell run; the exit status is 0 only when every check passed.
 
-A KVM router boots inside the network lab (:func:`systemvm.boot.routerlab.router_lab`, as root): the lab
-first, then the VM with its guest and public NICs on the lab's taps, the checks (``params["lab"]``), the VM
-destroyed, the lab torn down, also on a failure or Ctrl-C.
+A KVM router, storage VM or console proxy boots inside the network lab
+(:func:`systemvm.boot.agentlab.lab_for`, as root): the lab first, then the VM with its public NIC (and a
+router's guest NIC) on the lab's taps, the checks (``params["lab"]``), the VM destroyed, the lab torn down,
+also on a failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -115,25 +116,35 @@ def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[s
 
 
 def wants_lab(hypervisor: str, role: str) -> bool:
-    """Whether this cell boots inside the network lab: KVM routers."""
-    return (hypervisor, role) == ("kvm", "router")
+    """Whether this cell boots inside the network lab: KVM routers, storage VMs and console proxies."""
+    from systemvm.boot.testnet import LAB_ROLES
+
+    return hypervisor == "kvm" and role in LAB_ROLES
+
+
+LAB_SERVICES = {
+    "router": "web backends, public site",
+    "secstorage": "NFS export and template download on the public server",
+    "consoleproxy": "the public server to probe from",
+}
 
 
 @contextlib.contextmanager
 def _lab_for(hypervisor: str, role: str) -> Iterator[Any]:
-    """The router lab for a KVM router (None for other cells, or without root: its checks then skip)."""
+    """The lab for a KVM router, storage VM or console proxy (None for other cells, or without root: their
+    lab checks then skip)."""
     if not wants_lab(hypervisor, role):
         yield None
         return
     if os.geteuid() != 0:
-        say("    not root: the router boots without the network lab (its traffic checks skip)")
+        say(f"    not root: the {role} boots without the network lab (its lab checks skip)")
         yield None
         return
-    from systemvm.boot.routerlab import router_lab
+    from systemvm.boot.agentlab import lab_for
 
-    with phase("build the network lab (guest and public networks, web backends, public site)"):
+    with phase(f"build the network lab ({LAB_SERVICES[role]})"):
         stack = contextlib.ExitStack()
-        lab = stack.enter_context(router_lab())
+        lab = stack.enter_context(lab_for(role))
     with stack:
         yield lab
 

@@ -5,12 +5,16 @@ One secstorage VM (amd64) boots through the harness with the patch and the test 
 first; then each case breaks one thing over SSH (a listener on 22, policy ACCEPT, the agent stopped, a failed
 unit...), runs the checks it targets, expects them to fail, and repairs the VM for the next case.
 Its disk is the amd64 Hyper-V export read back (the -hyperv.vhd.zip's VHD through Python's zipfile and
-``qemu-img -f vpc``), so the healthy run is also that export's boot proof (issue 16). Artifacts under
-``SYSTEMVM_ARTIFACTS``; skips when they are not there.
+``qemu-img -f vpc``), so the healthy run is also that export's boot proof (issue 16). As root the VM boots
+inside the network lab (its public NIC on the lab's public bridge), so the secondary storage checks run in
+the healthy run too, and the storage cases break what they need inside the VM: the NFS mount helper, the
+export's or the download site's port, bzip2, apache. Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when
+they are not there.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,7 @@ from typing import Any
 import pytest
 
 from systemvm import naming
-from systemvm.boot import payload
+from systemvm.boot import netlab, payload
 from systemvm.boot.testnet import TEST_MGMT_CIDR
 from systemvm.check.suite import PACKAGES_DIR, check_node
 from tests.e2e import artifacts
@@ -49,6 +53,7 @@ B = check_node("test_boot_health.py")
 R = check_node("test_role_contract.py")
 C = check_node("test_cloudstack_state.py")
 L = check_node("test_live_patch.py")
+T = check_node("test_storage_traffic.py")
 SIG = "/var/cache/cloud/cloud-scripts-signature"
 TV = "/opt/cloud/bin/get_template_version.sh"
 
@@ -313,6 +318,46 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
 }
 
 
+NFS = [T + "test_secondary_storage_mounts_over_nfs_v3", T + "test_secondary_storage_mounts_over_nfs_v4"]
+DOWNLOAD = [T + "test_a_downloaded_template_unpacks_to_its_virtual_size"]
+APACHE = [T + "test_apache_serves_a_download_on_the_public_address"]
+SERVER = netlab.LabPlan().server_ip  # the lab's public server: the NFS export and the download site
+
+
+def reject_to(port: int) -> tuple[str, str]:
+    """Break and repair: the VM's own firewall resets its connections to the public server's ``port``."""
+    rule = f"OUTPUT -d {SERVER} -p tcp --dport {port} -j REJECT --reject-with tcp-reset"
+    return f"iptables -I {rule}", f"iptables -D {rule}"
+
+
+def moved_away(program: str) -> tuple[str, str]:
+    """Break and repair: ``program`` moved out of the PATH (and back where it was)."""
+    keep = f"/root/{program}.path"
+    return (
+        f"command -v {program} > {keep} && mv $(cat {keep}) /root/{program}.bak",
+        f"mv /root/{program}.bak $(cat {keep}) && rm -f {keep}",
+    )
+
+
+# The storage cases (as root, on the VM in its lab): case -> (break, repair, checks expected to fail)
+STORAGE_CASES: dict[str, tuple[str, str, list[str]]] = {
+    "the NFS mount helper is missing": (*moved_away("mount.nfs"), NFS),
+    "the export is unreachable": (*reject_to(2049), NFS),
+    "the download site is unreachable": (*reject_to(80), DOWNLOAD),
+    "bzip2 is missing": (*moved_away("bzip2"), DOWNLOAD),
+    "apache2 cannot start": (
+        moved_away("apache2")[0],
+        f"{moved_away('apache2')[1]} && systemctl restart apache2",
+        APACHE,
+    ),
+    "HTTP dropped on the public NIC": (
+        "iptables -I INPUT -i eth2 -p tcp --dport 80 -j DROP",
+        "iptables -D INPUT -i eth2 -p tcp --dport 80 -j DROP",
+        APACHE,
+    ),
+}
+
+
 @pytest.fixture(scope="module")
 def vm(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
     """The pool's KVM secstorage VM (booted in the background since the session started), then stopped."""
@@ -383,3 +428,26 @@ def test_a_broken_vm_fails_the_check(
         assert healthy[name][0] == "passed" or healthy[name][1] != results[name][1], (
             f"{case}: {name} fails the same way on the healthy VM: {results[name][1]}"
         )
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="the network lab needs root")
+@pytest.mark.parametrize("case", list(STORAGE_CASES))
+def test_a_broken_storage_vm_fails_the_storage_check(
+    case: str, vm: tuple[Any, dict[str, Any], Shell], healthy: dict[str, tuple[str, str]], tmp_path: Path
+) -> None:
+    """Each storage check fails on the VM in its lab broken for it, and passed on the healthy one."""
+    booted, params, shell = vm
+    assert booted.lab is not None, "the pool's secstorage was booted without its lab"
+    break_it, repair, expected = STORAGE_CASES[case]
+    shell.run(break_it)
+    try:
+        results = check_results(params, tmp_path, case.replace(" ", "-"), expected)
+    finally:
+        shell.run(repair)
+    names = {node.split("::")[1] for node in expected}
+    assert set(results) == names, f"{case}: ran {sorted(results)}"
+    not_failed = sorted(n for n in names if results[n][0] not in ("failed", "error"))
+    assert not not_failed, f"{case}: these checks did not fail: {not_failed} (see {tmp_path})"
+    for name in names:
+        assert healthy[name][0] == "passed", f"{case}: {name} did not pass on the healthy VM"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import dataclasses
+import os
 import shutil
 import subprocess
 import tarfile
@@ -104,8 +105,9 @@ class Spec:
     """One shared VM. ``kind``: ``plain`` (plain QEMU, :class:`QemuVM`) or ``kvm`` (through libvirt with the
     harness: patch, test agent, management listener). ``artifact``: ``raw`` or an export format; ``disk``
     turns it into what QEMU boots. ``deliver``: the pool sends the command line as soon as the guest agent
-    answers (``False``: the test does, later). ``lab``: the VM's guest and public NICs are on the taps of a
-    network lab the pool builds first and tears down after the VM."""
+    answers (``False``: the test does, later). ``lab``: the VM's public NIC (and a router's guest NIC) are on
+    the taps of a network lab the pool builds first and tears down after the VM (as root; without root the
+    VM boots without it and its lab checks skip)."""
 
     kind: str
     flavour: str
@@ -114,7 +116,7 @@ class Spec:
     name: str = ""
     disk: Callable[[Path, Path], Path] | None = None
     deliver: bool = True
-    lab: bool = False  # a KVM router inside the network lab (systemvm.boot.routerlab), built before its boot
+    lab: bool = False  # inside the network lab (systemvm.boot.agentlab.lab_for), built before its boot
 
 
 SPECS = {
@@ -126,11 +128,15 @@ SPECS = {
     #   healthy run passes the whole appliance suite (tests/e2e/test_suite_can_fail_vm.py);
     # - the i386 OVA's VMDK through Python's tarfile and qemu-img's VMDK reader: the router inside the
     #   network lab whose traffic checks the can-fail cases break (tests/e2e/test_router_traffic_can_fail.py;
-    #   its healthy run passes the whole appliance suite too).
+    #   its healthy run passes the whole appliance suite too);
+    # - the amd64 OVA's VMDK the same way: the console proxy inside the network lab whose port checks the
+    #   can-fail cases break (tests/e2e/test_console_ports_can_fail.py), the cheaper flavour to boot.
+    # The can-fail secstorage boots inside the lab too (as root), so its storage checks run and break there.
     # A boot of its own for each would repeat those boots at a TCG boot's price.
     "late": Spec("plain", "amd64", "vhd", "secstorage", "s-21-VM", vhd_to_qcow2, deliver=False),
-    "canfail": Spec("kvm", "amd64", "hyperv", "secstorage", disk=hyperv_to_qcow2),
+    "canfail": Spec("kvm", "amd64", "hyperv", "secstorage", disk=hyperv_to_qcow2, lab=True),
     "router": Spec("kvm", "i386", "ova", "router", disk=ova_to_qcow2, lab=True),
+    "console": Spec("kvm", "amd64", "ova", "consoleproxy", disk=ova_to_qcow2, lab=True),
 }
 
 
@@ -195,10 +201,11 @@ class PoolVM:
         version = artifacts.version() or "4.20.0"
         artifact = self.spec.disk(self.source, self.work) if self.spec.disk else self.source
         lab = None
-        if self.spec.lab:
-            from systemvm.boot.routerlab import router_lab
+        if self.spec.lab and os.geteuid() == 0:
+            from systemvm.boot.agentlab import lab_for
 
-            lab = self._stack.enter_context(router_lab())  # closed after the VM (the stack unwinds backwards)
+            # closed after the VM: the stack unwinds backwards
+            lab = self._stack.enter_context(lab_for(self.spec.role))
         self.vm = self._stack.enter_context(
             boot_system_vm(
                 "kvm", self.spec.flavour, self.spec.role, artifact=artifact, work_dir=self.work,

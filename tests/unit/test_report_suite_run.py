@@ -75,6 +75,12 @@ LIVE_ONLY = {
     "test_dnsmasq_answers_a_guest_vms_name",
     "test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network[ikev2]",
     "test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network[ikev1]",
+    "test_secondary_storage_mounts_over_nfs_v3",
+    "test_secondary_storage_mounts_over_nfs_v4",
+    "test_a_downloaded_template_unpacks_to_its_virtual_size",
+    "test_apache_serves_a_download_on_the_public_address",
+    "test_the_public_ports_accept_connections_from_the_public_network",
+    "test_other_ports_are_dropped_on_the_public_address",
 }
 SECTIONS = {
     "3922 access",
@@ -91,6 +97,8 @@ SECTIONS = {
     "Router traffic",
     "Router site-to-site VPN",
     "Boot command line keys",
+    "Secondary storage traffic",
+    "Console proxy ports",
 }
 
 

@@ -64,8 +64,10 @@ def test_without_a_lab_the_plan_and_the_arguments_are_unchanged() -> None:
     assert netdev[1].startswith("user,id=svmnet0,net=10.1.1.0/24,host=10.1.1.2,ipv6=off")
 
 
-def test_a_lab_is_a_routers_only() -> None:
-    with pytest.raises(ValueError, match="not a secstorage"):
+def test_a_lab_takes_a_router_a_storage_or_a_console_vm_only() -> None:
+    with pytest.raises(ValueError, match="not a vpcrouter"):
+        testnet.plan_test_network("vpcrouter", "r-1-VM", lab=LAB)
+    with pytest.raises(ValueError, match="a secstorage in a lab has no guest tap"):
         testnet.plan_test_network("secstorage", "s-1-VM", lab=LAB)
 
 
@@ -118,9 +120,9 @@ def test_the_kvm_plan_takes_the_lab_and_other_hypervisors_refuse_it() -> None:
         harness.plan_boot("xenserver", "router", "r-1-VM", KEY, 8250, LAB)
 
 
-def test_the_lab_takes_only_a_kvm_router(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="takes a KVM router"):
-        with harness.boot_system_vm("kvm", "amd64", "secstorage", lab=object(), artifacts=tmp_path):  # type: ignore[arg-type]
+def test_the_lab_takes_only_a_kvm_router_storage_or_console_vm(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="takes a KVM router, secstorage, consoleproxy, not a dhcpsrvr"):
+        with harness.boot_system_vm("kvm", "amd64", "dhcpsrvr", lab=object(), artifacts=tmp_path):  # type: ignore[arg-type]
             pass
 
 

@@ -1,0 +1,108 @@
+"""Each console proxy port check (appliance/test_console_ports.py) fails on a console proxy broken for it.
+
+One KVM console proxy (amd64, the cheaper flavour to boot) boots inside the network lab (the e2e pool's
+``console`` VM: its public NIC on the lab's public bridge, booting in the background from the start of the
+session). Its disk is the amd64 OVA's VMDK read back (Python's tarfile, then qemu-img's VMDK reader), so this
+module is also that export's boot proof. The port checks must pass on it first; then each case adds one
+iptables rule to the VM's live rules (closing a port CloudStack's console proxy rules open, opening one they
+keep shut, or refusing one instead of dropping it), runs the check it targets, expects it to fail, and
+deletes the rule again. Afterwards the lab's namespaces and taps and the VM are gone. Artifacts under
+``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from systemvm.boot import agentlab, netlab
+from systemvm.check.suite import PACKAGES_DIR, check_node
+from tests.e2e.vmpool import Shell, VmPool, check_results, pool_member
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.root,
+    pytest.mark.vm("console"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the network lab needs root"),
+]
+
+T = check_node("test_console_ports.py")
+OPEN = T + "test_the_public_ports_accept_connections_from_the_public_network"
+CLOSED = T + "test_other_ports_are_dropped_on_the_public_address"
+ALL = [OPEN, CLOSED]
+PUBLIC = agentlab.PUBLIC_DEV
+VNC, HTTPS = agentlab.CONSOLE_OPEN_PORTS[-1], agentlab.CONSOLE_OPEN_PORTS[0]
+SSH, CONTROL_SSH = agentlab.CONSOLE_CLOSED_PORTS
+
+# case -> (the rule inserted first in INPUT, the check expected to fail). In this order, one VM.
+CASES: dict[str, tuple[str, str]] = {
+    "the VNC port closed on the public NIC": (f"-i {PUBLIC} -p tcp --dport {VNC} -j DROP", OPEN),
+    "HTTPS closed on the public NIC": (f"-i {PUBLIC} -p tcp --dport {HTTPS} -j DROP", OPEN),
+    "22 opened on the public NIC": (f"-i {PUBLIC} -p tcp --dport {SSH} -j ACCEPT", CLOSED),
+    "3922 refused instead of dropped": (
+        f"-i {PUBLIC} -p tcp --dport {CONTROL_SSH} -j REJECT --reject-with tcp-reset",
+        CLOSED,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def console(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
+    """The pool's console proxy in its lab (booted in the background since the session started), then
+    stopped."""
+    member = pool_member(vm_pool, "console")
+    try:
+        booted = member.ready()
+        assert booted.lab is not None, "the pool's console proxy was booted without its lab"
+        params = {**booted.suite_params(), "packages_dir": str(PACKAGES_DIR)}
+        shell = Shell(booted.target.host, booted.target.port, booted.key_file)
+        try:
+            yield booted, params, shell
+        finally:
+            shell.close()
+    finally:
+        vm_pool.release("console")
+        prefix = member.vm.lab.lab.prefix if member.vm is not None and member.vm.lab else None
+        if prefix:
+            assert netlab.leftovers(prefix) == [], f"the lab {prefix} was left behind"
+
+
+@pytest.fixture(scope="module")
+def healthy(console: tuple[Any, dict[str, Any], Shell], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    _, params, _ = console
+    return check_results(params, tmp_path_factory.mktemp("healthy"), "healthy", ALL)
+
+
+def test_the_healthy_console_proxy_passes_the_port_checks(healthy: dict[str, tuple[str, str]]) -> None:
+    assert {name: result for name, (result, _) in healthy.items()} == {
+        node.split("::")[1]: "passed" for node in ALL
+    }, f"the healthy console proxy fails: {healthy}"
+
+
+def test_the_checks_stop_their_listener(console: tuple[Any, dict[str, Any], Shell]) -> None:
+    """Run after the healthy run: nothing the checks started still listens on the public address."""
+    booted, _, shell = console
+    public_ip = booted.lab.lab.plan.console_public_ip
+    assert f"{public_ip}:" not in shell.run("ss -Htln"), "the checks' listener is still running"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_broken_console_proxy_fails_the_check(
+    case: str, console: tuple[Any, dict[str, Any], Shell], healthy: dict[str, tuple[str, str]], tmp_path: Path
+) -> None:
+    """The targeted check fails because of the rule: it passed on the healthy console proxy."""
+    _, params, shell = console
+    rule, expected = CASES[case]
+    shell.run(f"iptables -I INPUT 1 {rule}")
+    try:
+        results = check_results(params, tmp_path, case.replace(" ", "-"), [expected])
+    finally:
+        shell.run(f"iptables -D INPUT {rule}")
+    name = expected.split("::")[1]
+    assert set(results) == {name}, f"{case}: ran {sorted(results)}"
+    assert results[name][0] in ("failed", "error"), f"{case}: {name} did not fail (see {tmp_path})"
+    assert healthy[name][0] == "passed", f"{case}: {name} did not pass on the healthy console proxy"
