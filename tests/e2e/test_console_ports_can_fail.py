@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from systemvm.boot import agentlab, netlab
-from systemvm.check.suite import PACKAGES_DIR, check_node
-from tests.e2e.vmpool import Shell, VmPool, check_results, pool_member
+from systemvm.boot import agentlab
+from systemvm.check.suite import check_node
+from tests.e2e.vmpool import Shell, VmPool, assert_case_fails, check_results, lab_member
 
 pytestmark = [
     pytest.mark.e2e,
@@ -54,21 +54,8 @@ CASES: dict[str, tuple[str, str]] = {
 def console(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
     """The pool's console proxy in its lab (booted in the background since the session started), then
     stopped."""
-    member = pool_member(vm_pool, "console")
-    try:
-        booted = member.ready()
-        assert booted.lab is not None, "the pool's console proxy was booted without its lab"
-        params = {**booted.suite_params(), "packages_dir": str(PACKAGES_DIR)}
-        shell = Shell(booted.target.host, booted.target.port, booted.key_file)
-        try:
-            yield booted, params, shell
-        finally:
-            shell.close()
-    finally:
-        vm_pool.release("console")
-        prefix = member.vm.lab.lab.prefix if member.vm is not None and member.vm.lab else None
-        if prefix:
-            assert netlab.leftovers(prefix) == [], f"the lab {prefix} was left behind"
+    with lab_member(vm_pool, "console", "console proxy") as booted_params_shell:
+        yield booted_params_shell
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +89,4 @@ def test_a_broken_console_proxy_fails_the_check(
         results = check_results(params, tmp_path, case.replace(" ", "-"), [expected])
     finally:
         shell.run(f"iptables -D INPUT {rule}")
-    name = expected.split("::")[1]
-    assert set(results) == {name}, f"{case}: ran {sorted(results)}"
-    assert results[name][0] in ("failed", "error"), f"{case}: {name} did not fail (see {tmp_path})"
-    assert healthy[name][0] == "passed", f"{case}: {name} did not pass on the healthy console proxy"
+    assert_case_fails(case, results, [expected], healthy, tmp_path, "console proxy")

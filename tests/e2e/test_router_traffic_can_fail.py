@@ -25,8 +25,8 @@ import pytest
 
 from systemvm.boot import netlab, routerlab
 from systemvm.boot.routerlab import router_rules
-from systemvm.check.suite import PACKAGES_DIR, check_node
-from tests.e2e.vmpool import Shell, VmPool, check_results, pool_member
+from systemvm.check.suite import check_node
+from tests.e2e.vmpool import Shell, VmPool, assert_case_fails, check_results, lab_member
 
 pytestmark = [
     pytest.mark.e2e,
@@ -118,24 +118,11 @@ def merged(lab: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def router(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
     """The pool's router in its lab (booted in the background since the session started), then stopped."""
-    member = pool_member(vm_pool, "router")
-    try:
-        booted = member.ready()
-        assert booted.lab is not None, "the pool's router was booted without its lab"
-        params = {**booted.suite_params(), "packages_dir": str(PACKAGES_DIR)}
-        shell = Shell(booted.target.host, booted.target.port, booted.key_file)
+    with lab_member(vm_pool, "router", "router") as (booted, params, shell):
         # strongSwan once for every run of the checks (the VPN checks leave it running when they found it
         # so): each start of charon costs up to minutes on this emulated guest
         shell.run("ipsec start")
-        try:
-            yield booted, params, shell
-        finally:
-            shell.close()
-    finally:
-        vm_pool.release("router")
-        prefix = member.vm.lab.lab.prefix if member.vm is not None and member.vm.lab else None
-        if prefix:
-            assert netlab.leftovers(prefix) == [], f"the lab {prefix} was left behind"
+        yield booted, params, shell
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +158,4 @@ def test_a_broken_router_fails_the_check(
         results = check_results(broken, tmp_path, case.replace(" ", "-"), expected)
     finally:
         shell.run(repair)
-    names = {node.split("::")[1] for node in expected}
-    assert set(results) == names, f"{case}: ran {sorted(results)}"
-    not_failed = sorted(n for n in names if results[n][0] not in ("failed", "error"))
-    assert not not_failed, f"{case}: these checks did not fail: {not_failed} (see {tmp_path})"
-    for name in names:
-        assert healthy[name][0] == "passed", f"{case}: {name} did not pass on the healthy router"
+    assert_case_fails(case, results, expected, healthy, tmp_path, "router")

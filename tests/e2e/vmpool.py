@@ -21,7 +21,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,55 @@ def check_results(
 
     junit = run_checks(params, work, label, select)
     return {c.name: (c.result, c.message) for c in parse_junit(junit).checks}
+
+
+def assert_failed(
+    case: str, results: dict[str, tuple[str, str]], expected: list[str], work: Path
+) -> set[str]:
+    """A can-fail case's verdict: exactly the ``expected`` checks ran and each failed; their names."""
+    names = {node.split("::")[1] for node in expected}
+    assert set(results) == names, f"{case}: ran {sorted(results)}"
+    not_failed = sorted(n for n in names if results[n][0] not in ("failed", "error"))
+    assert not not_failed, f"{case}: these checks did not fail: {not_failed} (see {work})"
+    return names
+
+
+def assert_case_fails(
+    case: str,
+    results: dict[str, tuple[str, str]],
+    expected: list[str],
+    healthy: dict[str, tuple[str, str]],
+    work: Path,
+    what: str,
+) -> None:
+    """:func:`assert_failed`, and each of those checks passed on the healthy ``what``: the break failed it."""
+    for name in assert_failed(case, results, expected, work):
+        assert healthy[name][0] == "passed", f"{case}: {name} did not pass on the healthy {what}"
+
+
+@contextlib.contextmanager
+def lab_member(vm_pool: VmPool, name: str, what: str) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
+    """The pool's VM ``name`` (a ``what`` booted inside its lab in the background since the session
+    started): the booted VM, its suite parameters and a :class:`Shell` on it. Released afterwards; its lab
+    must then be gone."""
+    from systemvm.boot import netlab
+    from systemvm.check.suite import PACKAGES_DIR
+
+    member = pool_member(vm_pool, name)
+    try:
+        booted = member.ready()
+        assert booted.lab is not None, f"the pool's {what} was booted without its lab"
+        params = {**booted.suite_params(), "packages_dir": str(PACKAGES_DIR)}
+        shell = Shell(booted.target.host, booted.target.port, booted.key_file)
+        try:
+            yield booted, params, shell
+        finally:
+            shell.close()
+    finally:
+        vm_pool.release(name)
+        prefix = member.vm.lab.lab.prefix if member.vm is not None and member.vm.lab else None
+        if prefix:
+            assert netlab.leftovers(prefix) == [], f"the lab {prefix} was left behind"
 
 
 @dataclasses.dataclass(frozen=True)
