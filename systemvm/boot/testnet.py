@@ -124,18 +124,7 @@ def plan_test_network(
                 )
             )
         else:
-            guest = ipaddress.ip_network("10.1.1.0/24")
-            nics.append(
-                NicPlan(
-                    index=index,
-                    network=str(guest),
-                    host_ip=str(guest.network_address + 2),
-                    guest_ip=str(guest.network_address + 1),
-                    netmask=str(guest.netmask),
-                    mac=_mac(name, index),
-                    forward_ssh=False,
-                )
-            )
+            nics.append(_user_nic(GUEST_NET, index, name))
     if lab is None:
         return TestNetwork(role=role, ssh_host_port=port, nics=tuple(nics))
     if lab.guest_tap is None:  # eth0 control stays; eth1 management (user-mode), then the public tap
@@ -163,12 +152,14 @@ def plan_test_network(
     return TestNetwork(role=role, ssh_host_port=port, nics=tuple(nics), gateway=lab.gateway)
 
 
+# A router's guest NIC (eth0) without a lab: a user-mode network (the lab's guest network has the same range).
+GUEST_NET = ipaddress.IPv4Network("10.1.1.0/24")
 # The storage and console VMs' management NIC (eth1) in a lab: a user-mode network of its own (nothing of the
 # checks runs over it; the agent reaches the management listener over the control NIC, as without a lab).
-MGMT_NET = ipaddress.ip_network("10.1.2.0/24")
+MGMT_NET = ipaddress.IPv4Network("10.1.2.0/24")
 
 
-def _user_nic(network: ipaddress.IPv4Network | ipaddress.IPv6Network, index: int, name: str) -> NicPlan:
+def _user_nic(network: ipaddress.IPv4Network, index: int, name: str) -> NicPlan:
     """A data NIC on a user-mode network: the guest at .1, QEMU at .2 (as every user-mode data NIC)."""
     return NicPlan(
         index=index,

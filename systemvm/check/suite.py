@@ -123,7 +123,7 @@ def wants_lab(hypervisor: str, role: str) -> bool:
 
 
 LAB_SERVICES = {
-    "router": "web backends, public site",
+    "router": "web backends, public site, IPsec peer",
     "secstorage": "NFS export and template download on the public server",
     "consoleproxy": "the public server to probe from",
 }

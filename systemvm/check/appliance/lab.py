@@ -1,5 +1,6 @@
-"""What the router's lab checks share (test_router_traffic.py, test_router_vpn.py): whether they apply,
-the lab's rules loaded on the router and restored, and traffic from the lab's namespaces.
+"""What the lab checks share (test_router_traffic.py, test_router_vpn.py, test_storage_traffic.py,
+test_console_ports.py): whether they apply, the lab's rules loaded on the router and restored, the router's
+files kept, and traffic from the lab's namespaces.
 
 The suite runs on the host, so a lab host's traffic is ``ip netns exec <its namespace> ...``; the lab's
 HTTP servers log one line per request with the client address first (:mod:`systemvm.boot.labhttp`).
@@ -26,25 +27,25 @@ SAVED_RULES = "/root/.svmt-router-lab.rules"
 CONNECT_TIMEOUT = 3
 
 
-def why_not(params: Params) -> str | None:
-    """Why the lab checks do not apply to this target (None: they do)."""
+def why_not(params: Params, role: str = "router") -> str | None:
+    """Why the lab checks for a ``role`` do not apply to this target (None: they do)."""
     if params["kind"] != "vm":
         return "needs a running system VM"
-    if params["role"] != "router":
-        return f"router traffic checks are for routers, not a {params['role']}"
+    if params["role"] != role:
+        return f"these lab checks are for a {role}, not a {params['role']}"
     if not params.get("lab"):
-        return "this router has no network lab around it (a KVM router booted by the harness as root)"
+        return f"this {role} has no network lab around it (a KVM {role} booted by the harness as root)"
     if os.geteuid() != 0:
         return "entering the lab's namespaces needs root"
     return None
 
 
-def applicable(params: Params, configured: dict[str, Any] | None) -> dict[str, Any]:
+def applicable(params: Params, configured: dict[str, Any] | None, role: str = "router") -> dict[str, Any]:
     """What a module fixture configured (a lab dict), or skip the check with the reason it does not apply
     (:func:`why_not`); the gate of every lab check's fixture."""
-    reason = why_not(params)
+    reason = why_not(params, role)
     if reason or configured is None:
-        pytest.skip(reason or "the router was not configured")
+        pytest.skip(reason or f"the {role} was not configured for these checks")
     return configured
 
 

@@ -11,7 +11,6 @@ not a missing process, decides what the public server sees. The listener is stop
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -20,10 +19,12 @@ from typing import Any
 
 import pytest
 
+from systemvm.check.appliance.lab import applicable, why_not
 from systemvm.check.appliance.target import Params, parse_listeners, run_ok
 
 pytestmark = [pytest.mark.live]
 
+ROLE = "consoleproxy"
 CONNECT_TIMEOUT = 3.0  # a dropped SYN: the probe gives up; QEMU's tap answers a SYN within milliseconds
 LISTENER_PID = "/root/.svmt-console-listener.pid"
 # One python3 process in the VM listening on every port given (the kernel completes the handshakes).
@@ -48,19 +49,6 @@ PROBE = (
 )
 
 
-def why_not(params: Params) -> str | None:
-    """Why these checks do not apply to this target (None: they do)."""
-    if params["kind"] != "vm":
-        return "needs a running system VM"
-    if params["role"] != "consoleproxy":
-        return f"console proxy port checks are for a consoleproxy, not a {params['role']}"
-    if not params.get("lab"):
-        return "this console proxy has no network lab around it (a KVM consoleproxy booted as root)"
-    if os.geteuid() != 0:
-        return "entering the lab's namespaces needs root"
-    return None
-
-
 def probe(lab: dict[str, Any], port: int) -> str:
     """``open``, ``refused`` or ``timeout``: a TCP connection from the public server to the proxy's port."""
     argv = ["ip", "netns", "exec", lab["netns"]["server"], sys.executable, "-c", PROBE,
@@ -80,7 +68,7 @@ def bound_ports(host: Any, ip: str) -> set[int]:
 def listening(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
     """A listener on the public address for every probed port nothing listens on yet; stopped afterwards.
     None where the checks do not apply."""
-    if why_not(params):
+    if why_not(params, ROLE):
         yield None
         return
     lab = dict(params["lab"])
@@ -103,10 +91,7 @@ def listening(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
 
 @pytest.fixture
 def lab(params: Params, listening: dict[str, Any] | None) -> dict[str, Any]:
-    reason = why_not(params)
-    if reason or listening is None:
-        pytest.skip(reason or "no listener on the console proxy's ports")
-    return listening
+    return applicable(params, listening, ROLE)
 
 
 def test_the_public_ports_accept_connections_from_the_public_network(lab: dict[str, Any]) -> None:

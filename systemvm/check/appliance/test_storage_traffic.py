@@ -12,16 +12,15 @@ found it: the mount gone, the download removed, apache's configuration and state
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shlex
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from systemvm.check.appliance.lab import applicable, in_netns
 from systemvm.check.appliance.target import Params, parse_listeners, run_ok
 
 pytestmark = [pytest.mark.live]
@@ -37,6 +36,7 @@ QCOW2_SIZE = (
     "import struct,sys; h=open(sys.argv[1],'rb').read(32); "
     f"sys.exit('not a qcow2 image') if h[:4]!={QCOW2_MAGIC!r} else print(struct.unpack('>Q',h[24:32])[0])"
 )
+ROLE = "secstorage"
 APACHE_CONF = "/etc/apache2/apache2.conf"
 APACHE_SITES = "/etc/apache2/sites-enabled"
 DOC_ROOT = "/var/www/html"
@@ -45,30 +45,9 @@ SAVED_APACHE = "/root/.svmt-storage-apache"
 APACHE_SECONDS = 30  # from the restart until apache listens on the public address
 
 
-def why_not(params: Params) -> str | None:
-    """Why these checks do not apply to this target (None: they do)."""
-    if params["kind"] != "vm":
-        return "needs a running system VM"
-    if params["role"] != "secstorage":
-        return f"secondary storage checks are for a secstorage, not a {params['role']}"
-    if not params.get("lab"):
-        return "this storage VM has no network lab around it (a KVM secstorage booted by the harness as root)"
-    if os.geteuid() != 0:
-        return "entering the lab's namespaces needs root"
-    return None
-
-
 @pytest.fixture
 def lab(params: Params) -> dict[str, Any]:
-    reason = why_not(params)
-    if reason:
-        pytest.skip(reason)
-    return dict(params["lab"])
-
-
-def in_netns(lab: dict[str, Any], host_name: str, *command: str) -> subprocess.CompletedProcess[str]:
-    argv = ["ip", "netns", "exec", lab["netns"][host_name], *command]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    return dict(applicable(params, params.get("lab"), ROLE))
 
 
 def mount_and_use(host: Any, lab: dict[str, Any], version: str) -> None:
@@ -193,7 +172,7 @@ def test_apache_serves_a_download_on_the_public_address(host: Any, lab: dict[str
         url = f"http://{ip}/userdata/{name}"
         done = in_netns(
             lab, "server", "curl", "--silent", "--show-error", "--fail", "--connect-timeout",
-            str(CONNECT_TIMEOUT), "--max-time", str(CONNECT_TIMEOUT + 5), url,
+            str(CONNECT_TIMEOUT), "--max-time", str(CONNECT_TIMEOUT + 5), url, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, f"{url} from the public server failed: {done.stderr.strip()}"
         assert done.stdout.strip() == body, f"{url} answered {done.stdout.strip()[:80]!r}, not the file"
