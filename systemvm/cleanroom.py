@@ -90,11 +90,15 @@ def _sources_lines(sources: str) -> list[str]:
 
 @contextlib.contextmanager
 def _mounted(root: Path) -> Iterator[None]:
-    """/proc, /sys and /dev inside the root for the commands run there; always unmounted again."""
+    """/proc, /sys and /dev inside the root for the commands run there; always unmounted again. The
+    kernel's binfmt_misc too when the host has it mounted: the arm64 flavour's qemu-user registration is
+    the kernel's (setup.sh makes it), and a fresh /proc does not show it."""
     mounts: list[Path] = []
+    binfmt = [("binfmt_misc", root / "proc/sys/fs/binfmt_misc", ["-t", "binfmt_misc"])]
     try:
         for source, target, args in (
             ("proc", root / "proc", ["-t", "proc"]),
+            *(binfmt if (hosttools.BINFMT_MISC / "register").exists() else []),
             ("/sys", root / "sys", ["--rbind"]),
             ("/dev", root / "dev", ["--rbind"]),
         ):

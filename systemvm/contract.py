@@ -26,15 +26,18 @@ LINK_LOCAL_HOST = "169.254.0.1"
 
 # Role -> TCP ports the role opens to the world, besides SSH on the control NIC.
 ROLE_PORTS: dict[str, tuple[int, ...]] = {
-    "secstorage": (80, 443),
-    "consoleproxy": (80, 443, 8001),
-    "router": (53, 67, 80, 443, 8080),
-    "vpcrouter": (53, 67, 80, 443, 8080),
-    "dhcpsrvr": (53, 67, 80),
+    # CloudStack's iptables-secstorage opens SSH only: the storage VM's agent opens HTTP(S) at run time.
+    "secstorage": (),
+    "consoleproxy": (80, 443, 8001, 8080),  # 8001 on eth0 and eth1, the others on eth2 (the public NIC)
+    "router": (53, 80),  # on the guest NIC; the metadata server's 80 (DHCP and DNS over UDP below)
+    "vpcrouter": (),  # its guest networks arrive later, from JSON data bags, with their rules
+    "dhcpsrvr": (53,),
     # CloudStack's iptables-ilbvm/-elbvm open SSH only: the load balancer rules open their own ports later.
     "ilbvm": (),
     "elbvm": (),
 }
+# The console proxy's own service port on the control and management NICs.
+CONSOLE_PROXY_PORT = 8001
 # Role -> services the role runs (enabled) and those it must not (disabled).
 ROLE_SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "secstorage": (
@@ -140,6 +143,9 @@ DISABLED_SVCS_PATH = f"{CACHE_DIR}/disabled_svcs"
 SCRIPTS_SIGNATURE_PATH = f"{CACHE_DIR}/cloud-scripts-signature"
 # The template keeps the scripts it was given here (CloudStack's build and live patch put them there too).
 SCRIPTS_COPY_PATH = "/usr/share/cloud/cloud-scripts.tgz"
+# The digest the image's scripts signature uses, md5 (CloudStack 4.20) or sha512 (4.22): written by the
+# build from its CloudStack profile (systemvm/profile.py): what its line compares (the image computes none).
+SCRIPTS_DIGEST_PATH = "/opt/cloud/lib/SCRIPTS_DIGEST"
 # The management server's version handshake and set-up probe (run over SSH; their output is parsed).
 TEMPLATE_VERSION_SCRIPT = "/opt/cloud/bin/get_template_version.sh"
 PATCHED_SCRIPT = "/opt/cloud/bin/patched.sh"
@@ -173,7 +179,7 @@ ROLE_UDP_PORTS: dict[str, tuple[int, ...]] = {
     "secstorage": (),
     "consoleproxy": (),
     "router": (53, 67),
-    "vpcrouter": (53, 67),
+    "vpcrouter": (),
     "dhcpsrvr": (53, 67),
     "ilbvm": (),
     "elbvm": (),
@@ -320,6 +326,12 @@ def decode_authorized_key(value: str) -> str:
 SECRET_KEYS = ("vmpassword", "keystore_password", "router_password")
 # The secondary storage VM's storage network (storageip/storagenetmask) is always its fourth NIC.
 STORAGE_NIC_INDEX = 3
+# The public NIC of the storage and console VMs (eth2: control, management, public) and of a router (eth0
+# guest, eth1 control, eth2 public).
+PUBLIC_NIC_INDEX = 2
+# The console proxy's VNC port, as the management server sends it (vncport=): CloudStack's console proxy rules
+# open it on the public NIC (consoleproxy.sh writes it over their 8080; the live patch opens it again).
+CONSOLE_VNC_PORT = 8080
 # nic_macs lists the MACs in NIC order, separated by '|' (CloudStack's common.sh splits it so).
 NIC_MACS_SEPARATOR = "|"
 NIC_KEY = re.compile(r"^eth(\d+)(ip|ip6)$")
@@ -589,36 +601,155 @@ def role_sysctls(config: BootConfig) -> dict[str, str]:
     return values
 
 
-def firewall_rules_v4(role: str | None, control: str = "eth0", nics: tuple[str, ...] = ()) -> str:
-    """iptables-save text for ``role``: INPUT/FORWARD DROP, 3922 on ``control`` only, the role's ports.
+# --------------------------------------------------------------------------------------------------------
+# The base rules: what CloudStack's etc/iptables/iptables-<role> files (systemvm/debian tree, 4.20) hold, as
+# facts. The image ships one file per role in that form; the boot copies the role's file to rules.v4 (as
+# CloudStack's init.sh and router.sh do), points the 3922 rule at the control NIC (setup_sshd) and loads it.
+# The form matters: CloudStack's CsNetfilter (update_config.py) reads iptables-save, rebuilds each rule from
+# a fixed list of options (`-m state --state`, `-i`, `-o`, `-p`, one other `-m`, `--dport`, ...) and deletes
+# the ones it does not want with that rebuilt text; a rule spelled otherwise (`-m conntrack --ctstate`)
+# rebuilds into a `-D` that matches nothing, and sticks for good.
+# --------------------------------------------------------------------------------------------------------
 
-    Routers serve DNS/DHCP/HTTP to the guest network only, so their ports are not opened on the control
-    NIC; the storage and console roles serve on every NIC. With no role, only SSH on ``control`` is open.
-    """
-    lines = [
-        "# Written by systemvm-firewall from the boot command line; do not edit.",
-        "*filter",
-        ":INPUT DROP [0:0]",
-        ":FORWARD DROP [0:0]",
-        ":OUTPUT ACCEPT [0:0]",
+RULES_DIR = "/etc/iptables"
+# init.sh loads the router's file for a DHCP-only router too; CsNetfilter's del_standard reads the
+# dhcpsrvr file (the router's without the metadata port 80), so the image ships both.
+BOOT_RULES_FILE_ROLE = {"dhcpsrvr": "router"}
+ESTABLISHED = "-m state --state RELATED,ESTABLISHED"
+# Multicast groups a redundant router's keepalived (VRRP) and conntrackd talk on.
+VRRP_GROUP, CONNTRACKD_GROUP = "224.0.0.18/32", "225.0.0.50/32"
+
+
+def rules_file(role: str, *, boot: bool = False) -> str:
+    """/etc/iptables/iptables-<role>; ``boot``: the file the boot loads for the role (dhcpsrvr: router's)."""
+    return f"{RULES_DIR}/iptables-{BOOT_RULES_FILE_ROLE.get(role, role) if boot else role}"
+
+
+def _table(name: str, chains: list[tuple[str, str]], rules: list[str]) -> list[str]:
+    return [f"*{name}", *(f":{chain} {policy} [0:0]" for chain, policy in chains), *rules, "COMMIT"]
+
+
+_EMPTY_NAT = _table("nat", [("PREROUTING", "ACCEPT"), ("POSTROUTING", "ACCEPT"), ("OUTPUT", "ACCEPT")], [])
+_MANGLE_CHAINS = [(c, "ACCEPT") for c in ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")]
+_FILTER_CHAINS = [("INPUT", "DROP"), ("FORWARD", "DROP"), ("OUTPUT", "ACCEPT")]
+
+
+def _router_filter(metadata_port: bool) -> list[str]:
+    """iptables-router's filter table (iptables-dhcpsrvr: the same without the metadata server's port 80):
+    eth0 guest, eth1 control, eth2 public; egress from the guest network allowed through FW_OUTBOUND."""
+    rules = [
+        f"-A INPUT -d {VRRP_GROUP} -j ACCEPT",
+        f"-A INPUT -d {CONNTRACKD_GROUP} -j ACCEPT",
+        *(f"-A INPUT -i {nic} {ESTABLISHED} -j ACCEPT" for nic in ("eth0", "eth1", "eth2")),
+        "-A INPUT -p icmp -j ACCEPT",
         "-A INPUT -i lo -j ACCEPT",
-        "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        "-A INPUT -p icmp -m icmp --icmp-type 8 -j ACCEPT",
-        f"-A INPUT -i {control} -p tcp -m tcp --dport {SSH_PORT} -j ACCEPT",
+        "-A INPUT -i eth0 -p udp -m udp --dport 67 -j ACCEPT",
+        "-A INPUT -i eth0 -p udp -m udp --dport 53 -j ACCEPT",
+        "-A INPUT -i eth0 -p tcp -m tcp --dport 53 -j ACCEPT",
+        f"-A INPUT -i eth1 -p tcp -m tcp -m state --state NEW,ESTABLISHED --dport {SSH_PORT} -j ACCEPT",
     ]
-    if role in ROLES:
-        where = f"! -i {control} " if role in GUEST_FACING_ROLES else ""
-        for port in ROLE_PORTS[role]:
-            lines.append(f"-A INPUT {where}-p tcp -m tcp --dport {port} -j ACCEPT")
-        for port in ROLE_UDP_PORTS[role]:
-            lines.append(f"-A INPUT {where}-p udp -m udp --dport {port} -j ACCEPT")
-        if role in GUEST_FACING_ROLES:
-            # Routers forward the guest network's traffic; the replies come back established.
-            for nic in nics:
-                if nic != control:
-                    lines.append(f"-A FORWARD -i {nic} ! -o {control} -j ACCEPT")
-    lines += ["-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "COMMIT", ""]
-    return "\n".join(lines)
+    if metadata_port:
+        rules.append("-A INPUT -i eth0 -p tcp -m tcp -m state --state NEW --dport 80 -j ACCEPT")
+    rules += [
+        f"-A FORWARD -i eth0 -o eth1 {ESTABLISHED} -j ACCEPT",
+        f"-A FORWARD -i eth2 -o eth0 {ESTABLISHED} -j ACCEPT",
+        "-A FORWARD -i eth0 -o eth0 -m state --state NEW -j ACCEPT",
+        f"-A FORWARD -i eth0 -o eth0 {ESTABLISHED} -j ACCEPT",
+        "-A FORWARD -i eth0 -o eth2 -j FW_OUTBOUND",
+        "-A FW_EGRESS_RULES -j ACCEPT",
+        f"-I FW_OUTBOUND {ESTABLISHED} -j ACCEPT",
+        "-A FW_OUTBOUND -j FW_EGRESS_RULES",
+    ]
+    return rules
+
+
+def base_rules_v4(role: str) -> str:
+    """The text of CloudStack's /etc/iptables/iptables-<role> for ``role`` (iptables-restore input)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role '{role}'")
+    lines = list(_EMPTY_NAT)
+    if role in ("router", "dhcpsrvr"):
+        chains = [*_FILTER_CHAINS, ("FW_EGRESS_RULES", "-"), ("FW_OUTBOUND", "-")]
+        lines += _table("filter", chains, _router_filter(metadata_port=role == "router"))
+        lines += _table("mangle", _MANGLE_CHAINS, [
+            f"-A PREROUTING {ESTABLISHED} -j CONNMARK --restore-mark",
+            "-A POSTROUTING -p udp -m udp --dport bootpc -j CHECKSUM --checksum-fill",
+        ])  # fmt: skip
+    elif role == "vpcrouter":  # eth0 control; the guest and public NICs come later, from the JSON data bags
+        lines += _table("filter", _FILTER_CHAINS, [
+            f"-A INPUT -d {VRRP_GROUP} -j ACCEPT",
+            f"-A INPUT -d {CONNTRACKD_GROUP} -j ACCEPT",
+            "-A INPUT -p icmp -j ACCEPT",
+            "-A INPUT -i lo -j ACCEPT",
+            f"-A INPUT -i eth0 -p tcp -m tcp -m state --state NEW,ESTABLISHED --dport {SSH_PORT} -j ACCEPT",
+            f"-A INPUT {ESTABLISHED} -j ACCEPT",
+            f"-A FORWARD {ESTABLISHED} -j ACCEPT",
+        ])  # fmt: skip
+        lines += _table("mangle", _MANGLE_CHAINS, [
+            "-A OUTPUT -p udp -m udp --dport bootpc -j CHECKSUM --checksum-fill"
+        ])  # fmt: skip
+    elif role == "secstorage":  # eth0 control, eth1 management, eth2 public, eth3 storage
+        lines += _table("filter", [*_FILTER_CHAINS, ("HTTP", "-")], [
+            *(f"-A INPUT -i {nic} {ESTABLISHED} -j ACCEPT" for nic in ("eth0", "eth1", "eth2", "eth3")),
+            "-A INPUT -i lo -j ACCEPT",
+            "-A INPUT -p icmp -m icmp --icmp-type 13 -j DROP",  # ICMP timestamp requests
+            "-A INPUT -p icmp -j ACCEPT",
+            f"-A INPUT -i eth0 -p tcp -m state --state NEW -m tcp --dport {SSH_PORT} -j ACCEPT",
+        ])  # fmt: skip
+    elif role == "consoleproxy":  # eth0 control, eth1 management, eth2 public
+        public = [f"-A INPUT -i eth2 -p tcp -m state --state NEW -m tcp --dport {port} -j ACCEPT"
+                  for port in (443, 80, CONSOLE_VNC_PORT)]  # fmt: skip
+        lines += _table("filter", _FILTER_CHAINS, [
+            "-A INPUT -i lo -j ACCEPT",
+            *(f"-A INPUT -i {nic} {ESTABLISHED} -j ACCEPT" for nic in ("eth0", "eth1", "eth2")),
+            "-A INPUT -p icmp -m icmp --icmp-type 13 -j DROP",
+            "-A INPUT -p icmp -j ACCEPT",
+            f"-A INPUT -i eth1 -p tcp -m state --state NEW -m tcp --dport {SSH_PORT} -j ACCEPT",
+            *(f"-A INPUT -i {nic} -p tcp -m state --state NEW -m tcp --dport {CONSOLE_PROXY_PORT} -j ACCEPT"
+              for nic in ("eth0", "eth1")),
+            *public,
+        ])  # fmt: skip
+    else:  # ilbvm, elbvm: eth0 guest, eth1 control; the load balancer rules open their ports later
+        lines += _table("filter", _FILTER_CHAINS, [
+            "-A INPUT -i lo -j ACCEPT",
+            *(f"-A INPUT -i {nic} {ESTABLISHED} -j ACCEPT" for nic in ("eth0", "eth1")),
+            "-A INPUT -p icmp -j ACCEPT",
+            f"-A INPUT -i eth1 -p tcp -m tcp -m state --state NEW,ESTABLISHED --dport {SSH_PORT} -j ACCEPT",
+        ])  # fmt: skip
+    return "\n".join([*lines, ""])
+
+
+def boot_rules_v4(
+    text: str, role: str, control: str, guest_source: str | None = None, vnc_port: str | None = None
+) -> str:
+    """A role's rules file (``text``: the image's /etc/iptables/iptables-<role>, or CloudStack's own once a
+    patch brought it) as the boot loads it: every rule on 3922 moved to the control NIC (CloudStack's
+    setup_sshd swaps the first ``ethN`` of each line naming 3922), for a router the two guest DNS rules
+    limited to the guest network (``guest_source``: ``<dhcprange>/<cidrsize>``, as router.sh adds it), and
+    the console proxy's VNC port (``vncport``) where the file opens 8080 (consoleproxy.sh means to; its sed
+    writes the variable's name instead, issues 8303 and 9039)."""
+    out = []
+    for line in text.splitlines():
+        if vnc_port and role == "consoleproxy" and f"--dport {CONSOLE_VNC_PORT} " in line:
+            line = line.replace(f"--dport {CONSOLE_VNC_PORT} ", f"--dport {vnc_port} ")
+        if str(SSH_PORT) in line:
+            line = re.sub(r"eth\d+", control, line, count=1)
+        if guest_source and role == "router" and "-i eth0 " in line and "--dport 53 " in line:
+            line = line.replace(" -j ACCEPT", f" -s {guest_source} -j ACCEPT")
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def default_rules_v4(control: str = "eth0") -> str:
+    """The rules of an image no command line configured yet: SSH on ``control`` only, in the base rules'
+    form."""
+    lines = _table("filter", _FILTER_CHAINS, [
+        "-A INPUT -i lo -j ACCEPT",
+        f"-A INPUT {ESTABLISHED} -j ACCEPT",
+        "-A INPUT -p icmp -j ACCEPT",
+        f"-A INPUT -i {control} -p tcp -m tcp -m state --state NEW,ESTABLISHED --dport {SSH_PORT} -j ACCEPT",
+    ])  # fmt: skip
+    return "\n".join([*lines, ""])
 
 
 def firewall_rules_v6() -> str:
@@ -631,7 +762,7 @@ def firewall_rules_v6() -> str:
             ":FORWARD DROP [0:0]",
             ":OUTPUT ACCEPT [0:0]",
             "-A INPUT -i lo -j ACCEPT",
-            "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            f"-A INPUT {ESTABLISHED} -j ACCEPT",
             "-A INPUT -p ipv6-icmp -j ACCEPT",
             "COMMIT",
             "",

@@ -26,10 +26,11 @@ class Role(StrEnum):
 
 
 class Flavour(StrEnum):
-    """Debian architectures the template is built for."""
+    """Debian architectures the template is built for (arm64: built and booted under emulation on x86)."""
 
     AMD64 = "amd64"
     I386 = "i386"
+    ARM64 = "arm64"
 
 
 class Hypervisor(StrEnum):
@@ -42,9 +43,14 @@ class Hypervisor(StrEnum):
 
 ROLES: tuple[Role, ...] = tuple(Role)
 FLAVOURS: tuple[Flavour, ...] = tuple(Flavour)
+# The flavours whose disk boots through UEFI (GPT, an EFI system partition, GRUB's EFI program at the
+# removable-media path): arm64, as CloudStack's aarch64 template (Arm KVM hosts boot only UEFI). The others
+# boot through BIOS (MBR, GRUB for i386-pc).
+UEFI_FLAVOURS: frozenset[Flavour] = frozenset({Flavour.ARM64})
 HYPERVISORS: tuple[Hypervisor, ...] = tuple(Hypervisor)
 
-DEFAULT_VERSION = "4.20.0"
+# The newest supported CloudStack line (systemvm.profile), what a new user runs.
+DEFAULT_VERSION = "4.22.0"
 # Output of every phase: <ARTIFACTS_DIR>/<version>/... Relative, so it is ./artifacts of the directory the
 # tasks run in (the repository's root for `invoke`).
 ARTIFACTS_DIR = Path("artifacts")

@@ -1,17 +1,21 @@
 """Boot one System VM end to end, as a CloudStack management server would, and always tear it down.
 
-``with boot_system_vm("kvm", "amd64", "secstorage") as vm:`` generates an SSH key pair, starts the
+``with boot_system_vm(VmRequest("kvm", "amd64", "secstorage")) as vm:`` generates an SSH key pair, starts the
 management listener the VM's agent connects to, plans the NICs and the boot command line, creates the VM
-through the hypervisor's driver (which delivers the command line and waits for SSH on 3922), delivers the
-patch (``agent.zip``, ``cloud-scripts.tgz``, ``patch-sysvms.sh``) over SSH and waits for ``boot_up_done``,
-then yields a :class:`BootedVM`. Leaving the block destroys everything (also on Ctrl-C or a failed step)
+through the hypervisor's driver (which delivers the command line and waits for SSH on 3922), then does what
+the management server does next: copies the patch (``agent.zip``, ``cloud-scripts.tgz``,
+``patch-sysvms.sh``) over SSH and runs ``patch-sysvms.sh`` at once, asks the version
+(``get_template_version.sh``, which waits for ``boot_up_done``) and live-patches the VM again with a payload
+of its own; then it yields a :class:`BootedVM`. :func:`restart_system_vm` restarts it as CloudStack
+restarts a router (the command line delivered again, then the same patch and handshake). Leaving the block
+destroys everything (also on Ctrl-C or a failed step)
 unless ``keep=True``.
 
-``lab=`` (a :class:`systemvm.boot.routerlab.RouterLab` for a KVM router, a
-:class:`systemvm.boot.agentlab.AgentLab` for a KVM storage or console VM): the router's guest (eth0) and
+``lab=`` (a :class:`systemvm.lab.routerlab.RouterLab` for a KVM router, a
+:class:`systemvm.lab.agentlab.AgentLab` for a KVM storage or console VM): the router's guest (eth0) and
 public (eth2) NICs, or the storage or console VM's public NIC (eth2), are taps of that lab, plugged onto its
 bridges right after the domain started; the caller owns the lab and tears it down after the VM
-(``with agentlab.lab_for(role) as lab: with boot_system_vm(..., lab=lab)``).
+(``with agentlab.lab_for(role) as lab: with boot_system_vm(VmRequest(..., lab=lab))``).
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from systemvm import contract, naming
 from systemvm.boot import sshwait, testnet
 from systemvm.boot.hypervisors.base import BootRequest, Driver, SshTarget, new_run_prefix
 from systemvm.boot.listener import ManagementListener
-from systemvm.boot.netlab import NetLab
-from systemvm.boot.patch import LivePatch
+from systemvm.boot.patch import Handshake, PatchRun
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION, Hypervisor
 from systemvm.errors import UserError
+from systemvm.lab.netlab import NetLab
+from systemvm.profile import profile_for
 from systemvm.progress import phase, say
 
 FORMAT_OF = {"kvm": "qcow2", "xenserver": "vhd", "vmware": "ova"}
@@ -176,12 +181,22 @@ class BootedVM:
     driver: Driver
     work_dir: Path
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    live_patch: LivePatch | None = None
+    request: BootRequest | None = None
+    scripts_digest: str = "md5"
+    boot_patch: PatchRun | None = None
+    handshake: Handshake | None = None
+    live_patch: PatchRun | None = None
+    restarts: int = 0
     lab: Lab | None = None
     lab_taps: list[str] = dataclasses.field(default_factory=list)
 
     def console_log(self) -> str:
         return self.driver.console_log()
+
+    @property
+    def last_patch(self) -> PatchRun | None:
+        """The payload applied last (its scripts' marker is on the VM)."""
+        return self.live_patch or self.boot_patch
 
     def how_to_reach(self) -> str:
         return (
@@ -203,75 +218,136 @@ class BootedVM:
             "listener": {"messages": list(self.listener.messages)},
             "mgmt_port": self.listener.port,
             # the last payload applied writes its id where the patch check reads it
-            "payload_id": self.live_patch.payload_id if self.live_patch else self.run_prefix,
+            "payload_id": self.last_patch.payload_id if self.last_patch else None,
+            "boot_patch": self.boot_patch.as_params() if self.boot_patch else None,
+            "handshake": self.handshake.as_params() if self.handshake else None,
             "live_patch": self.live_patch.as_params() if self.live_patch else None,
+            "scripts_digest": self.scripts_digest,
+            "restarts": self.restarts,
             "lab": self.lab.params(self.lab_taps) if self.lab else None,
         }
 
 
-def deliver_patch(vm: BootedVM, timeout: float) -> float:
-    """Copy the test payload (:mod:`systemvm.boot.payload`) over SSH and wait for boot_up_done."""
+def patch_vm(vm: BootedVM, payload_id: str, timeout: float) -> PatchRun:
+    """Copy a test payload (:mod:`systemvm.boot.payload`) of its own id and run its patch-sysvms.sh at once,
+    as the management server patches a VM (after a boot, and to live-patch it)."""
     from systemvm.boot import patch
     from systemvm.boot import payload as testpayload
 
-    payload = testpayload.build_payload(vm.work_dir / "payload", payload_id=vm.run_prefix)
-    return patch.deliver_patch(vm.target.host, vm.target.port, vm.key_file, payload, timeout)
+    payload = testpayload.build_payload(
+        vm.work_dir / payload_id, payload_id=payload_id, digest=vm.scripts_digest
+    )
+    return patch.run_patch(vm.target.host, vm.target.port, vm.key_file, payload, timeout)
 
 
-def run_live_patch(vm: BootedVM, timeout: float) -> LivePatch:
-    """Patch the running VM again, the 4.16+ way, with a payload of its own id (so its effects are told
-    apart from the boot's patch): what the appliance suite's live-patch checks then look at."""
+def after_boot(vm: BootedVM, timeout: float, started: float) -> None:
+    """What the management server does once SSH answers: the patch at once, then the version handshake
+    (which waits for boot_up_done)."""
     from systemvm.boot import patch
-    from systemvm.boot import payload as testpayload
 
-    payload = testpayload.build_payload(vm.work_dir / "live-payload", payload_id=f"{vm.run_prefix}-live")
-    return patch.live_patch(vm.target.host, vm.target.port, vm.key_file, payload, timeout)
+    suffix = f"-restart{vm.restarts}" if vm.restarts else ""
+    with phase("patch (patch-sysvms.sh run right after the copy, as the management server runs it)"):
+        vm.boot_patch = patch_vm(vm, f"{vm.run_prefix}{suffix}", timeout)
+    vm.timings["patch"] = vm.boot_patch.seconds
+    with phase("version handshake (get_template_version.sh)"):
+        vm.handshake = patch.handshake(vm.target.host, vm.target.port, vm.key_file)
+    vm.timings["boot_up_done"] = time.monotonic() - started
+
+
+def restart_system_vm(vm: BootedVM, timeout: float = 300.0) -> None:
+    """Restart the VM as CloudStack restarts a router: a clean reboot, the command line delivered again
+    through the hypervisor, SSH on 3922 awaited, then the patch and the handshake as after its first boot."""
+    if vm.request is None:
+        raise UserError("this VM was not booted by boot_system_vm: nothing to restart it with")
+    started = time.monotonic()
+    with phase(f"restart {vm.name} (command line delivered again)"):
+        vm.target = dataclasses.replace(vm.driver.restart(vm.request), key_file=vm.key_file)
+    vm.restarts += 1
+    vm.timings["restart_ssh"] = time.monotonic() - started
+    after_boot(vm, timeout, started)
+    vm.timings["restart_boot_up_done"] = vm.timings.pop("boot_up_done")
+    vm.live_patch = None
+
+
+@dataclasses.dataclass
+class VmRequest:
+    """What :func:`boot_system_vm` boots and how: the harness's one context (as mkosi passes its context
+    to every phase). ``artifact``: the file to boot (default: the export of ``version`` under
+    ``artifacts``); ``lab``: the network lab a KVM router, storage VM or console proxy boots into (the
+    caller owns it); ``console_to``: where the whole console log goes when the boot fails (it lives in the
+    run's work directory, which the teardown removes; the error itself quotes only its last lines)."""
+
+    hypervisor: str
+    flavour: str
+    role: str
+    version: str = DEFAULT_VERSION
+    artifacts: Path | None = None
+    artifact: Path | None = None
+    work_dir: Path | None = None
+    keep: bool = False
+    with_patch: bool = True
+    ssh_timeout: float = 900.0  # under TCG on a loaded host an i386 guest answered at 387 s in CI
+    patch_timeout: float = 300.0
+    memory_mib: int = 1024
+    run_prefix: str | None = None
+    driver_options: dict[str, object] = dataclasses.field(default_factory=dict)
+    lab: Lab | None = None
+    console_to: Path | None = None
+
+    def checked_artifact(self) -> Path:
+        """The artifact to boot, once hypervisor, flavour, role and lab are known to fit; UserError if not."""
+        if self.hypervisor not in FORMAT_OF:
+            raise UserError(f"unknown hypervisor '{self.hypervisor}': use one of {', '.join(FORMAT_OF)}")
+        if self.flavour not in naming.FLAVOURS:
+            raise UserError(f"unknown flavour '{self.flavour}': use one of {', '.join(naming.FLAVOURS)}")
+        if self.role not in contract.ROLES:
+            raise UserError(f"unknown role '{self.role}': use one of {', '.join(contract.ROLES)}")
+        if self.lab is not None and (self.hypervisor != "kvm" or self.role not in testnet.LAB_ROLES):
+            raise UserError(
+                f"the network lab takes a KVM {', '.join(testnet.LAB_ROLES)}, not a {self.role} on "
+                f"{self.hypervisor}"
+            )
+        artifact = self.artifact or artifact_path(
+            self.artifacts or ARTIFACTS_DIR, self.version, self.flavour, self.hypervisor
+        )
+        if not Path(artifact).is_file():
+            raise UserError(
+                f"artifact {artifact} does not exist: build and export it first (invoke build, invoke export)"
+            )
+        return Path(artifact)
+
+
+def _driver_for(request: VmRequest, plan: BootPlan, key_file: Path) -> Driver:
+    """The hypervisor's driver with the plan's options, the harness's key (KVM) and the lab's plugging."""
+    from systemvm.boot.hypervisors.registry import get_driver
+
+    options = dict(plan.driver_options)
+    if request.hypervisor == "kvm":
+        options.setdefault("key_file", key_file)
+    if request.lab is not None and plan.network is not None:
+        options["on_started"] = _plugger(request.lab, plan.network.taps)
+    options.update(request.driver_options)
+    return get_driver(request.hypervisor, **options)
+
+
+def _keep_console(driver: Driver, prefix: str, exc: BaseException, console_to: Path | None) -> None:
+    """A failed boot's console: all of it to ``console_to``, its tail on the terminal (unless the error
+    quotes it already)."""
+    if console_to is not None:
+        with contextlib.suppress(OSError):
+            Path(console_to).write_text(driver.console_log())
+    if not getattr(exc, "console_tail", None):
+        tail = "\n".join(driver.console_log().splitlines()[-20:])
+        if tail:
+            say(f"--- console log of {prefix} (last lines) ---\n{tail}")
 
 
 @contextlib.contextmanager
-def boot_system_vm(
-    hypervisor: str,
-    flavour: str,
-    role: str,
-    *,
-    version: str = DEFAULT_VERSION,
-    artifacts: Path | None = None,
-    artifact: Path | None = None,
-    work_dir: Path | None = None,
-    keep: bool = False,
-    with_patch: bool = True,
-    ssh_timeout: float = 900.0,  # under TCG on a loaded host an i386 guest answered at 387 s in CI
-    patch_timeout: float = 300.0,
-    memory_mib: int = 1024,
-    run_prefix: str | None = None,
-    driver_options: dict[str, object] | None = None,
-    lab: Lab | None = None,
-    console_to: Path | None = None,
-) -> Iterator[BootedVM]:
-    """Boot ``role`` of ``flavour`` on ``hypervisor``; yield the :class:`BootedVM`; destroy it on exit.
-
-    ``console_to``: where the whole console log goes when the boot fails (it lives in the run's work
-    directory, which the teardown removes; the error itself quotes only its last lines)."""
-    from systemvm.boot.hypervisors.registry import get_driver
-
-    if hypervisor not in FORMAT_OF:
-        raise UserError(f"unknown hypervisor '{hypervisor}': use one of {', '.join(FORMAT_OF)}")
-    if flavour not in naming.FLAVOURS:
-        raise UserError(f"unknown flavour '{flavour}': use one of {', '.join(naming.FLAVOURS)}")
-    if role not in contract.ROLES:
-        raise UserError(f"unknown role '{role}': use one of {', '.join(contract.ROLES)}")
-    if lab is not None and (hypervisor != "kvm" or role not in testnet.LAB_ROLES):
-        raise UserError(
-            f"the network lab takes a KVM {', '.join(testnet.LAB_ROLES)}, not a {role} on {hypervisor}"
-        )
-    if artifact is None:
-        artifact = artifact_path(artifacts or ARTIFACTS_DIR, version, flavour, hypervisor)
-    if not Path(artifact).is_file():
-        raise UserError(
-            f"artifact {artifact} does not exist: build and export it first (invoke build, invoke export)"
-        )
-    prefix = run_prefix or new_run_prefix()
-    base = Path(work_dir) if work_dir else Path(tempfile.gettempdir())
+def boot_system_vm(request: VmRequest) -> Iterator[BootedVM]:
+    """Boot the request's VM; yield the :class:`BootedVM`; destroy it on exit (unless ``keep``)."""
+    artifact = request.checked_artifact()
+    prefix = request.run_prefix or new_run_prefix()
+    base = Path(request.work_dir) if request.work_dir else Path(tempfile.gettempdir())
     run_dir = base / f"{prefix}-harness"
     run_dir.mkdir(parents=True, exist_ok=True)
     listener = ManagementListener().start()
@@ -279,66 +355,53 @@ def boot_system_vm(
     created = False
     try:
         key_file, public_key = sshwait.make_keypair(run_dir)
-        name = vm_name(role)
-        nics = lab_nics(role, lab.lab) if lab is not None else None
-        plan = plan_boot(hypervisor, role, name, public_key, listener.port, nics)
-        options = dict(plan.driver_options)
-        if hypervisor == "kvm":
-            options.setdefault("key_file", key_file)
-        if lab is not None and plan.network is not None:
-            options["on_started"] = _plugger(lab, plan.network.taps)
-        options.update(driver_options or {})
-        driver = get_driver(hypervisor, **options)
-        request = BootRequest(
-            artifact=Path(artifact),
-            flavour=flavour,
+        name = vm_name(request.role)
+        nics = lab_nics(request.role, request.lab.lab) if request.lab is not None else None
+        plan = plan_boot(request.hypervisor, request.role, name, public_key, listener.port, nics)
+        driver = _driver_for(request, plan, key_file)
+        boot = BootRequest(
+            artifact=artifact,
+            flavour=request.flavour,
             boot_args=plan.boot_args,
             run_prefix=prefix,
             work_dir=base,
-            memory_mib=memory_mib,
-            ssh_timeout=ssh_timeout,
+            memory_mib=request.memory_mib,
+            ssh_timeout=request.ssh_timeout,
         )
         started = time.monotonic()
-        with phase(f"boot {role} ({flavour}) on {hypervisor} as {prefix}-{name}"):
+        with phase(f"boot {request.role} ({request.flavour}) on {request.hypervisor} as {prefix}-{name}"):
             created = True
-            target = driver.create(request)
-        if target.key_file is None:
-            target = dataclasses.replace(target, key_file=key_file)
+            target = driver.create(boot)
         vm = BootedVM(
-            hypervisor=hypervisor,
-            flavour=flavour,
-            role=role,
+            hypervisor=request.hypervisor,
+            flavour=request.flavour,
+            role=request.role,
             name=name,
             run_prefix=prefix,
-            target=target,
+            target=target if target.key_file else dataclasses.replace(target, key_file=key_file),
             key_file=key_file,
             listener=listener,
             cmdline=plan.boot_args.to_cmdline(),
             driver=driver,
             work_dir=run_dir,
             timings={"ssh": time.monotonic() - started, **driver.timings},
-            lab=lab,
+            request=boot,
+            scripts_digest=profile_for(request.version).scripts_digest,
+            lab=request.lab,
             lab_taps=plan.network.taps if plan.network is not None else [],
         )
-        if with_patch:
-            with phase("deliver the patch and wait for boot_up_done"):
-                deliver_patch(vm, patch_timeout)
-            vm.timings["boot_up_done"] = time.monotonic() - started
-            with phase("live patch (patch-sysvms.sh, as the management server runs it)"):
-                vm.live_patch = run_live_patch(vm, patch_timeout)
+        if request.with_patch:
+            after_boot(vm, request.patch_timeout, started)
+            with phase("live patch (the files copied again, patch-sysvms.sh run)"):
+                vm.live_patch = patch_vm(vm, f"{prefix}-live", request.patch_timeout)
             vm.timings["live_patch"] = vm.live_patch.seconds
         yield vm
     except BaseException as exc:
-        if driver is not None and created and console_to is not None:
-            with contextlib.suppress(OSError):
-                Path(console_to).write_text(driver.console_log())
-        if driver is not None and created and not getattr(exc, "console_tail", None):
-            tail = "\n".join(driver.console_log().splitlines()[-20:])
-            if tail:
-                say(f"--- console log of {prefix} (last lines) ---\n{tail}")
+        if driver is not None and created:
+            _keep_console(driver, prefix, exc, request.console_to)
         raise
     finally:
-        if not keep:
+        if not request.keep:
             if driver is not None:
                 with phase(f"destroy {prefix}"):
                     driver.destroy()
@@ -372,34 +435,3 @@ def kvm_artifacts_from_env(variable: str = "SYSTEMVM_KVM_QCOW2") -> list[Path]:
     import os
 
     return [Path(p) for p in os.environ.get(variable, "").split(":") if p]
-
-
-def bench_kvm(artifacts: list[Path] | None = None, role: str = "secstorage") -> list[tuple[str, str]]:
-    """Rows for ``invoke bench``: seconds from ``defineXML`` to SSH on 3922, per flavour, through libvirt."""
-    from systemvm.boot.hypervisors import accel
-
-    paths = artifacts if artifacts is not None else kvm_artifacts_from_env()
-    if not paths:
-        defaults = [artifact_path(ARTIFACTS_DIR, DEFAULT_VERSION, f, "kvm") for f in naming.FLAVOURS]
-        paths = [p for p in defaults if p.is_file()]
-    if not paths:
-        return [("kvm boot (define to SSH on 3922)", "skipped: no KVM artifact (set SYSTEMVM_KVM_QCOW2)")]
-    rows = [("kvm domain type", accel.domain_type())]
-    for path in paths:
-        flavour = flavour_of(path)
-        try:
-            with boot_system_vm("kvm", flavour, role, artifact=path, with_patch=False) as vm:
-                timings = dict(vm.timings)
-        except (UserError, RuntimeError) as exc:
-            rows.append(
-                (f"kvm boot {flavour} {role} (define to SSH on 3922)", f"failed: {str(exc).splitlines()[0]}")
-            )
-            continue
-        rows.append(
-            (
-                f"kvm boot {flavour} {role}: define to command line via guest agent",
-                f"{timings['cmdline']:.1f} s",
-            )
-        )
-        rows.append((f"kvm boot {flavour} {role}: define to SSH on 3922", f"{timings['ssh']:.1f} s"))
-    return rows

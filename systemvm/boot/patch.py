@@ -1,9 +1,9 @@
-"""Patch a booted system VM as CloudStack's management server does: copy the payload over SSH, wait for boot.
+"""Patch a booted system VM as CloudStack's management server does, and ask its version.
 
-The files go to /var/cache/cloud/ on port 3922 with paramiko (SFTP), each under a temporary name that is
-renamed at the end, so the image never sees half a file; then we wait for /var/cache/cloud/boot_up_done.
-The live patch of a running VM (4.16+) copies the files again and runs patch-sysvms.sh, reading the version
-from its output as CloudStack's agent does (:func:`live_patch`).
+After a boot, and again to live-patch a running VM, the server copies agent.zip, cloud-scripts.tgz and
+patch-sysvms.sh to /var/cache/cloud/ on port 3922 and runs the script at once, reading the version from its
+merged output as CloudStack's agent does (:func:`run_patch`); the version handshake runs
+get_template_version.sh and splits its line on '&' as the server does (:func:`handshake`).
 """
 
 from __future__ import annotations
@@ -36,50 +36,25 @@ def ssh_session(host: str, port: int, key_file: Path, timeout: float = 30.0) -> 
         client.close()
 
 
-def upload_payload(client: paramiko.SSHClient, payload: Payload, mode: int | None = None) -> None:
-    """Each file to /var/cache/cloud/ under a temporary name, renamed at the end. ``mode``: every file's
-    (CloudStack's live patch copies all three 0755), else 0755 for the script and 0644 for the archives."""
+def upload_payload(client: paramiko.SSHClient, payload: Payload) -> None:
+    """Each file to /var/cache/cloud/ (mode 0755, as CloudStack's copy leaves all three), under a temporary
+    name renamed at the end, so nothing ever sees half a file."""
     with client.open_sftp() as sftp:
         for name, local in payload.files().items():
             final = f"{contract.CACHE_DIR}/{name}"
             partial = f"{contract.CACHE_DIR}/.{name}.part"
             sftp.put(str(local), partial)
-            sftp.chmod(partial, mode if mode is not None else 0o755 if name.endswith(".sh") else 0o644)
+            sftp.chmod(partial, 0o755)
             sftp.posix_rename(partial, final)
 
 
-def wait_for_boot_done(client: paramiko.SSHClient, timeout: float = 300.0) -> float:
-    """Seconds until /var/cache/cloud/boot_up_done exists; TimeoutError (with the VM's cloud.log) if never."""
-    start = time.monotonic()
-    with client.open_sftp() as sftp:
-        while time.monotonic() - start < timeout:
-            try:
-                sftp.stat(contract.BOOT_DONE_PATH)
-                return time.monotonic() - start
-            except FileNotFoundError:
-                time.sleep(1.0)
-        try:
-            with sftp.open(contract.CLOUD_LOG) as f:
-                log = f.read().decode(errors="replace")[-3000:]
-        except OSError:
-            log = "(no cloud.log)"
-    raise TimeoutError(f"{contract.BOOT_DONE_PATH} did not appear within {timeout:.0f}s; cloud.log:\n{log}")
-
-
-def deliver_patch(host: str, port: int, key_file: Path, payload: Payload, timeout: float = 300.0) -> float:
-    """Copy the payload, wait for the VM to finish its boot. Returns seconds from upload to boot_up_done."""
-    with ssh_session(host, port, key_file) as client:
-        upload_payload(client, payload)
-        return wait_for_boot_done(client, timeout)
-
-
-# ------------------------------------------------------------------------------ the live patch (4.16+)
+# ------------------------------------------------------------------------------ the patch and the handshake
 
 
 @dataclasses.dataclass(frozen=True)
-class LivePatch:
-    """What the management server sees of a live patch: the script's exit status and merged output, the
-    version it reads from that output, and the MD5 it expected (the payload's cloud-scripts.tgz)."""
+class PatchRun:
+    """What the management server sees of a patch: the script's exit status and merged output, the
+    version it reads from that output, and the digest it expected (the payload's cloud-scripts.tgz)."""
 
     exit_status: int
     output: str
@@ -87,6 +62,7 @@ class LivePatch:
     expected: str
     payload_id: str
     seconds: float
+    digest: str = "md5"
 
     def as_params(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -102,11 +78,21 @@ def patch_version(output: str) -> str:
     return parts[1].lstrip().split(" ", 1)[0]
 
 
+def java_split(text: str, separator: str) -> list[str]:
+    """``String.split`` as CloudStack's Java code splits: trailing empty parts are dropped ("a&" is one
+    part)."""
+    parts = text.split(separator)
+    while parts and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
 def template_version(line: str) -> tuple[str, str] | None:
     """(release version, scripts signature) from get_template_version.sh's line, read as the management
-    server reads it: exactly two parts around '&', the version the third word of the release line and of
-    the form x.y.z[.a][-brand][-epoch][-SNAPSHOT]. None when it would not parse."""
-    parts = line.strip().split("&")
+    server reads it: exactly two parts around '&' (a missing signature leaves one), the version the third
+    word of the release line and of the form x.y.z[.a][-brand][-epoch][-SNAPSHOT]. None when it would not
+    parse."""
+    parts = java_split(line.strip(), "&")
     if len(parts) != 2:
         return None
     words = parts[0].split()
@@ -134,18 +120,44 @@ def run_command(client: paramiko.SSHClient, command: str, timeout: float) -> tup
     return status, b"".join(chunks).decode(errors="replace")
 
 
-def live_patch(host: str, port: int, key_file: Path, payload: Payload, timeout: float = 600.0) -> LivePatch:
-    """Patch a running VM as CloudStack's management server does: copy the three files to
-    /var/cache/cloud/ (mode 0755), run patch-sysvms.sh (at most ``timeout`` s), read its version."""
+def run_patch(host: str, port: int, key_file: Path, payload: Payload, timeout: float = 600.0) -> PatchRun:
+    """Patch a VM as CloudStack's management server does: copy the three files to /var/cache/cloud/ and
+    run patch-sysvms.sh right away (at most ``timeout`` s), reading its version."""
     started = time.monotonic()
     with ssh_session(host, port, key_file) as client:
-        upload_payload(client, payload, mode=0o755)
+        upload_payload(client, payload)
         status, output = run_command(client, contract.LIVE_PATCH_SCRIPT, timeout)
-    return LivePatch(
+    return PatchRun(
         exit_status=status,
         output=output[-2000:],
         version=patch_version(output),
         expected=payload.signature(),
         payload_id=payload.payload_id,
         seconds=round(time.monotonic() - started, 1),
+        digest=payload.digest,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Handshake:
+    """get_template_version.sh's line as the management server reads it (``parsed`` None: it would not
+    parse) and how long it took (it waits for boot_up_done)."""
+
+    line: str
+    parsed: tuple[str, str] | None
+    seconds: float
+
+    def as_params(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+HANDSHAKE_WAIT = 300.0  # the script waits up to 240 s for boot_up_done
+
+
+def handshake(host: str, port: int, key_file: Path, timeout: float = HANDSHAKE_WAIT) -> Handshake:
+    """Run the version handshake as the management server does (GetDomRVersionCmd over SSH)."""
+    started = time.monotonic()
+    with ssh_session(host, port, key_file) as client:
+        _, output = run_command(client, contract.TEMPLATE_VERSION_SCRIPT, timeout)
+    line = output.strip()
+    return Handshake(line=line, parsed=template_version(line), seconds=round(time.monotonic() - started, 1))

@@ -4,8 +4,9 @@
 reports to the harness's management listener, see :mod:`systemvm.boot.listener`); ``cloud-scripts.tgz``
 holds a marker file with the payload id and ``/opt/cloud/bin/keystore-setup`` (the file whose presence
 CloudStack's ``patched.sh`` check waits for on secondary storage and console proxy VMs);
-``patch-sysvms.sh`` performs the steps of CloudStack's live patch. The archives are reproducible: the
-same payload id gives byte-identical files (fixed times, owners and order).
+``patch-sysvms.sh`` performs the steps of CloudStack's patch, with the digest the targeted CloudStack line
+compares (MD5 for 4.20, SHA-512 for 4.22). The archives are reproducible: the same payload id gives
+byte-identical files (fixed times, owners and order).
 """
 
 from __future__ import annotations
@@ -31,16 +32,20 @@ exit 0
 _FIXED_TIME = (2024, 1, 1, 0, 0, 0)
 
 
+DIGESTS = ("md5", "sha512")  # what CloudStack's lines compare: md5sum (4.20), sha512sum (4.22)
+
+
 @dataclasses.dataclass(frozen=True)
 class Payload:
     agent_zip: Path
     cloud_scripts: Path
     patch_script: Path
     payload_id: str
+    digest: str = "md5"
 
     def signature(self) -> str:
-        """The MD5 of cloud-scripts.tgz: what the VM records and the version handshake compares."""
-        return hashlib.md5(self.cloud_scripts.read_bytes()).hexdigest()
+        """The digest of cloud-scripts.tgz: what the VM records and the version handshake compares."""
+        return hashlib.new(self.digest, self.cloud_scripts.read_bytes()).hexdigest()
 
     def files(self) -> dict[str, Path]:
         """Name in /var/cache/cloud/ -> local file."""
@@ -81,17 +86,24 @@ def cloud_scripts_bytes(payload_id: str) -> bytes:
     return gzip.compress(raw.getvalue(), mtime=0)
 
 
-def build_payload(out_dir: str | Path, payload_id: str = "test-payload-1") -> Payload:
+def patch_script_bytes(digest: str) -> bytes:
+    """patch-sysvms.sh computing the signature with ``digest`` (md5sum or sha512sum)."""
+    if digest not in DIGESTS:
+        raise ValueError(f"unknown digest {digest!r}: use one of {', '.join(DIGESTS)}")
+    return (AGENT_FILES / "patch-sysvms.sh").read_bytes().replace(b"@DIGEST@", digest.encode())
+
+
+def build_payload(out_dir: str | Path, payload_id: str = "test-payload-1", digest: str = "md5") -> Payload:
     """Write the three files into ``out_dir`` (created if missing) and return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     contents = {
         "agent.zip": agent_zip_bytes(),
         "cloud-scripts.tgz": cloud_scripts_bytes(payload_id),
-        "patch-sysvms.sh": (AGENT_FILES / "patch-sysvms.sh").read_bytes(),
+        "patch-sysvms.sh": patch_script_bytes(digest),
     }
     for name, data in contents.items():
         with atomic_path(out / name) as tmp:
             tmp.write_bytes(data)
             tmp.chmod(0o755 if name.endswith(".sh") else 0o644)
-    return Payload(out / "agent.zip", out / "cloud-scripts.tgz", out / "patch-sysvms.sh", payload_id)
+    return Payload(out / "agent.zip", out / "cloud-scripts.tgz", out / "patch-sysvms.sh", payload_id, digest)

@@ -5,7 +5,7 @@ QEMU user-mode network: port 3922 of the guest is forwarded to a free port on 12
 the network answers at 169.254.0.1, where QEMU connects the guest to the host's 127.0.0.1 (the management
 listener). Routers get a guest network on eth0 first. Plain QEMU and the libvirt driver share these arguments.
 
-With a :class:`LabNics` (the host-side network lab, :mod:`systemvm.boot.netlab`), a router's guest NIC (eth0)
+With a :class:`LabNics` (the host-side network lab, :mod:`systemvm.lab.netlab`), a router's guest NIC (eth0)
 and a public NIC (eth2) are the lab's taps instead, with the lab's addresses and the public gateway; the
 control NIC stays user-mode. The storage and console VMs get CloudStack's three NICs then: eth0 control
 (user-mode, as without a lab), eth1 management (user-mode) and eth2 public on the lab's tap. Without a lab,
@@ -39,7 +39,6 @@ class NicPlan:
 # taps). The storage and console VMs: control, management, public (eth2 on a tap; eth3, the storage VM's
 # optional storage NIC, is left out).
 LAB_ROLES = ("router", *contract.AGENT_ROLES)
-PUBLIC_NIC_INDEX = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,11 +177,16 @@ def tap_netdev(nic: NicPlan) -> str:
 
 
 def qemu_netdev_args(
-    plan: TestNetwork, device: str = "virtio-net-pci", user_only: bool = False, first_slot: int | None = None
+    plan: TestNetwork,
+    device: str = "virtio-net-pci",
+    user_only: bool = False,
+    first_slot: int | None = None,
+    bus: str = "pci.0",
 ) -> list[str]:
     """``-netdev user,...`` (a lab tap: ``-netdev tap,...``) and ``-device ...`` arguments, one pair per
     NIC, in NIC order. ``user_only``: leave the taps out (libvirt has them as ``<interface>`` elements);
-    ``first_slot``: NIC ``n``'s device sits at PCI slot ``first_slot + n`` (the guest's ethN order)."""
+    ``first_slot``: NIC ``n``'s device sits at PCI slot ``first_slot + n`` of ``bus`` (the guest's ethN
+    order; the root bus is ``pci.0`` on x86's ``pc``, ``pcie.0`` on Arm's ``virt``)."""
     args: list[str] = []
     for nic in plan.nics:
         if nic.tap and user_only:
@@ -193,7 +197,7 @@ def qemu_netdev_args(
             netdev = f"user,id=svmnet{nic.index},net={nic.network},host={nic.host_ip},ipv6=off"
         if nic.forward_ssh:
             netdev += f",hostfwd=tcp:127.0.0.1:{plan.ssh_host_port}-{nic.guest_ip}:{contract.SSH_PORT}"
-        pci = f",bus=pci.0,addr={first_slot + nic.index:#04x}" if first_slot is not None else ""
+        pci = f",bus={bus},addr={first_slot + nic.index:#04x}" if first_slot is not None else ""
         args += ["-netdev", netdev, "-device", f"{device},netdev=svmnet{nic.index},mac={nic.mac}{pci}"]
     return args
 
@@ -214,6 +218,22 @@ TEST_NTP_SERVERS = ("127.0.0.1", "localhost")
 # once, as TEST_PUBLIC_DNS does.
 TEST_GUEST_NET6 = ipaddress.IPv6Network("fd00:a01:101::/64")
 TEST_DNS6 = "::1"
+
+
+# The guest network's DNS domain a router is given (CloudStack sends domain=, the network's, with the guest
+# NIC's keys); the lab's DHCP and DNS checks read it from the command line.
+TEST_GUEST_DOMAIN = "cs2cloud.internal"
+
+
+def guest_network_keys(plan: TestNetwork) -> dict[str, str]:
+    """What CloudStack sends with a router's guest NIC: the domain, the guest network's prefix length and
+    the DHCP range's first address (``domain``, ``cidrsize``, ``dhcprange``; setup_dnsmasq and router.sh
+    read them)."""
+    if plan.role != "router":
+        return {}
+    guest = plan.nics[0]
+    prefix = ipaddress.IPv4Network(f"0.0.0.0/{guest.netmask}").prefixlen
+    return {"domain": TEST_GUEST_DOMAIN, "cidrsize": str(prefix), "dhcprange": guest.guest_ip}
 
 
 def cheap_keys(role: str) -> dict[str, str]:
@@ -239,11 +259,6 @@ def ipv6_keys(plan: TestNetwork) -> dict[str, str]:
     }
 
 
-# The console proxy's VNC port, as the management server sends it (vncport=): CloudStack's console proxy rules
-# open it on the public NIC (consoleproxy.sh writes it over their 8080; the live patch opens it again).
-CONSOLE_VNC_PORT = 8080
-
-
 def public_nic_keys(plan: TestNetwork) -> dict[str, str]:
     """What CloudStack adds for a storage or console VM's public and management NICs (only a lab plan has
     them): the storage VM names its devices (``public.network.device``, ``private.network.device``), the
@@ -251,10 +266,10 @@ def public_nic_keys(plan: TestNetwork) -> dict[str, str]:
     if plan.role not in contract.AGENT_ROLES or not plan.taps:
         return {}
     if plan.role == "consoleproxy":
-        return {"vncport": str(CONSOLE_VNC_PORT)}
+        return {"vncport": str(contract.CONSOLE_VNC_PORT)}
     management = next(n for n in plan.nics if not n.forward_ssh and not n.tap)
     return {
-        "public.network.device": f"eth{PUBLIC_NIC_INDEX}",
+        "public.network.device": f"eth{contract.PUBLIC_NIC_INDEX}",
         "private.network.device": f"eth{management.index}",
     }
 
@@ -270,6 +285,7 @@ def boot_args(plan: TestNetwork, name: str, authorized_key: str, mgmt_port: int)
     MACs in order (nic_macs), IPv6 on a router's data NIC, :func:`cheap_keys` and, in a lab, the public
     NIC's keys (:func:`public_nic_keys`)."""
     extra = {"internaldns1": internal_dns(plan), **cheap_keys(plan.role), **ipv6_keys(plan)}
+    extra.update(guest_network_keys(plan))
     extra.update(public_nic_keys(plan))
     extra["nic_macs"] = contract.nic_macs_value([n.mac for n in plan.nics])
     if plan.role in contract.AGENT_ROLES:

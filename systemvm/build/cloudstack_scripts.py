@@ -1,10 +1,11 @@
 """``invoke build --cloudstack-scripts PATH``: a given CloudStack version's scripts, baked into the image.
 
 CloudStack's own template build rsyncs its ``systemvm/debian`` tree to ``/``, keeps the tarball as
-``/usr/share/cloud/cloud-scripts.tgz`` and writes its MD5 (the digest only, as ``md5sum | awk '{print $1}'``)
-to ``/var/cache/cloud/cloud-scripts-signature`` (contract section 6). The version handshake of a management
-server compares that signature with the MD5 of its own ``vms/cloud-scripts.tgz`` (section 4), so an image
-baked with the very tarball a release ships shows no mismatch on its first boot.
+``/usr/share/cloud/cloud-scripts.tgz`` and writes its digest (the digest only, as
+``md5sum | awk '{print $1}'``; MD5 in 4.20, SHA-512 in 4.22: :mod:`systemvm.profile`) to
+``/var/cache/cloud/cloud-scripts-signature`` (contract section 6). The version handshake of a management
+server compares that signature with the digest of its own ``vms/cloud-scripts.tgz`` (section 4), so an
+image baked with the very tarball a release ships shows no mismatch on its first boot.
 
 The input is either that ``cloud-scripts.tgz`` or a ``cloudstack-common`` .deb, from which
 ``usr/share/cloudstack-common/vms/{cloud-scripts.tgz,agent.zip,patch-sysvms.sh}`` are read (and the package's
@@ -45,6 +46,8 @@ SIGNATURE_PATH = "/var/cache/cloud/cloud-scripts-signature"
 INFO_NAME = "cloudstack-scripts.json"
 MEMBERS_NAME = "members.txt"  # the tarball's files and links, one relative path a line (the element reads it)
 REPLACED_RECORD = "/usr/share/systemvm/build/cloudstack-scripts-replaced"  # image files the tree replaced
+# CloudStack's boot units the bake enabled (then the image's own boot steps are disabled)
+BOOT_UNITS_RECORD = "/usr/share/systemvm/build/cloudstack-boot-units"
 
 FIX_TGZ = (
     "pass CloudStack's cloud-scripts.tgz (usr/share/cloudstack-common/vms/ of cloudstack-common) or that .deb"
@@ -54,9 +57,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 
 class ScriptsError(UserError):
-    """A --cloudstack-scripts input that cannot be baked: one line, exit status 1, nothing built."""
-
-    exit_code = 1
+    """A --cloudstack-scripts input that cannot be baked: one line, exit status 2 (the user's input),
+    nothing built."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,17 @@ class CloudStackScripts:
     def md5(self) -> str:
         return hashlib.md5(self.tarball).hexdigest()
 
+    def digest(self, algorithm: str) -> str:
+        """The tarball's digest in ``algorithm`` (a hashlib name: the profile's ``scripts_digest``)."""
+        return hashlib.new(algorithm, self.tarball).hexdigest()
+
     def manifest(self) -> dict[str, Any]:
         """What the build manifest records under ``cloudstack_scripts``."""
         record: dict[str, Any] = {
             "source": self.source,
             "kind": self.kind,
             "cloud_scripts_md5": self.md5,
+            "cloud_scripts_sha512": self.digest("sha512"),
             "cloud_scripts_bytes": len(self.tarball),
             "cloud_scripts_files": self.files,
             "signature_path": SIGNATURE_PATH,

@@ -3,35 +3,43 @@
 Flow (one code path on every host, device-mapper or not):
 1. ``disk-image-create`` with our elements and a block-device config of a whole loop device with one ext4
    filesystem and *no partition table* (so no kpartx/device-mapper), output ``raw`` = the filesystem image.
+   A foreign flavour's programs (arm64 on x86) run in the chroot through qemu-user (binfmt_misc).
 2. :mod:`systemvm.build.disk` assembles the MBR disk file around it and embeds GRUB (boot.img/core.img
-   made inside the image by elements/systemvm-base, read back with ``debugfs``, no mount needed).
+   made inside the image by elements/systemvm-base, read back with ``debugfs``, no mount needed); for a
+   UEFI flavour (arm64) :mod:`systemvm.build.uefidisk` assembles a GPT disk with an EFI system partition
+   holding GRUB's EFI program (made inside the image too) at the removable-media path.
 3. The manifest (JSON) records flavour, release, kernel, packages with versions, sizes, timings, elements,
-   git commit and SOURCE_DATE_EPOCH. All is built in a temp dir beside the output and renamed at the end.
+   git commit, SOURCE_DATE_EPOCH, the CloudStack line's profile (:mod:`systemvm.profile`: the export, the
+   checks and the release diff read it back) and the scripts signature the image carries. All is built in
+   a temp dir beside the output and renamed at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypedDict
 
-from systemvm import defaults, hosttools, naming
-from systemvm.build import aptcache, disk, mirror
+from systemvm import contract, defaults, diskdigest, hosttools, naming
+from systemvm.build import aptcache, disk, leftovers, mirror, uefidisk
 from systemvm.build import cloudstack_scripts as cloudstack_scripts_element
 from systemvm.build.cloudstack_scripts import CloudStackScripts
-from systemvm.errors import UserError, tool_failed
+from systemvm.build.dibprogress import DibProgress
+from systemvm.errors import DefectFound, UserError, tool_failed
+from systemvm.profile import CloudStackProfile, profile_for
 from systemvm.progress import human_bytes, phase, say
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +47,10 @@ ELEMENTS_DIR = defaults.elements_dir()
 DEBIAN_RELEASE = "bookworm"
 LABEL = "cloudrootfs"
 BUILD_RECORD = "/usr/share/systemvm/build"  # what elements/systemvm-base records inside the image
+# What elements/systemvm-base makes inside the image for the disk: GRUB's BIOS boot code, or its EFI program.
+BIOS_BOOT_IMG = "/boot/grub/i386-pc/boot.img"
+BIOS_CORE_IMG = "/boot/grub/i386-pc/core.img"
+EFI_PROGRAM = "/boot/grub/arm64-efi/BOOTAA64.EFI"
 # Ours after diskimage-builder's debian-minimal; order does not matter to DIB (phases order the scripts).
 ELEMENTS = (
     "debian-minimal",
@@ -50,6 +62,8 @@ ELEMENTS = (
     "systemvm-boot",
     "systemvm-firewall",
     "systemvm-agent",
+    "systemvm-cloud-init",
+    "systemvm-scripts-signature",
 )
 # What debian-minimal's root.d/75-debian-minimal-baseinstall installs right after the bootstrap, with the
 # Recommends its `apt-get install` adds (mmdebstrap installs none), so that the image's package set stays
@@ -61,6 +75,7 @@ DIB_BASE_PACKAGES = ("systemd-sysv", "busybox", "sudo", "gnupg2", "python3", "db
 # These ask debconf questions that elements/systemvm-packages answers before installing them.
 NOT_BOOTSTRAPPED = frozenset({"iptables-persistent", "netfilter-persistent"})
 BOOTSTRAP_CACHES_KEPT = 2  # per flavour: the current package set and the one before
+MIN_SIZE_GIB, MAX_SIZE_GIB = 2, 64  # the image uses just over 1 GiB; CloudStack's templates are 2-5 GiB
 
 
 def block_device_config(size_gib: int) -> str:
@@ -90,9 +105,22 @@ class ManifestSizes(TypedDict):
     raw_disk_allocated_bytes: int
 
 
-class ManifestDisk(TypedDict):
-    partition_start_bytes: int
-    core_img_sectors: int
+class ManifestDisk(TypedDict, total=False):
+    partition_table: str  # dos (BIOS flavours) or gpt (UEFI flavours)
+    partition_start_bytes: int  # the root filesystem's
+    core_img_sectors: int  # BIOS: GRUB's core.img, embedded before the partition
+    esp_start_bytes: int  # UEFI: the EFI system partition
+    esp_bytes: int
+    efi_program: str  # UEFI: GRUB's EFI program in the EFI system partition
+    efi_program_bytes: int
+
+
+class ManifestRawDisk(TypedDict):
+    """What the export compares the raw disk with before it writes anything (:mod:`systemvm.diskdigest`)."""
+
+    size: int
+    digest: str
+    method: str
 
 
 class PackageRecord(TypedDict):
@@ -131,6 +159,7 @@ class BuildManifest(TypedDict):
     apt_origin_method: str
     sizes: ManifestSizes
     disk: ManifestDisk
+    raw_disk: ManifestRawDisk
     timings: dict[str, float]
     bootstrap: dict[str, Any]
     build_seconds: float
@@ -139,11 +168,18 @@ class BuildManifest(TypedDict):
     source_date_epoch: int
     artifacts: dict[str, Any]
     cloudstack_scripts: dict[str, Any] | None  # what --cloudstack-scripts baked in (None: nothing)
+    cloudstack_profile: dict[str, Any]  # the CloudStack line the image is for (systemvm.profile)
+    scripts_signature: dict[str, Any]  # cloud-scripts-signature as read back from the image
 
 
 def source_date_epoch() -> int:
+    """The release's time, read once per build (:func:`build_flavours`) and recorded in every manifest, from
+    which the exports take it: ``$SOURCE_DATE_EPOCH``, else the last commit's time, else now."""
     if os.environ.get("SOURCE_DATE_EPOCH"):
-        return int(os.environ["SOURCE_DATE_EPOCH"])
+        value = os.environ["SOURCE_DATE_EPOCH"]
+        if not value.isdigit():
+            raise UserError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number: set seconds since 1970")
+        return int(value)
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO), "log", "-1", "--format=%ct"], capture_output=True, text=True
@@ -177,17 +213,22 @@ def available_elements(cloudstack_scripts: CloudStackScripts | None = None) -> l
     return found
 
 
-def check_baked_scripts(fs_image: Path, scripts: CloudStackScripts) -> dict[str, Any]:
+def check_baked_scripts(
+    fs_image: Path, scripts: CloudStackScripts, profile: CloudStackProfile
+) -> dict[str, Any]:
     """Read back what the element baked in; the manifest's ``cloudstack_scripts`` record.
 
-    The signature must be the tarball's MD5, the digest alone (as CloudStack's build writes it), or a
-    management server of that version would find a mismatch: then the build fails instead.
+    The signature must be the tarball's digest in the line's algorithm (MD5 for 4.20, SHA-512 for 4.22),
+    the digest alone (as CloudStack's build writes it), or a management server of that version would find
+    a mismatch: then the build fails instead.
     """
     signature = _debugfs_read(fs_image, cloudstack_scripts_element.SIGNATURE_PATH).decode().strip()
-    if signature != scripts.md5:
-        raise UserError(
-            f"the image's {cloudstack_scripts_element.SIGNATURE_PATH} reads {signature!r}, not the MD5 "
-            f"{scripts.md5} of {scripts.source}: see {cloudstack_scripts_element.ELEMENT} in the build log"
+    expected = scripts.digest(profile.scripts_digest)
+    if signature != expected:
+        raise DefectFound(
+            f"the image's {cloudstack_scripts_element.SIGNATURE_PATH} reads {signature!r}, not the "
+            f"{profile.scripts_digest} {expected} of {scripts.source}: see "
+            f"{cloudstack_scripts_element.ELEMENT} in the build log"
         )
     record = scripts.manifest()
     kept = {
@@ -197,13 +238,36 @@ def check_baked_scripts(fs_image: Path, scripts: CloudStackScripts) -> dict[str,
     for name, data in kept.items():  # from a .deb: the other two files, byte for byte
         path = f"{cloudstack_scripts_element.IMAGE_DIR}/{name}"
         if data is not None and _debugfs_read(fs_image, path) != data:
-            raise UserError(
+            raise DefectFound(
                 f"the image's {path} differs from the one in {scripts.source}: "
                 f"see {cloudstack_scripts_element.ELEMENT} in the build log"
             )
     replaced = _debugfs_read(fs_image, cloudstack_scripts_element.REPLACED_RECORD).decode()
     record["replaced_image_files"] = [line for line in replaced.splitlines() if line]
+    units = _debugfs_read(fs_image, cloudstack_scripts_element.BOOT_UNITS_RECORD).decode()
+    record["boot_units"] = [line for line in units.splitlines() if line]  # CloudStack's, in charge
     return record
+
+
+def check_scripts_signature(fs_image: Path, profile: CloudStackProfile) -> dict[str, Any]:
+    """The manifest's ``scripts_signature``: the image's signature, which must be one line holding the digest
+    (in the line's algorithm) of the tarball the image keeps, whoever packed it; else the build fails."""
+    raw = _debugfs_read(fs_image, contract.SCRIPTS_SIGNATURE_PATH).decode(errors="replace")
+    tarball = _debugfs_read(fs_image, contract.SCRIPTS_COPY_PATH)
+    expected = profile.digest(tarball)
+    if raw != expected + "\n":
+        raise DefectFound(
+            f"the image's {contract.SCRIPTS_SIGNATURE_PATH} reads {raw.strip()[:140]!r}, not the "
+            f"{profile.scripts_digest} {expected} of {contract.SCRIPTS_COPY_PATH}: see "
+            "systemvm-scripts-signature in the build log"
+        )
+    return {
+        "path": contract.SCRIPTS_SIGNATURE_PATH,
+        "algorithm": profile.scripts_digest,
+        "digest": expected,
+        "scripts": contract.SCRIPTS_COPY_PATH,
+        "scripts_bytes": len(tarball),
+    }
 
 
 @contextlib.contextmanager
@@ -229,25 +293,35 @@ def host_devices_kept() -> Iterator[None]:
 
 
 def _run_dib(env: dict[str, str], args: list[str], log_path: Path, label: str = "") -> None:
-    """Run disk-image-create; print one line per DIB phase with elapsed time, everything else to the log."""
-    start = time.monotonic()
-    current = None
-    pattern = re.compile(r"(?:hooks|in_target\.d)/([a-z-]+\.d)/")
+    """Run disk-image-create; everything it prints goes to the log, and a person sees one line per DIB phase
+    and how far the long steps are (:class:`systemvm.build.dibprogress.DibProgress`)."""
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert proc.stdout is not None
+        progress = DibProgress(label)
+        lock, stop = threading.Lock(), threading.Event()
+
+        def beat() -> None:  # time-based updates while no line comes (the tree being cached: a minute)
+            while not stop.wait(1.0):
+                with lock:
+                    progress.tick()
+
+        ticker = threading.Thread(target=beat, name=f"dib-progress-{label}", daemon=True)
+        ticker.start()
         try:
             for raw in proc.stdout:
                 log.write(raw)
-                match = pattern.search(raw.decode(errors="replace"))
-                if match and match.group(1) != current:
-                    current = match.group(1)
-                    say(f"    [{time.monotonic() - start:6.1f} s] {label}diskimage-builder {current}")
+                with lock:
+                    progress.feed(raw.decode(errors="replace"))
             rc = proc.wait()
         except BaseException:
             proc.terminate()
             proc.wait()
             raise
+        finally:
+            stop.set()
+            ticker.join()
+            progress.close()
     if rc != 0:
         raise tool_failed("diskimage-builder", rc, log_path.read_text(errors="replace"), log_path)
 
@@ -259,7 +333,9 @@ def _debugfs_read(fs_image: Path, path: str) -> bytes:
             ["debugfs", "-R", f"dump {path} {out}", str(fs_image)], check=True, capture_output=True
         )
         if not out.exists():
-            raise UserError(f"{path} is missing from the built filesystem: check the element that writes it")
+            raise DefectFound(
+                f"{path} is missing from the built filesystem: check the element that writes it"
+            )
         return out.read_bytes()
 
 
@@ -377,13 +453,33 @@ def bootstrap_cache(flavour: str, include: list[str], sources: str, indexes: dic
     return directory
 
 
+# Run by mmdebstrap once the essential packages are in, before ours: update-initramfs is diverted to a
+# no-op, so that the bootstrap does not make an initramfs the build throws away (elements/systemvm-base
+# makes it once, after the module prune: its pre-install.d/05-defer-initramfs keeps this same diversion
+# and post-install.d/85-make-initramfs removes it). Under qemu-user the bootstrap's mkinitramfs alone
+# took over ten minutes of the arm64 build.
+DEFER_INITRAMFS_HOOK = """#!/bin/sh
+# mmdebstrap --essential-hook written by systemvm/build/image.py; $1 is the new root.
+set -eu
+tool=/usr/sbin/update-initramfs
+chroot "$1" dpkg-divert --quiet --local --rename --divert "$tool.systemvm-deferred" --add "$tool"
+mkdir -p "$1/usr/sbin"
+printf '#!/bin/sh\\n# deferred by the bootstrap (systemvm/build/image.py)\\nexit 0\\n' > "$1$tool"
+chmod 755 "$1$tool"
+"""
+
+
 def mmdebstrap_args(include: list[str], sources: str, work: Path) -> str:
-    """DIB_MMDEBSTRAP_EXTRA_ARGS: our packages, and the -updates/-security suites next to the main one.
+    """DIB_MMDEBSTRAP_EXTRA_ARGS: our packages, the -updates/-security suites next to the main one, and
+    the hook that defers the initramfs (:data:`DEFER_INITRAMFS_HOOK`).
 
     diskimage-builder gives mmdebstrap only the main suite; without the others the cached tree would hold
     older versions that every build then upgrades (a second kernel among them).
     """
-    args = f"--include={','.join(include)}"
+    hook = (work / "defer-initramfs-hook").resolve()
+    hook.write_text(DEFER_INITRAMFS_HOOK)
+    hook.chmod(0o755)
+    args = f"--include={','.join(include)} --essential-hook={hook}"
     extra = [
         line.split(":", 1)[1] for line in sources.splitlines() if line and not line.startswith("default:")
     ]
@@ -394,9 +490,11 @@ def mmdebstrap_args(include: list[str], sources: str, work: Path) -> str:
     return args
 
 
-def check_version(version: str) -> None:
-    if not re.fullmatch(r"\d+\.\d+\.\d+(?:[-.+][0-9A-Za-z.-]+)?", version):
-        raise UserError(f"version '{version}' is not X.Y.Z: pass e.g. --version 4.20.0")
+def check_version(version: str) -> CloudStackProfile:
+    """The profile of ``version``'s CloudStack line; one line (exit 2) for a malformed (never a path) or
+    unsupported one."""
+    naming.check_version(version)
+    return profile_for(version)
 
 
 def check_host(*flavours: str) -> None:
@@ -407,44 +505,77 @@ def check_host(*flavours: str) -> None:
         hosttools.check_foreign_arch(arch)
 
 
-def build_flavour(
-    flavour: str,
+@dataclasses.dataclass(frozen=True)
+class BuildPlan:
+    """A build's inputs, every one checked by :func:`plan_build`; nothing is started or written yet."""
+
+    flavours: list[str]
+    version: str
+    debian_mirror: str  # the mirror URL, from --mirror, $SYSTEMVM_DEBIAN_MIRROR or the host's apt sources
+    offline: bool
+    size_gib: int
+    jobs: int
+    epoch: int  # SOURCE_DATE_EPOCH, read once for every flavour (:func:`source_date_epoch`)
+    profile: CloudStackProfile  # the CloudStack line the version belongs to (:mod:`systemvm.profile`)
+    cloudstack_scripts: CloudStackScripts | None = None
+
+
+def check_size_gib(value: int | str) -> int:
+    """The root filesystem's size in GiB: a whole number the image fits in (it uses just over 1 GiB)."""
+    text = str(value).strip()
+    if not text.isdigit() or not MIN_SIZE_GIB <= int(text) <= MAX_SIZE_GIB:
+        raise UserError(
+            f"--size-gib {value} is not a whole number of GiB from {MIN_SIZE_GIB} to {MAX_SIZE_GIB}: "
+            "pass e.g. --size-gib 5"
+        )
+    return int(text)
+
+
+def plan_build(
+    flavours: list[str],
     version: str,
-    artifacts: Path,
     *,
     mirror_url: str | None = None,
     offline: bool = False,
-    size_gib: int = 5,
-    proxy: str | None = None,
+    size_gib: int | str = 5,
+    jobs: int | str | None = None,
     cloudstack_scripts: CloudStackScripts | None = None,
-) -> BuildManifest:
-    """Build one flavour's raw disk and manifest into ``artifacts/<version>/``; return the manifest.
+) -> BuildPlan:
+    """Check every input of a build (host tools, version, mirror, size, jobs) before anything starts."""
+    check_host(*flavours)
+    profile = check_version(version)
+    return BuildPlan(
+        flavours=list(flavours),
+        version=version,
+        debian_mirror=mirror.debian_mirror(mirror_url),
+        offline=offline,
+        size_gib=check_size_gib(size_gib),
+        jobs=build_jobs(list(flavours), jobs),
+        epoch=source_date_epoch(),
+        profile=profile,
+        cloudstack_scripts=cloudstack_scripts,
+    )
 
-    ``proxy``: the URL of an apt-cacher-ng already running (:func:`build_flavours` shares one between
-    parallel builds); without it this build runs its own. ``cloudstack_scripts``: CloudStack's scripts to
-    bake in, read and checked beforehand (:func:`systemvm.build.cloudstack_scripts.load`).
-    """
-    check_host(flavour)
-    check_version(version)
-    out_dir = naming.version_dir(artifacts, version)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "logs").mkdir(exist_ok=True)
-    log_path = out_dir / "logs" / f"build-{flavour}.log"
-    log_path.write_bytes(b"")
-    debian = mirror.debian_mirror(mirror_url)
-    epoch = source_date_epoch()
+
+def _build_one(flavour: str, plan: BuildPlan, artifacts: Path, proxy: str) -> BuildManifest:
+    """Build one flavour's raw disk and manifest into ``artifacts/<version>/`` behind the package cache at
+    ``proxy``; return the manifest."""
+    version, debian, epoch = plan.version, plan.debian_mirror, plan.epoch
+    offline, cloudstack_scripts = plan.offline, plan.cloudstack_scripts
+    profile = plan.profile
     started = time.monotonic()
     timings: dict[str, float] = {}
-    sources: str = ""
-    skipped: list[str] = []
-    work = Path(tempfile.mkdtemp(prefix=f".build-{flavour}-", dir=out_dir))
+    indexes: dict[str, str] = {}
+    # the mirror answers before anything is written: a bad one leaves the last build's log as it was
+    sources, skipped = mirror.apt_sources(debian, DEBIAN_RELEASE, flavour, proxy, indexes)
+    out_dir = naming.version_dir(artifacts, version)
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "logs" / f"build-{flavour}.log"
+    work = leftovers.new_work_dir(out_dir, flavour)
+    run_dir = leftovers.new_run_dir(flavour)  # diskimage-builder's TMP_DIR: its dirs and mounts, ours by name
     try:
-        with (
-            contextlib.nullcontext(proxy) if proxy else aptcache.apt_proxy(offline=offline) as proxy,
-            phase(f"{flavour}: root filesystem (diskimage-builder)"),
-        ):
-            indexes: dict[str, str] = {}
-            sources, skipped = mirror.apt_sources(debian, DEBIAN_RELEASE, flavour, proxy, indexes)
+        with phase(f"{flavour}: root filesystem (diskimage-builder)"):
+            log_path.write_bytes(b"")
             include = bootstrap_packages(flavour)
             image_cache = bootstrap_cache(flavour, include, sources, indexes)
             tarball = image_cache / f"debootstrap-debian-{DEBIAN_RELEASE}-{flavour}.tar.gz"
@@ -471,7 +602,7 @@ def build_flavour(
                     "DIB_DISTRIBUTION_MIRROR": debian,
                     "DIB_DEBIAN_SECURITY_MIRROR": mirror.security_mirror(debian),
                     "DIB_APT_SOURCES_CONF": sources,
-                    "DIB_BLOCK_DEVICE_CONFIG": block_device_config(size_gib),
+                    "DIB_BLOCK_DEVICE_CONFIG": block_device_config(plan.size_gib),
                     "DIB_IMAGE_CACHE": str(image_cache),
                     "DIB_MMDEBSTRAP_EXTRA_ARGS": mmdebstrap_args(include, sources, work),
                     "DIB_DEBIAN_USE_DEBOOTSTRAP_CACHE": "1",
@@ -483,6 +614,9 @@ def build_flavour(
                     "SYSTEMVM_VERSION": version,
                     "SYSTEMVM_FLAVOUR": flavour,
                     "SOURCE_DATE_EPOCH": str(epoch),
+                    "TMP_DIR": str(run_dir),
+                    leftovers.RUN_ENV: str(run_dir),  # every process of this build carries it
+                    **profile.build_environment(),
                 }
             )
             if offline:
@@ -499,19 +633,28 @@ def build_flavour(
         timings["rootfs_seconds"] = round(time.monotonic() - started, 1)
         fs_image = work / "rootfs.raw"
         raw_tmp = work / "disk.raw"
-        with phase(f"{flavour}: assemble MBR disk with GRUB"):
-            t0 = time.monotonic()
-            boot_img = _debugfs_read(fs_image, "/boot/grub/i386-pc/boot.img")
-            core_img = _debugfs_read(fs_image, "/boot/grub/i386-pc/core.img")
-            layout = disk.assemble_disk(fs_image, raw_tmp, boot_img, core_img)
-            timings["assemble_seconds"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()
+        layout, disk_record = assemble(flavour, fs_image, raw_tmp, epoch)
+        timings["assemble_seconds"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()
+        raw_record: ManifestRawDisk = {
+            "size": raw_tmp.stat().st_size,
+            "digest": diskdigest.content_digest(raw_tmp),
+            "method": diskdigest.METHOD,
+        }
+        timings["digest_seconds"] = round(time.monotonic() - t0, 1)
         kernel = _debugfs_read(fs_image, f"{BUILD_RECORD}/kernel").decode().strip()
         records = read_packages(fs_image)
         packages = {name: record["version"] for name, record in records.items()}
         missing = [p for p in requested_packages(flavour) if p not in packages]
         if missing:
-            raise UserError(f"requested packages not installed: {', '.join(missing)}; see {log_path}")
-        baked = check_baked_scripts(fs_image, cloudstack_scripts) if cloudstack_scripts is not None else None
+            raise DefectFound(f"requested packages not installed: {', '.join(missing)}; see {log_path}")
+        baked = (
+            check_baked_scripts(fs_image, cloudstack_scripts, profile)
+            if cloudstack_scripts is not None
+            else None
+        )
+        signature = check_scripts_signature(fs_image, profile)
         manifest: BuildManifest = {
             "flavour": flavour,
             "arch": naming.ARCH_OF[flavour],
@@ -532,10 +675,8 @@ def build_flavour(
                 "raw_disk_virtual_bytes": layout.disk_bytes,
                 "raw_disk_allocated_bytes": allocated_bytes(raw_tmp),
             },
-            "disk": {
-                "partition_start_bytes": layout.partition_start,
-                "core_img_sectors": layout.core_sectors,
-            },
+            "disk": disk_record,
+            "raw_disk": raw_record,
             "timings": timings,
             "bootstrap": bootstrap,
             "build_seconds": round(time.monotonic() - started, 1),
@@ -544,6 +685,8 @@ def build_flavour(
             "source_date_epoch": epoch,
             "artifacts": {},
             "cloudstack_scripts": baked,
+            "cloudstack_profile": profile.record(),
+            "scripts_signature": signature,
         }
         raw_final = naming.raw_disk(artifacts, version, flavour)
         manifest_final = naming.manifest(artifacts, version, flavour)
@@ -554,11 +697,47 @@ def build_flavour(
         say(
             f"    {flavour}: {raw_final.name}: root fs used {human_bytes(sizes['rootfs_used_bytes'])}, "
             f"disk allocated {human_bytes(sizes['raw_disk_allocated_bytes'])}, "
-            f"{len(packages)} packages, kernel {kernel}, {manifest['build_seconds']:.0f} s"
+            f"{len(packages)} packages, kernel {kernel}, CloudStack {profile.line} "
+            f"({profile.scripts_digest} signature), {manifest['build_seconds']:.0f} s"
         )
         return manifest
     finally:
+        leftovers.remove_run(run_dir, f"{leftovers.RUN_ENV}={run_dir}")
         shutil.rmtree(work, ignore_errors=True)
+
+
+def assemble(
+    flavour: str, fs_image: Path, raw: Path, epoch: int
+) -> tuple[disk.DiskLayout | uefidisk.GptLayout, ManifestDisk]:
+    """The bootable disk around the root filesystem image: MBR and GRUB's BIOS boot code, or for a UEFI
+    flavour a GPT with an EFI system partition; the layout and the manifest's ``disk`` record."""
+    if flavour in defaults.UEFI_FLAVOURS:
+        with phase(f"{flavour}: assemble GPT disk with an EFI system partition (GRUB for UEFI)"):
+            program = _debugfs_read(fs_image, EFI_PROGRAM)
+            gpt = uefidisk.assemble_uefi_disk(fs_image, raw, program, epoch)
+        return gpt, {
+            "partition_table": "gpt",
+            "partition_start_bytes": gpt.partition_start,
+            "esp_start_bytes": gpt.esp_start,
+            "esp_bytes": gpt.esp_bytes,
+            "efi_program": uefidisk.REMOVABLE_PATH,
+            "efi_program_bytes": len(program),
+        }
+    with phase(f"{flavour}: assemble MBR disk with GRUB"):
+        boot_img = _debugfs_read(fs_image, BIOS_BOOT_IMG)
+        core_img = _debugfs_read(fs_image, BIOS_CORE_IMG)
+        mbr = disk.assemble_disk(fs_image, raw, boot_img, core_img)
+    return mbr, {
+        "partition_table": "dos",
+        "partition_start_bytes": mbr.partition_start,
+        "core_img_sectors": mbr.core_sectors,
+    }
+
+
+def build_order(flavours: list[str]) -> list[str]:
+    """Longest build first: a flavour whose programs run through qemu-user (arm64 on x86) takes several
+    times as long as a native one."""
+    return sorted(flavours, key=lambda f: f not in hosttools.QEMU_ARCH or f == hosttools.host_arch())
 
 
 def build_jobs(flavours: list[str], jobs: int | str | None = None) -> int:
@@ -579,32 +758,41 @@ def build_flavours(
     *,
     mirror_url: str | None = None,
     offline: bool = False,
-    size_gib: int = 5,
+    size_gib: int | str = 5,
     jobs: int | str | None = None,
     cloudstack_scripts: CloudStackScripts | None = None,
 ) -> list[BuildManifest]:
-    """Build several flavours, in parallel up to ``jobs``, sharing one package cache proxy.
+    """:func:`plan_build`, then :func:`run_build`: every flavour's raw disk and manifest."""
+    plan = plan_build(
+        flavours,
+        version,
+        mirror_url=mirror_url,
+        offline=offline,
+        size_gib=size_gib,
+        jobs=jobs,
+        cloudstack_scripts=cloudstack_scripts,
+    )
+    return run_build(plan, artifacts)
+
+
+def run_build(plan: BuildPlan, artifacts: Path) -> list[BuildManifest]:
+    """Build the plan's flavours, in parallel up to its ``jobs``, sharing one package cache proxy and one
+    SOURCE_DATE_EPOCH; return their manifests (in the order of the plan's flavours).
 
     The builds share nothing else (each has its own diskimage-builder work dir, loop device and temp
     output dir), so one failing leaves the other to finish; the first failure is raised afterwards.
     """
-    check_host(*flavours)
-    check_version(version)
-    workers = build_jobs(flavours, jobs)
-    with aptcache.apt_proxy(offline=offline) as proxy:
-        one = functools.partial(
-            build_flavour,
-            mirror_url=mirror_url,
-            offline=offline,
-            size_gib=size_gib,
-            proxy=proxy,
-            cloudstack_scripts=cloudstack_scripts,
-        )
-        if workers == 1:
-            return [one(f, version, artifacts) for f in flavours]
-        say(f"==> building {', '.join(flavours)} in parallel ({workers} at once)")
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build") as pool:
-            futures = [pool.submit(one, f, version, artifacts) for f in flavours]
+    flavours = plan.flavours
+    leftovers.report(leftovers.sweep(artifacts), "before the build")
+    with aptcache.apt_proxy(offline=plan.offline) as proxy:
+        one = functools.partial(_build_one, plan=plan, artifacts=artifacts, proxy=proxy)
+        if plan.jobs == 1:
+            return [one(f) for f in flavours]
+        say(f"==> building {', '.join(flavours)} in parallel ({plan.jobs} at once)")
+        with ThreadPoolExecutor(max_workers=plan.jobs, thread_name_prefix="build") as pool:
+            # the emulated flavour first: started last, it alone would run on one core at the end
+            started = {f: pool.submit(one, f) for f in build_order(flavours)}
+            futures = [started[f] for f in flavours]
             wait(futures)
         failed = [(f, fut.exception()) for f, fut in zip(flavours, futures, strict=True) if fut.exception()]
         if failed:

@@ -15,7 +15,7 @@ keep the console log and ``/var/log/cloud.log`` when a check fails, tear the VM 
 and each matrix cell run; the exit status is 0 only when every check passed.
 
 A KVM router, storage VM or console proxy boots inside the network lab
-(:func:`systemvm.boot.agentlab.lab_for`, as root): the lab first, then the VM with its public NIC (and a
+(:func:`systemvm.lab.agentlab.lab_for`, as root): the lab first, then the VM with its public NIC (and a
 router's guest NIC) on the lab's taps, the checks (``params["lab"]``), the VM destroyed, the lab torn down,
 also on a failure or Ctrl-C.
 """
@@ -77,11 +77,17 @@ def _write_json(path: Path, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
+# Checks of a VM the suite restarted (the second pass of a router cell): never part of the first pass.
+RESTART_MODULE = "test_after_restart.py"
+# The cells whose VM the suite restarts after its checks, as CloudStack restarts routers.
+RESTART_ROLES = ("router",)
+
+
 def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[str] | None = None) -> Path:
     """Run pytest on the appliance suite with ``params``; return the JUnit XML path (pytest's exit is
     read from the XML). Works for any target testinfra reaches: a VM, a chroot, the local host.
-    ``select``: node ids (``check_node("test_haproxy.py") + "test_haproxy_is_installed"``) to run instead
-    of the whole suite."""
+    ``select``: node ids (``check_node("test_haproxy.py") + "test_haproxy_is_installed"``) or module paths
+    to run instead of the whole suite (which leaves out the restart module)."""
     out_dir = Path(out_dir).resolve()  # pytest runs in the suite's directory: every path it gets is absolute
     params_file = out_dir / f"{label}.params.json"
     _write_json(params_file, params)
@@ -91,7 +97,7 @@ def run_checks(params: dict[str, Any], out_dir: Path, label: str, select: list[s
         sys.executable,
         "-m",
         "pytest",
-        *(select or [str(SUITE_DIR)]),
+        *(select or [str(SUITE_DIR), f"--ignore={SUITE_DIR / RESTART_MODULE}"]),
         "-p",
         "no:cacheprovider",
         "-o",
@@ -132,15 +138,15 @@ LAB_SERVICES = {
 @contextlib.contextmanager
 def _lab_for(hypervisor: str, role: str) -> Iterator[Any]:
     """The lab for a KVM router, storage VM or console proxy (None for other cells, or without root: their
-    lab checks then skip)."""
+    lab checks, which apply to such a cell, then fail: systemvm/check/appliance/applies.py)."""
     if not wants_lab(hypervisor, role):
         yield None
         return
     if os.geteuid() != 0:
-        say(f"    not root: the {role} boots without the network lab (its lab checks skip)")
+        say(f"    not root: the {role} boots without the network lab (its lab checks fail: run as root)")
         yield None
         return
-    from systemvm.boot.agentlab import lab_for
+    from systemvm.lab.agentlab import lab_for
 
     with phase(f"build the network lab ({LAB_SERVICES[role]})"):
         stack = contextlib.ExitStack()
@@ -168,7 +174,7 @@ def run_appliance_test(
 ) -> SuiteOutcome:
     """Boot, check, collect, tear down, report. Never raises for failed checks; raises UserError for
     bad input (unknown role, missing artifact)."""
-    from systemvm.boot.harness import boot_system_vm
+    from systemvm.boot.harness import VmRequest, boot_system_vm
 
     if role not in ROLES:
         raise UserError(f"unknown role '{role}': use one of {', '.join(ROLES)}")
@@ -189,14 +195,16 @@ def run_appliance_test(
             lab = stack.enter_context(_lab_for(hypervisor, role))
             vm = stack.enter_context(
                 boot_system_vm(
-                    hypervisor,
-                    flavour,
-                    role,
-                    version=version,
-                    artifacts=artifacts,
-                    artifact=artifact,
-                    lab=lab,
-                    console_to=out_dir / f"{label}.console.log",
+                    VmRequest(
+                        hypervisor,
+                        flavour,
+                        role,
+                        version=version,
+                        artifacts=artifacts,
+                        artifact=artifact,
+                        lab=lab,
+                        console_to=out_dir / f"{label}.console.log",
+                    )
                 )
             )
             boot_numbers = {k: f"{v:.1f}" for k, v in vm.timings.items()}
@@ -214,6 +222,9 @@ def run_appliance_test(
             }
             with phase(f"appliance checks on {label}"):
                 junit = run_checks(params, out_dir, label)
+            if hypervisor == "kvm" and role in RESTART_ROLES:
+                junit = restart_and_check(vm, params, out_dir, label, junit)
+                boot_numbers = {k: f"{v:.1f}" for k, v in vm.timings.items()}
             summary = parse_junit(junit)
             if summary.failed:
                 (out_dir / f"{label}.console.log").write_text(vm.console_log())
@@ -248,6 +259,44 @@ def run_appliance_test(
         },
     )
     return SuiteOutcome(label, status, summary, report, junit)
+
+
+def restart_and_check(vm: Any, params: dict[str, Any], out_dir: Path, label: str, junit: Path) -> Path:
+    """The restart cell: restart the VM as CloudStack restarts a router, run the restart module, add its
+    results to the cell's JUnit file. A restart that fails is the module's one failed check."""
+    from systemvm.boot.harness import restart_system_vm
+
+    restart_label = f"{label}.restart"
+    try:
+        restart_system_vm(vm)
+    except Exception as exc:  # noqa: BLE001 - reported as the restart's failure, the cell goes on
+        message = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        extra = out_dir / f"{restart_label}.xml"
+        with atomic_path(extra) as tmp:
+            tmp.write_bytes(one_case_junit("after restart", "test_restart", "The VM restarts with its "
+                                           "command line delivered again", 0.0, message))  # fmt: skip
+    else:
+        with phase(f"checks after the restart of {label}"):
+            extra = run_checks({**params, **vm.suite_params()}, out_dir, restart_label,
+                               select=[str(SUITE_DIR / RESTART_MODULE)])  # fmt: skip
+    merge_junit(junit, extra)
+    return junit
+
+
+def merge_junit(target: Path, extra: Path) -> None:
+    """Append the test suites of ``extra`` to ``target`` (both pytest JUnit files)."""
+    from lxml import etree
+
+    root = etree.parse(str(target)).getroot()
+    if root.tag != "testsuites":
+        wrapper = etree.Element("testsuites")
+        wrapper.append(root)
+        root = wrapper
+    other = etree.parse(str(extra)).getroot()
+    for suite in [other] if other.tag == "testsuite" else list(other):
+        root.append(suite)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
 
 
 def api_only(hypervisor: str) -> bool:
@@ -336,23 +385,24 @@ def run_api_flow(
 
 def api_flow_junit(hypervisor: str, seconds: float, failure: str | None) -> bytes:
     """A one-case JUnit XML document for an API-flow run, named like the suite's checks."""
+    check = "Import, create with the role's NICs and command line, start, destroy (no guest boots)"
+    return one_case_junit(f"{hypervisor} API flow", "test_api_flow", check, seconds, failure, hypervisor)
+
+
+def one_case_junit(
+    section: str, name: str, check: str, seconds: float, failure: str | None, classname: str = ""
+) -> bytes:
+    """A one-case JUnit XML document named like the suite's checks (``failure``: its message)."""
     from lxml import etree
 
     suites = etree.Element("testsuites")
-    suite = etree.SubElement(
-        suites, "testsuite", name="api-flow", tests="1", failures=str(int(bool(failure)))
-    )
+    suite = etree.SubElement(suites, "testsuite", name=name, tests="1", failures=str(int(bool(failure))))
     case = etree.SubElement(
-        suite, "testcase", classname=hypervisor, name="test_api_flow", time=f"{seconds:.3f}"
+        suite, "testcase", classname=classname or section, name=name, time=f"{seconds:.3f}"
     )
     props = etree.SubElement(case, "properties")
-    etree.SubElement(props, "property", name="section", value=f"{hypervisor} API flow")
-    etree.SubElement(
-        props,
-        "property",
-        name="check",
-        value="Import, create with the role's NICs and command line, start, destroy (no guest boots)",
-    )
+    etree.SubElement(props, "property", name="section", value=section)
+    etree.SubElement(props, "property", name="check", value=check)
     if failure is not None:
         etree.SubElement(case, "failure", message=failure)
     return etree.tostring(suites, xml_declaration=True, encoding="utf-8")

@@ -13,9 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,9 +23,10 @@ from systemvm.atomic import atomic_path, require_free_space
 from systemvm.errors import UserError
 from systemvm.export import detect, publish, sbom
 from systemvm.export.decompress import keep_unpacked
-from systemvm.progress import human_bytes, phase
+from systemvm.profile import profile_for
+from systemvm.progress import phase, reading, say
 
-FORMATS = ("qcow2", "vhd", "ova", "hyperv")
+FORMATS = naming.FORMATS
 HEADROOM = 64 * 2**20
 
 
@@ -40,6 +39,23 @@ def parse_formats(text: str | list[str]) -> list[str]:
     if unknown:
         raise UserError(f"unknown export format '{unknown[0]}': use one or more of {','.join(FORMATS)}")
     return [f for f in FORMATS if f in names]
+
+
+def published_formats(flavour: str, formats: list[str]) -> list[str]:
+    """Of ``formats``, those ``flavour`` is published in (arm64: qcow2 only, as CloudStack publishes
+    aarch64), saying which are left out; none left is the user's error."""
+    kept = naming.published_formats(flavour, formats)
+    if not kept:
+        only = ",".join(naming.PUBLISHED_FORMATS[flavour])
+        raise UserError(
+            f"{flavour} is published as {only} only, not {','.join(formats)}: pass --formats {only}"
+        )
+    if kept != formats:
+        say(
+            f"    {flavour}: {', '.join(f for f in formats if f not in kept)} not made ({flavour} is "
+            f"published as {','.join(kept)} only)"
+        )
+    return kept
 
 
 def allocated_bytes(path: Path) -> int:
@@ -86,39 +102,49 @@ def space_needed(raw: Path, formats: list[str]) -> int:
     return data * (1 + len(formats)) + HEADROOM
 
 
-def _write_qcow2_bz2(raw: Path, final: Path, work: Path) -> Path:
+# Each step shows how much of its input it has read (progress.reading): the raw disk's data for the
+# converters (they skip its holes), the whole intermediate file for bzip2 and deflate.
+
+
+def _write_qcow2_bz2(raw: Path, final: Path, work: Path, label: str) -> Path:
     """Write ``final``; return the uncompressed qcow2 it was made from (the caller keeps or drops it)."""
     from systemvm.export.formats.qcow2 import write_qcow2
 
     plain = work / "disk.qcow2"
-    write_qcow2(raw, plain)
-    publish.compress_bz2(plain, final)
+    with reading(f"{label}: qemu-img", allocated_bytes(raw)):
+        write_qcow2(raw, plain)
+    with reading(f"{label}: bzip2", plain.stat().st_size):
+        publish.compress_bz2(plain, final)
     return plain
 
 
-def _write_vhd_bz2(raw: Path, final: Path, work: Path, epoch: int) -> Path:
+def _write_vhd_bz2(raw: Path, final: Path, work: Path, epoch: int, label: str) -> Path:
     """Write ``final``; return the uncompressed VHD it was made from (the caller keeps or drops it)."""
     from systemvm.export.formats.vhd import check_vhd, write_dynamic_vhd
 
     plain = work / "disk.vhd"
-    write_dynamic_vhd(raw, plain, timestamp=epoch)
+    with reading(f"{label}: VHD", allocated_bytes(raw)):
+        write_dynamic_vhd(raw, plain, timestamp=epoch)
     check_vhd(plain, check_data=False)
-    publish.compress_bz2(plain, final)
+    with reading(f"{label}: bzip2", plain.stat().st_size):
+        publish.compress_bz2(plain, final)
     return plain
 
 
-def _write_hyperv_zip(raw: Path, final: Path, work: Path, epoch: int) -> Path:
+def _write_hyperv_zip(raw: Path, final: Path, work: Path, epoch: int, label: str) -> Path:
     """Write ``final``; return the uncompressed VHD it holds (the caller drops it)."""
     from systemvm.export.formats.hyperv import write_hyperv_zip
 
     entry = final.name.removesuffix(".zip")
-    return write_hyperv_zip(raw, final, work, entry=entry, epoch=epoch)
+    with reading(f"{label}: VHD, then deflate", 2 * allocated_bytes(raw)):  # the disk, then the VHD
+        return write_hyperv_zip(raw, final, work, entry=entry, epoch=epoch)
 
 
-def _write_ova(raw: Path, final: Path, name: str, flavour: str, epoch: int) -> None:
+def _write_ova(raw: Path, final: Path, name: str, flavour: str, epoch: int, label: str) -> None:
     from systemvm.export.formats import ova
 
-    ova.write_ova(raw, final, name=name, flavour=flavour, epoch=epoch)
+    with reading(f"{label}: VMDK", allocated_bytes(raw)):
+        ova.write_ova(raw, final, name=name, flavour=flavour, epoch=epoch)
 
 
 def export_flavour(
@@ -134,9 +160,10 @@ def export_flavour(
     """Write ``formats`` of ``raw`` into ``out_dir`` under CloudStack's names; return per format
     ``{"file", "size", "sha512", "md5"}``. Refreshes the checksum lists, metadata.ini and the manifest."""
     raw, out_dir = Path(raw), Path(out_dir)
+    profile_for(version)  # the CloudStack line decides metadata.ini: an unsupported one fails before any work
     if flavour not in naming.FLAVOURS:
         raise UserError(f"unknown flavour '{flavour}': use one of {', '.join(naming.FLAVOURS)}")
-    formats = parse_formats(formats)
+    formats = published_formats(flavour, parse_formats(formats))
     check_raw_disk(raw)
     check_output_dir(out_dir, space_needed(raw, formats))
     base_url = base_url or publish.default_base_url(version)
@@ -148,14 +175,15 @@ def export_flavour(
             final = out_dir / naming.export_name(version, flavour, fmt)
             with phase(f"export {flavour} {fmt} -> {final.name}"):
                 plain = None
+                label = f"{flavour} {fmt}"
                 if fmt == "qcow2":
-                    plain = _write_qcow2_bz2(raw, final, work)
+                    plain = _write_qcow2_bz2(raw, final, work, label)
                 elif fmt == "vhd":
-                    plain = _write_vhd_bz2(raw, final, work, epoch)
-                elif fmt == "hyperv":
-                    _write_hyperv_zip(raw, final, work, epoch).unlink()  # the cache holds .bz2 contents only
+                    plain = _write_vhd_bz2(raw, final, work, epoch, label)
+                elif fmt == "hyperv":  # the cache holds .bz2 contents only
+                    _write_hyperv_zip(raw, final, work, epoch, label).unlink()
                 else:
-                    _write_ova(raw, final, stem, flavour, epoch)
+                    _write_ova(raw, final, stem, flavour, epoch, label)
                 digests = publish.file_digests(final)
             if plain is not None:
                 # What a later boot or upload would unpack from ``final``: hand it to the cache of unpacked
@@ -204,6 +232,14 @@ def export_flavours(
     VMDK and the Hyper-V zip) with lbzip2 between them, so two flavours side by side keep a second core
     busy that one flavour leaves idle. The first failure is raised once both have ended.
     """
+    profile_for(version)
+    wanted = parse_formats(formats)
+    published = {f: r for f, r in raws.items() if naming.published_formats(f, wanted)}
+    if len(raws) > 1 and published:  # a flavour published in none of them (arm64 for vhd) is left out
+        for flavour in sorted(raws.keys() - published.keys()):
+            only = ",".join(naming.PUBLISHED_FORMATS[flavour])
+            say(f"    {flavour}: not exported ({flavour} is published as {only} only)")
+        raws = published
     if len(raws) == 1:
         ((flavour, raw),) = raws.items()
         return {
@@ -213,7 +249,10 @@ def export_flavours(
         }
     for raw in raws.values():  # both fit before either starts (each checks its share again as it begins)
         check_raw_disk(Path(raw))
-    check_output_dir(Path(out_dir), sum(space_needed(Path(r), parse_formats(formats)) for r in raws.values()))
+    check_output_dir(
+        Path(out_dir),
+        sum(space_needed(Path(r), naming.published_formats(f, wanted)) for f, r in raws.items()),
+    )
     with ThreadPoolExecutor(max_workers=len(raws), thread_name_prefix="export") as pool:
         futures = {
             flavour: pool.submit(
@@ -245,66 +284,3 @@ def record_in_manifest(manifest: Path, results: dict[str, dict]) -> None:
     data["artifacts"] = dict(sorted(artifacts.items()))
     with atomic_path(manifest) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def epoch_for(manifest: Path) -> int:
-    """SOURCE_DATE_EPOCH from the environment, else the manifest's ``source_date_epoch``."""
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env:
-        try:
-            return int(env)
-        except ValueError:
-            raise UserError(f"SOURCE_DATE_EPOCH={env!r} is not an integer: set seconds since 1970") from None
-    if manifest.is_file():
-        try:
-            value = json.loads(manifest.read_text()).get("source_date_epoch")
-        except json.JSONDecodeError:
-            value = None
-        if value is not None:
-            return int(value)
-    raise UserError(
-        f"no SOURCE_DATE_EPOCH: set the environment variable, or build first so {manifest.name} records it"
-    )
-
-
-def bench_export(raw: Path, tmp: Path) -> list[tuple[str, str]]:
-    """Rows (what, numbers): per format time, output size and ratio to the raw disk's allocated bytes;
-    then plain bzip2 versus lbzip2 on the qcow2."""
-    from systemvm.export.formats.qcow2 import write_qcow2
-    from systemvm.export.formats.vhd import write_dynamic_vhd
-
-    raw, tmp = Path(raw), Path(tmp)
-    tmp.mkdir(parents=True, exist_ok=True)
-    allocated = max(1, allocated_bytes(raw))
-    rows: list[tuple[str, str]] = [("raw allocated", human_bytes(allocated))]
-
-    def timed(label: str, action, output: Path) -> float:
-        start = time.monotonic()
-        action()
-        took = time.monotonic() - start
-        size = output.stat().st_size
-        rows.append((label, f"{took:.1f} s, {human_bytes(size)}, ratio {size / allocated:.3f}"))
-        return took
-
-    qcow2 = tmp / "bench.qcow2"
-    vhd = tmp / "bench.vhd"
-    timed("qcow2 (qemu-img -c)", lambda: write_qcow2(raw, qcow2), qcow2)
-    timed("vhd (our writer)", lambda: write_dynamic_vhd(raw, vhd, timestamp=0), vhd)
-    timed("vhd.bz2", lambda: publish.compress_bz2(vhd, tmp / "bench.vhd.bz2"), tmp / "bench.vhd.bz2")
-    from systemvm.export.formats import ova
-
-    out = tmp / "bench.ova"
-    timed("ova", lambda: ova.write_ova(raw, out, name="bench", flavour="amd64", epoch=0), out)
-    plain = tmp / "bench.plain.bz2"
-    parallel = tmp / "bench.parallel.bz2"
-    timed("qcow2.bz2 with bzip2", lambda: publish.compress_bz2(qcow2, plain, parallel=False), plain)
-    if shutil.which("lbzip2"):
-        timed(
-            f"qcow2.bz2 with lbzip2 ({os.cpu_count()} CPUs)",
-            lambda: publish.compress_bz2(qcow2, parallel, parallel=True),
-            parallel,
-        )
-        rows.append(("lbzip2 output identical across runs", str(publish.lbzip2_usable())))
-    for path in tmp.glob("bench*"):
-        path.unlink()
-    return rows

@@ -1,20 +1,26 @@
 """What CloudStack publishes beside the images: bzip2 files, sha512sum.txt, md5sum.txt and metadata.ini.
 
-metadata.ini follows CloudStack 4.20's ``engine/schema/templateConfig.sh`` (createMetadataFile): a blank
-line, ``[default]`` with ``version`` and ``downloadrepository``, then one section per hypervisor with
-``templatename``, ``checksum``, ``downloadurl``, ``filename``, ``arch`` and ``guestos``, each section followed
-by an empty line. ``checksum`` is the file's **MD5** as md5sum.txt lists it: CloudStack 4.20's registration
-compares it with the MD5 of the file it finds (SHA-512 only arrives in 4.22), so sha512sum.txt is for our
-own checks and the seeding command.
+metadata.ini follows ``engine/schema/templateConfig.sh`` (createMetadataFile) of the template's CloudStack
+line (:mod:`systemvm.profile`): a blank line, ``[default]`` with ``version`` and ``downloadrepository``,
+then one section per hypervisor (and architecture) with ``templatename``, ``checksum``, ``downloadurl``,
+``filename``, ``arch`` and ``guestos``, each section followed by an empty line.
 
-x86_64 uses CloudStack's section names: ``kvm`` (what 4.20.0's registration looks up) and ``kvm-x86_64``
-(4.20.1 and later, which look up ``<hypervisor>-<arch>`` and have no fallback for KVM) with the same values,
-then ``vmware``, ``xenserver``, ``hyperv`` (the ``-hyperv.vhd.zip``; its checksum is the zip's MD5, as
-4.20's registration hashes the file it finds) and ``lxc`` (the KVM file), in templateConfig.sh's order.
-i386, which CloudStack does not publish, uses ``kvm-i386``, ``vmware-i386``, ``xenserver-i386`` and
-``hyperv-i386`` (hypervisor before the first ``-``, as templateConfig.sh parses section names). A section
-is written only when its file is listed: a section whose file is absent fails CloudStack's registration
-(CloudStack issue 12077). No ``ovm3`` section: we build no OVM3 artifact.
+- ``checksum`` is the file's digest in the line's algorithm, read from the listing templateConfig.sh reads:
+  **MD5** from md5sum.txt for 4.20 (its registration hashes the file it finds with MD5), **SHA-512** from
+  sha512sum.txt for 4.22 (PR 11134: plain 128 hex digits, no ``{SHA-512}`` prefix; registration compares it
+  with ``DigestHelper``'s SHA-512 of the file). Both lists are always written and list every published file.
+- ``version``: the template version for 4.20; four-part for 4.22 (``4.22.0.0``, as templateConfig.sh writes
+  the project version).
+- KVM sections are ``kvm-<arch>`` for every architecture (4.20.1 and later look up ``<hypervisor>-<arch>``
+  and have no fallback for KVM), so an aarch64 qcow2 is ``[kvm-aarch64]`` (the architecture word from
+  :data:`systemvm.naming.ARCH_OF`); a 4.20 template also gets ``[kvm]`` with the x86_64 values, which 4.20.0
+  reads. The other hypervisors are ``vmware``, ``xenserver``, ``hyperv`` (the ``-hyperv.vhd.zip``, whose
+  absence fails an upgrade even where Hyper-V is unused: CloudStack issue 12077) and ``lxc`` (the KVM file)
+  for x86_64, and ``<hypervisor>-<arch>`` for another architecture (CloudStack publishes none; its
+  registration falls back to ``<hypervisor>`` for x86_64 only). ``guestos`` is ``Other Linux (64-bit)`` for
+  VMware and XenServer and ``Debian GNU/Linux 12 (64-bit)`` otherwise (32-bit for i386).
+- A section is written only when its file is listed: a section whose file is absent fails CloudStack's
+  registration (issue 12077). No ``ovm3`` section: we build no OVM3 artifact (and 4.22 no longer reads one).
 """
 
 from __future__ import annotations
@@ -31,25 +37,19 @@ from pathlib import Path
 from systemvm import naming
 from systemvm.atomic import atomic_path
 from systemvm.defaults import DOWNLOAD_BASE_URL
-from systemvm.errors import UserError
+from systemvm.errors import ToolFailed, UserError, ini_problem
 from systemvm.hosttools import require_tools
+from systemvm.profile import CloudStackProfile, profile_for
 
 SHA512_FILE = "sha512sum.txt"
 MD5_FILE = "md5sum.txt"
 METADATA_FILE = "metadata.ini"
 
-# format -> (hypervisor word in the section name, section name for x86_64)
-SECTIONS = {
-    "qcow2": ("kvm", "kvm-x86_64"),
-    "ova": ("vmware", "vmware"),
-    "vhd": ("xenserver", "xenserver"),
-    "hyperv": ("hyperv", "hyperv"),
-}
+# format -> the hypervisor word of its metadata.ini section
+HYPERVISOR_OF = {"qcow2": "kvm", "ova": "vmware", "vhd": "xenserver", "hyperv": "hyperv"}
 SECTION_ORDER = ("kvm", "vmware", "xenserver", "hyperv", "lxc")
-_NAME = re.compile(
-    r"^systemvmtemplate-(?P<version>[^-]+)-(?P<arch>x86_64|i386)-(?P<kind>kvm|xen|vmware|hyperv)\."
-)
-_KIND_FORMAT = {"kvm": "qcow2", "xen": "vhd", "vmware": "ova", "hyperv": "hyperv"}
+# The architecture CloudStack publishes every hypervisor's template for; the others get KVM-style sections.
+MAIN_ARCH = "x86_64"
 
 
 # ------------------------------------------------------------------------------------------------ bzip2
@@ -93,7 +93,7 @@ def compress_bz2(src: Path, dst: Path, *, parallel: bool | None = None) -> None:
         run = subprocess.run(cmd, stdin=fin, stdout=fout, stderr=subprocess.PIPE, text=True)
         if run.returncode != 0:
             message = (run.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise UserError(f"{cmd[0]} failed on {src.name}: {message}; check free space")
+            raise ToolFailed(f"{cmd[0]} failed on {src.name}: {message}; check free space")
 
 
 # ------------------------------------------------------------------------------------------- checksums
@@ -149,16 +149,18 @@ def update_checksums(directory: Path, digests: dict[str, dict]) -> None:
 
 
 def guest_os(hypervisor: str, arch: str) -> str:
-    bits = "64" if arch == "x86_64" else "32"
+    bits = "32" if arch == "i386" else "64"
     if hypervisor in ("vmware", "xenserver"):
         return f"Other Linux ({bits}-bit)"
     return f"Debian GNU/Linux 12 ({bits}-bit)"
 
 
-def section_names(hypervisor: str, arch: str) -> tuple[str, ...]:
-    if arch == "x86_64":
-        return ("kvm", "kvm-x86_64") if hypervisor == "kvm" else (hypervisor,)
-    return (f"{hypervisor}-{arch}",)
+def section_names(hypervisor: str, arch: str, profile: CloudStackProfile) -> tuple[str, ...]:
+    """metadata.ini's section(s) for one artifact (see the module docstring)."""
+    if hypervisor == "kvm":
+        plain = ("kvm",) if arch == MAIN_ARCH and profile.kvm_plain_section else ()
+        return (*plain, f"kvm-{arch}")
+    return (hypervisor,) if arch == MAIN_ARCH else (f"{hypervisor}-{arch}",)
 
 
 def default_base_url(version: str) -> str:
@@ -166,35 +168,48 @@ def default_base_url(version: str) -> str:
     return f"{DOWNLOAD_BASE_URL}/{major_minor}"
 
 
-def render_metadata(version: str, md5: dict[str, str], base_url: str) -> str:
-    """metadata.ini text for the artifacts of ``version`` listed in ``md5`` ({filename: MD5 hex})."""
+def _arch_order() -> list[str]:
+    """x86_64 first (CloudStack's main architecture), then the others in naming.ARCH_OF's order."""
+    archs = list(dict.fromkeys(naming.ARCH_OF.values()))
+    return sorted(archs, key=lambda arch: arch != MAIN_ARCH)
+
+
+def render_metadata(
+    version: str, checksums: dict[str, str], base_url: str, profile: CloudStackProfile | None = None
+) -> str:
+    """metadata.ini text for the artifacts of ``version`` listed in ``checksums`` ({filename: hex digest in
+    the line's checksum algorithm, as its checksum list holds it})."""
+    profile = profile or profile_for(version)
     base = base_url.rstrip("/")
     found: dict[tuple[str, str], str] = {}
-    for name in md5:
-        match = _NAME.match(name)
-        if (
-            match
-            and match.group("version") == version
-            and name
-            == naming.export_name(
-                version, _flavour_of(match.group("arch")), _KIND_FORMAT[match.group("kind")]
-            )
-        ):
-            hypervisor = SECTIONS[_KIND_FORMAT[match.group("kind")]][0]
-            found[(match.group("arch"), hypervisor)] = name
-            if hypervisor == "kvm" and match.group("arch") == "x86_64":
-                found[("x86_64", "lxc")] = name  # CloudStack serves LXC from the KVM qcow2
-    lines = ["", "[default]", f"version = {version}", f"downloadrepository = {base}/", ""]
-    for arch in ("x86_64", "i386"):
+    for name in checksums:
+        parsed = naming.parse_export_name(name)
+        if parsed is None or parsed[0] != version:
+            continue
+        _, arch, fmt = parsed
+        if fmt not in naming.PUBLISHED_FORMATS.get(naming.flavour_of_arch(arch) or "", naming.FORMATS):
+            continue  # aarch64 is published for KVM only: no section for another file of it
+        hypervisor = HYPERVISOR_OF[fmt]
+        found[(arch, hypervisor)] = name
+        if hypervisor == "kvm" and arch == MAIN_ARCH:
+            found[(arch, "lxc")] = name  # CloudStack serves LXC from the KVM qcow2
+    lines = [
+        "",
+        "[default]",
+        f"version = {profile.metadata_version(version)}",
+        f"downloadrepository = {base}/",
+        "",
+    ]
+    for arch in _arch_order():
         for hypervisor in SECTION_ORDER:
             name = found.get((arch, hypervisor))  # type: ignore[assignment]  # None is skipped just below
             if name is None:
                 continue
-            for section in section_names(hypervisor, arch):
+            for section in section_names(hypervisor, arch, profile):
                 lines += [
                     f"[{section}]",
                     f"templatename = systemvm-{hypervisor}-{version}-{arch}",
-                    f"checksum = {md5[name]}",
+                    f"checksum = {checksums[name]}",
                     f"downloadurl = {base}/{name}",
                     f"filename = {name}",
                     f"arch = {arch}",
@@ -204,13 +219,11 @@ def render_metadata(version: str, md5: dict[str, str], base_url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _flavour_of(arch: str) -> str:
-    return {v: k for k, v in naming.ARCH_OF.items()}[arch]
-
-
 def write_metadata(directory: Path, version: str, base_url: str) -> None:
-    md5 = parse_checksums(Path(directory) / MD5_FILE)
-    write_text(Path(directory) / METADATA_FILE, render_metadata(version, md5, base_url))
+    """metadata.ini from the checksum list the version's CloudStack line reads (md5sum.txt, sha512sum.txt)."""
+    profile = profile_for(version)
+    checksums = parse_checksums(Path(directory) / profile.checksum_list)
+    write_text(Path(directory) / METADATA_FILE, render_metadata(version, checksums, base_url, profile))
 
 
 def parse_metadata(path: Path) -> dict[str, dict[str, str]]:
@@ -219,7 +232,7 @@ def parse_metadata(path: Path) -> dict[str, dict[str, str]]:
     try:
         parser.read_string(Path(path).read_text())
     except configparser.Error as exc:
-        raise UserError(f"cannot parse {path}: {exc.message.splitlines()[0]}; regenerate it") from None
+        raise UserError(f"{path}: {ini_problem(exc)}: regenerate it") from None
     return {section: dict(parser.items(section)) for section in parser.sections()}
 
 
@@ -227,8 +240,8 @@ def refresh_listing(directory: Path, version: str, digests: dict[str, dict], bas
     """Update the checksum lists with ``digests``, rewrite metadata.ini from them, then list it too.
 
     metadata.ini names only the hypervisor artifacts, so listing it (and the manifests, SBOMs and
-    reports) in md5sum.txt does not change it, and no name of ours contains the
-    ``<version>-<arch>-<hypervisor>`` that CloudStack's templateConfig.sh looks for in md5sum.txt.
+    reports) in the checksum lists does not change it, and no name of ours contains the
+    ``<version>-<arch>-<hypervisor>`` that CloudStack's templateConfig.sh looks for in them.
     """
     update_checksums(directory, digests)
     write_metadata(directory, version, base_url)

@@ -1,9 +1,11 @@
 """What changed between two releases: ``release-diff.md`` and ``release-diff.json`` in the new release.
 
 Read from the build manifests of both release directories, per flavour (matched by flavour, so releases
-of different versions compare): packages added, removed, upgraded and downgraded (ordered as dpkg orders
-versions), which upgrades came from the security suite, the kernel change, and each artifact's size
-change (artifacts matched by kind: ``kvm.qcow2.bz2``, ``xen.vhd.bz2``, ``vmware.ova``).
+of different versions compare): the CloudStack line each was built for and what that changes of the contract
+(:mod:`systemvm.profile`: metadata.ini's checksum algorithm, the scripts signature's digest, ...), packages
+added, removed, upgraded and downgraded (ordered as dpkg orders versions), which upgrades came from the
+security suite, the kernel change, and each artifact's size change (artifacts matched by kind:
+``kvm.qcow2.bz2``, ``xen.vhd.bz2``, ``vmware.ova``, ``hyperv.vhd.zip``).
 
 Where a package came from is what the new build recorded (``package_records[*].suites``, see
 ``APT_ORIGIN_METHOD`` in :mod:`systemvm.build.image`): an upgrade is a security update when the new
@@ -23,19 +25,18 @@ from systemvm import naming
 from systemvm.atomic import atomic_path
 from systemvm.errors import UserError
 from systemvm.export import debversion, publish
+from systemvm.profile import manifest_profile
 
 MARKDOWN = "release-diff.md"
 JSON = "release-diff.json"
-_MANIFEST = re.compile(r"^systemvmtemplate-(?P<version>.+)-(?P<arch>x86_64|i386)\.manifest\.json$")
+_MANIFEST = re.compile(r"^systemvmtemplate-(?P<version>.+)-(?P<arch>[a-z0-9_]+)\.manifest\.json$")
 UNKNOWN_ORIGIN = (
     "unknown: the new build's manifest records no apt suites per package (built before they were recorded)"
 )
 
 
 class DiffInputError(UserError):
-    """A release directory that cannot be compared: exit status 1, nothing written."""
-
-    exit_code = 1
+    """A release directory that cannot be compared: exit status 2 (the user's input), nothing written."""
 
 
 def load_release(directory: Path, role: str) -> dict[str, dict[str, Any]]:
@@ -62,7 +63,9 @@ def load_release(directory: Path, role: str) -> dict[str, dict[str, Any]]:
             raise DiffInputError(
                 f"{path} lists no packages: it is not a build manifest; rebuild that release"
             )
-        flavour = str(manifest.get("flavour") or _flavour_of_arch(match.group("arch")))
+        flavour = str(manifest.get("flavour") or _flavour_of_arch(match.group("arch")) or "")
+        if not flavour:
+            continue  # neither named nor an architecture we know: not one of our manifests
         if flavour in found:
             raise DiffInputError(
                 f"{directory} holds two {flavour} manifests ({found[flavour][0].name}, {path.name}): "
@@ -77,8 +80,49 @@ def load_release(directory: Path, role: str) -> dict[str, dict[str, Any]]:
     return {flavour: manifest for flavour, (_, manifest) in sorted(found.items())}
 
 
-def _flavour_of_arch(arch: str) -> str:
-    return {v: k for k, v in naming.ARCH_OF.items()}[arch]
+def _flavour_of_arch(arch: str) -> str | None:
+    return {v: k for k, v in naming.ARCH_OF.items()}.get(arch)
+
+
+# The profile's fields a release engineer reads in the diff, in this order, with what each one decides.
+CONTRACT_FIELDS = {
+    "line": "CloudStack line",
+    "checksum": "metadata.ini checksum algorithm",
+    "checksum_list": "checksum list metadata.ini is made from",
+    "scripts_digest": "scripts signature digest (version handshake, live patch)",
+    "kvm_plain_section": "metadata.ini also has [kvm]",
+    "four_part_metadata_version": "metadata.ini [default] version is x.y.z.s",
+    "userdata": "boot runs cloud-init from userdata= (PR 11654)",
+    "stored_checksum_prefix": "vm_template.checksum prefix",
+    "cloud_init_datasources": "cloud-init datasource_list",
+}
+
+
+def _contract(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The CloudStack profile a release was built for, or None when neither it nor its version names one."""
+    try:
+        return manifest_profile(manifest).record()
+    except UserError:
+        return None
+
+
+def diff_contract(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The CloudStack line of both releases and every contract field that differs between them."""
+    before, after = _contract(old), _contract(new)
+    changes = [
+        {"field": key, "what": what, "old": before.get(key), "new": after.get(key)}
+        for key, what in CONTRACT_FIELDS.items()
+        if before is not None and after is not None and before.get(key) != after.get(key)
+    ]
+    signatures = [(m.get("scripts_signature") or {}).get("algorithm") for m in (old, new)]
+    return {
+        "old_line": before and before["line"],
+        "new_line": after and after["line"],
+        "changed": before != after,
+        "changes": changes,
+        "old_signature": signatures[0],
+        "new_signature": signatures[1],
+    }
 
 
 def _records(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -149,6 +193,7 @@ def diff_flavour(old: dict[str, Any], new: dict[str, Any], old_dir: Path, new_di
     return {
         "old_version": old.get("version"),
         "new_version": new.get("version"),
+        "cloudstack": diff_contract(old, new),
         "old_commit": old.get("git_commit"),
         "new_commit": new.get("git_commit"),
         "kernel": {
@@ -161,7 +206,22 @@ def diff_flavour(old: dict[str, Any], new: dict[str, Any], old_dir: Path, new_di
         "upgraded": upgraded,
         "downgraded": downgraded,
         "artifacts": artifacts,
+        "image": image_sizes(old, new),
     }
+
+
+# The build manifest's sizes a release engineer compares, with their names in the report.
+IMAGE_SIZES = {"rootfs_used_bytes": "root filesystem used", "raw_disk_allocated_bytes": "raw disk allocated"}
+
+
+def image_sizes(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """The built image's own sizes (before any export) in both releases, where both manifests record them."""
+    rows = []
+    for key, what in IMAGE_SIZES.items():
+        a, b = (old.get("sizes") or {}).get(key), (new.get("sizes") or {}).get(key)
+        if isinstance(a, int) and isinstance(b, int):
+            rows.append({"size": key, "what": what, "old": a, "new": b, "change_bytes": b - a})
+    return rows
 
 
 def diff_releases(old_dir: Path, new_dir: Path) -> dict[str, Any]:
@@ -185,6 +245,16 @@ def diff_releases(old_dir: Path, new_dir: Path) -> dict[str, Any]:
         "only_in_old": sorted(set(old) - set(new)),
         "only_in_new": sorted(set(new) - set(old)),
     }
+
+
+def _value(value: Any) -> str:
+    if value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    return "-" if value is None else str(value)
 
 
 def _size(value: int | None) -> str:
@@ -212,17 +282,33 @@ def render_markdown(diff: dict[str, Any]) -> str:
             else f"{sum(1 for e in d['upgraded'] if e['security'])} from the security suite"
         )
         kernel = d["kernel"]
+        contract = d.get("cloudstack") or {}
+        line_text = (
+            f"{contract.get('old_line') or 'unknown'} -> {contract.get('new_line') or 'unknown'}"
+            if contract.get("old_line") != contract.get("new_line")
+            else f"{contract.get('new_line') or 'unknown'} (unchanged)"
+        )
         lines += [
             "",
             f"## {flavour}",
             "",
             f"- template: {d['old_version']} ({d['old_commit']}) -> {d['new_version']} ({d['new_commit']})",
+            f"- CloudStack line: {line_text}",
             f"- kernel: {kernel['old']} -> {kernel['new']}"
             if kernel["changed"]
             else f"- kernel: {kernel['new']} (unchanged)",
             f"- packages: {len(d['added'])} added, {len(d['removed'])} removed, "
             f"{len(d['upgraded'])} upgraded ({security}), {len(d['downgraded'])} downgraded",
         ]
+        lines += [
+            f"- {row['what']}: {_size(row['old'])} -> {_size(row['new'])} ({row['change_bytes']:+,} B)"
+            for row in d.get("image") or []
+        ]
+        if contract.get("changes"):
+            lines += ["", "### CloudStack contract", "", "| what | old | new |", "| --- | --- | --- |"]
+            lines += [
+                f"| {c['what']} | {_value(c['old'])} | {_value(c['new'])} |" for c in contract["changes"]
+            ]
         if d["added"]:
             lines += ["", "### Added", "", "| package | version | suites |", "| --- | --- | --- |"]
             lines += [

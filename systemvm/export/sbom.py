@@ -23,11 +23,14 @@ import uuid
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from systemvm import naming
 from systemvm.atomic import atomic_path
 from systemvm.errors import UserError
+
+if TYPE_CHECKING:  # cyclonedx is imported where it is used: only an SBOM needs it
+    from cyclonedx.model.bom import Bom
 
 SPEC_VERSION = "1.6"
 DISTRO = "debian-12"
@@ -78,7 +81,7 @@ def kernel_package(manifest: dict[str, Any]) -> str:
     return f"linux-image-{manifest.get('kernel', '')}"
 
 
-def make_bom(manifest: dict[str, Any], epoch: int):  # -> cyclonedx.model.bom.Bom
+def make_bom(manifest: dict[str, Any], epoch: int) -> Bom:
     """The SBOM of one flavour's build ``manifest``, without its serial number."""
     from cyclonedx.model import (
         HashAlgorithm,
@@ -168,7 +171,7 @@ def make_bom(manifest: dict[str, Any], epoch: int):  # -> cyclonedx.model.bom.Bo
     return bom
 
 
-def _serialise(bom) -> str:
+def _serialise(bom: Bom) -> str:
     from cyclonedx.output.json import JsonV1Dot6
 
     return JsonV1Dot6(bom).output_as_string(indent=1) + "\n"

@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from systemvm import contract
-from systemvm.guest import channels, firewall
+from systemvm.guest import apache, channels, dnsmasq, firewall
 from systemvm.guest.system import Guest
 
-SSH_LISTEN_CONF = "/etc/ssh/sshd_config.d/60-cloud-listen.conf"
+SSHD_CONFIG = "/etc/ssh/sshd_config"
+# Where images before 0.2 bound sshd (a drop-in a patched sshd_config no longer reads): removed at boot.
+OLD_SSH_LISTEN_CONF = "/etc/ssh/sshd_config.d/60-cloud-listen.conf"
+LISTEN_LINE = re.compile(r"^\s*#?\s*ListenAddress\b", re.IGNORECASE)
+POSTINIT_UNIT = "systemvm-postinit.service"
+VNC_PORT_FILE = "/root/vncport"
 NIC_WAIT = 15.0  # seconds to wait for the command line's NICs to appear before writing the config
 
 
@@ -276,13 +282,30 @@ def install_authorized_key(guest: Guest, config: contract.BootConfig) -> None:
     guest.write("/root/.ssh/authorized_keys", config.authorized_key + "\n", mode=0o600)
 
 
+def sshd_config_listening(text: str, address: str | None) -> str:
+    """sshd_config with one ``ListenAddress <address>:3922`` where its first ListenAddress line stood
+    (commented or not; CloudStack's setup_sshd rewrites that line), before any ``Match`` block, or at the
+    end; every other ListenAddress line goes. ``address`` None: no ListenAddress (sshd listens on all)."""
+    lines = text.splitlines()
+    wanted = [f"ListenAddress {address}:{contract.SSH_PORT}"] if address else []
+    at = next((i for i, line in enumerate(lines) if LISTEN_LINE.match(line)), None)
+    kept = [line for line in lines if not LISTEN_LINE.match(line)]
+    if at is None:
+        at = next((i for i, line in enumerate(kept) if line.lstrip().lower().startswith("match ")), len(kept))
+    else:
+        at -= sum(1 for line in lines[:at] if LISTEN_LINE.match(line))
+    return "\n".join(kept[:at] + wanted + kept[at:]) + "\n"
+
+
 def configure_ssh_listen(guest: Guest, config: contract.BootConfig) -> None:
-    """Bind sshd (port 3922 from systemvm-ssh) to the control NIC's address when the command line has it.
+    """Bind sshd (port 3922) to the control NIC's address, in /etc/ssh/sshd_config itself: whatever
+    sshd_config a patch from the management server left (CloudStack's has no ListenAddress and reads no
+    drop-in directory), at every boot.
 
     The address may not be up when sshd starts (a NIC that arrives late, an ifup that fails): non-local
-    binds let sshd start anyway and answer as soon as the address exists, instead of failing for good.
-    Where they cannot be allowed, sshd listens on every address and the firewall keeps 3922 to the
-    control NIC.
+    binds (CloudStack's sysctl.conf allows them too) let sshd start anyway and answer as soon as the
+    address exists. Where they cannot be allowed, sshd listens on every address and the firewall keeps
+    3922 to the control NIC.
     """
     ip = config.control_ip
     try:
@@ -290,104 +313,27 @@ def configure_ssh_listen(guest: Guest, config: contract.BootConfig) -> None:
     except OSError as exc:
         guest.log(f"cannot allow non-local binds ({exc}); sshd listens on all addresses")
         ip = None
-    if ip:
-        guest.write(SSH_LISTEN_CONF, f"# {config.control_nic}, the control NIC of {config.role}\n"
-                                     f"ListenAddress {ip}:{contract.SSH_PORT}\n")  # fmt: skip
-    else:
-        guest.path(SSH_LISTEN_CONF).unlink(missing_ok=True)
+    sshd_config = guest.path(SSHD_CONFIG)
+    text = sshd_config.read_text() if sshd_config.is_file() else ""
+    guest.write(SSHD_CONFIG, sshd_config_listening(text, ip))
+    guest.path(OLD_SSH_LISTEN_CONF).unlink(missing_ok=True)
 
 
-# Services are switched in batches: every `systemctl enable/disable` reloads systemd and, for units that
-# also ship a SysV script, runs update-rc.d through systemd-sysv-install -- about 10 s per call under
-# emulation, a fifth of the boot. SYSTEMCTL_SKIP_SYSV=1 leaves the rc links alone (systemd ignores them for
-# units that have a native unit file) and --no-reload skips the reload: `--now` starts the units directly,
-# and the enablement symlinks that `is-enabled` and the next boot read are written all the same.
-SYSTEMCTL_NO_SYSV = ("env", "SYSTEMCTL_SKIP_SYSV=1", "systemctl")
-
-
-def _state_of(block: str) -> str:
-    fields = dict(line.partition("=")[::2] for line in block.splitlines() if "=" in line)
-    if fields.get("LoadState") in ("not-found", "masked"):
-        return fields["LoadState"]
-    return fields.get("UnitFileState") or "unknown"
-
-
-def unit_state(guest: Guest, service: str) -> str:
-    """'not-found', 'masked' or the unit file state, from ``systemctl show``."""
-    return _state_of(
-        guest.run(["systemctl", "show", "-p", "LoadState", "-p", "UnitFileState", f"{service}.service"])
-    )
-
-
-def unit_states(guest: Guest, services: list[str]) -> dict[str, str]:
-    """The state of every service from one ``systemctl show`` (one block per unit, in argument order)."""
-    if not services:
-        return {}
-    units = [f"{s}.service" for s in services]
-    try:
-        out = guest.run(["systemctl", "show", "-p", "LoadState", "-p", "UnitFileState", *units])
-        blocks = out.strip("\n").split("\n\n")
-        if len(blocks) == len(units):
-            return {s: _state_of(b) for s, b in zip(services, blocks, strict=True)}
-    except Exception:  # noqa: BLE001 - fall back to asking one unit at a time
-        pass
-    states = {}
-    for service in services:
-        try:
-            states[service] = unit_state(guest, service)
-        except Exception as exc:  # noqa: BLE001 - one service must not stop the others
-            guest.log(f"reading the state of {service} failed: {exc}")
-            states[service] = "unknown"
-    return states
-
-
-def sysv_enabled(guest: Guest, service: str) -> bool:
-    """A SysV script is started at boot when a runlevel directory has its S link."""
-    return any(guest.path("/etc").glob(f"rc[2-5].d/S[0-9][0-9]{service}"))
-
-
-def _in_batch(guest: Guest, argv: list[str], services: list[str], doing: str) -> None:
-    """Run ``argv`` for all services at once; if that fails, one by one so one bad unit costs only itself."""
-    if not services:
-        return
-    try:
-        guest.run([*argv, *(f"{s}.service" for s in services)])
-        return
-    except Exception:  # noqa: BLE001 - retried per service below
-        pass
-    for service in services:
-        try:
-            guest.run([*argv, f"{service}.service"])
-        except Exception as exc:  # noqa: BLE001 - one service must not stop the others
-            guest.log(f"{doing} {service} failed: {exc}")
-
-
-def apply_services(guest: Guest, config: contract.BootConfig) -> None:
-    """Write the role's service lists and apply them; jobs are queued (--no-block) behind the network."""
+def write_service_lists(guest: Guest, config: contract.BootConfig) -> None:
+    """The role's service lists (CloudStack's setup scripts write them; postinit applies them)."""
     enabled, disabled = contract.service_lists(config.role)
     guest.write(contract.ENABLED_SVCS_PATH, "".join(f"{s}\n" for s in enabled))
     guest.write(contract.DISABLED_SVCS_PATH, "".join(f"{s}\n" for s in disabled))
-    states = unit_states(guest, [*disabled, *enabled])
-    absent = ("not-found", "masked")
-    # Stop separately: `disable --now` refuses units generated from SysV scripts (xl2tpd) before it stops
-    # anything. The queued stop replaces a start the boot may have queued for the unit.
-    to_disable = [s for s in disabled if states[s] not in (*absent, "disabled", "static", "generated")]
-    _in_batch(guest, [*SYSTEMCTL_NO_SYSV, "disable", "--no-reload"], to_disable, "disabling")
-    for service in disabled:
-        if states[service] == "generated" and sysv_enabled(guest, service):
-            try:
-                guest.run(["/lib/systemd/systemd-sysv-install", "disable", service])
-            except Exception as exc:  # noqa: BLE001 - one service must not stop the others
-                guest.log(f"disabling {service} failed: {exc}")
-    _in_batch(guest, ["systemctl", "stop", "--no-block"], [s for s in disabled if states[s] not in absent],
-              "stopping")  # fmt: skip
-    for service in enabled:
-        if states[service] in absent:  # e.g. nfs-common: Debian masks it and starts its parts on demand
-            guest.log(f"service {service} is {states[service]}; nothing to start")
-    to_enable = [s for s in enabled if states[s] not in absent]
-    _in_batch(
-        guest, [*SYSTEMCTL_NO_SYSV, "enable", "--no-reload", "--now", "--no-block"], to_enable, "enabling"
-    )
+
+
+def configure_role_services(guest: Guest, config: contract.BootConfig) -> None:
+    """What the role's setup script leaves its services: dnsmasq's base configuration on a router (and
+    every role's upstream resolvers for it), apache without Debian's sites (the storage VM's own virtual
+    host on its public address)."""
+    dnsmasq.configure_dnsmasq(guest, config)
+    apache.configure_apache(guest, config)
+    if config.role == "consoleproxy" and config.params.get("vncport", "").isdigit():
+        guest.write(VNC_PORT_FILE, config.params["vncport"] + "\n")  # consoleproxy.sh keeps it there
 
 
 def start_ssh(guest: Guest, config: contract.BootConfig) -> None:
@@ -411,9 +357,10 @@ def bring_up_network(guest: Guest, config: contract.BootConfig) -> None:
 
 
 def restart_after_late_config(guest: Guest, config: contract.BootConfig) -> None:
-    """Late configuration only: sshd binds the new control address; cloud-patch re-reads the command
-    line and waits for the patch the host copies once SSH answers."""
-    for unit in ("ssh.service", "cloud-patch.service"):
+    """Late configuration only: postinit runs again for the role (services, rules, boot_up_done), then sshd
+    binds the new control address. Queued in that order, ssh's job waits for postinit's (postinit is
+    ordered before ssh), so a host that sees SSH answer finds the boot done, as after an on-time boot."""
+    for unit in (POSTINIT_UNIT, "ssh.service"):
         try:
             guest.run(["systemctl", "restart", "--no-block", unit])
         except Exception as exc:  # noqa: BLE001 - e.g. an image without the agent element
@@ -432,7 +379,8 @@ STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
     install_authorized_key,
     configure_ssh_listen,
     firewall.apply_firewall,
-    apply_services,
+    configure_role_services,
+    write_service_lists,
     start_ssh,
 )
 
@@ -445,11 +393,22 @@ LATE_STEPS: tuple[Callable[[Guest, contract.BootConfig], None], ...] = (
 FALLBACK_SOURCES = ("previous boot", "/proc/cmdline")
 
 
+def forget_data_bags(guest: Guest) -> None:
+    """A command line the KVM host wrote this boot: the VM was started by the management server, which
+    sends every configuration again; the JSON data bags of an earlier life go (CloudStack's init.sh)."""
+    for bag in sorted(guest.path(contract.CLOUDSTACK_CONF_DIR).glob("*.json")):
+        bag.unlink()
+        guest.log(f"{contract.CLOUDSTACK_CONF_DIR}/{bag.name} removed (the management server sends it again)")
+
+
 def early_config(guest: Guest) -> contract.BootConfig:
     guest.path(contract.CACHE_DIR).mkdir(parents=True, exist_ok=True)
+    guest.path(contract.BOOT_DONE_PATH).unlink(missing_ok=True)  # this boot is not done yet
     text, source, hypervisor = channels.obtain_cmdline(guest)
     if source != "qemu-guest-agent":
         guest.write(contract.CMDLINE_PATH, text + "\n", mode=0o600)  # it may hold vmpassword
+    else:
+        forget_data_bags(guest)
     config = configure(guest, text, source, hypervisor)
     if source in FALLBACK_SOURCES and hypervisor == "kvm":
         # A loaded host may deliver the command line after our wait: keep listening for it, or the VM
@@ -469,6 +428,7 @@ def late_config(guest: Guest) -> contract.BootConfig | None:
     when the file is empty or is the command line this boot already applied (the host retries writes).
     """
     guest.late = True
+    guest.path(contract.BOOT_DONE_PATH).unlink(missing_ok=True)  # done again once postinit ran again
     text = channels.wait_for_cmdline_file(
         str(guest.path(contract.CMDLINE_PATH)), 10.0, 0.0, guest.clock, guest.sleep
     )

@@ -22,6 +22,9 @@ Runner = Callable[[list[str]], str]
 Feeder = Callable[[list[str], str], str]
 
 
+PROGRAM_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
 def _run_command(argv: list[str]) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=120).stdout
 
@@ -64,6 +67,10 @@ class Guest:
                 f.write(line + "\n")
         except OSError:
             pass
+
+    def has_program(self, name: str) -> bool:
+        """Whether ``name`` is installed in one of the system's program directories (under ``root``)."""
+        return any(self.path(f"{d}/{name}").is_file() for d in PROGRAM_DIRS)
 
     def write(self, absolute: str, text: str, mode: int = 0o644) -> None:
         """Write beside the target and rename: a power cut never leaves half a file."""

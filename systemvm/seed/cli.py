@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from systemvm.errors import UserError
+
+if TYPE_CHECKING:
+    from systemvm.seed.install import SeedRequest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def request_from_args(args: argparse.Namespace):
+def request_from_args(args: argparse.Namespace) -> SeedRequest:
     from systemvm.seed.db import db_config
     from systemvm.seed.install import SeedRequest
 

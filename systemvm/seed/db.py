@@ -126,43 +126,91 @@ def connect(config: DbConfig) -> Iterator[Connection]:
         connection.close()
 
 
-def newest_system_template(connection: Connection, hypervisor: str) -> int:
-    """The id CloudStack's script picks: largest id of a SYSTEM template of the hypervisor, not removed."""
+@contextlib.contextmanager
+def reading(table: str = "vm_template") -> Iterator[None]:
+    """A query of ``table`` that fails says so in one line (the database's reason and the way round it)."""
     import pymysql
 
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT MAX(id) FROM vm_template"
-                " WHERE type = 'SYSTEM' AND hypervisor_type = %s AND removed IS NULL",
-                (HYPERVISOR_TYPE[hypervisor],),
-            )
-            row = cursor.fetchone()
-            found = row[0] if row else None
+        yield
     except pymysql.MySQLError as exc:
         raise UserError(
-            f"cannot read cloud.vm_template ({exc.args[-1]}): check the database, or give -t"
+            f"cannot read cloud.{table} ({exc.args[-1]}): check the database, or give -t"
         ) from None
-    if found is None:
-        raise UserError(
-            f"unable to get a template id from the database: no SYSTEM template for "
-            f"{HYPERVISOR_TYPE[hypervisor]} that is not removed; register one first or give -t"
+
+
+def _none_found(hypervisor: str, arch: str | None = None) -> UserError:
+    what = f"{HYPERVISOR_TYPE[hypervisor]} {arch}" if arch else HYPERVISOR_TYPE[hypervisor]
+    return UserError(
+        f"unable to get a template id from the database: no SYSTEM template for {what} that is not removed; "
+        "register one first or give -t"
+    )
+
+
+def newest_system_template(connection: Connection, hypervisor: str) -> int:
+    """The id CloudStack's script picks: largest id of a SYSTEM template of the hypervisor, not removed."""
+    with reading(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT MAX(id) FROM vm_template"
+            " WHERE type = 'SYSTEM' AND hypervisor_type = %s AND removed IS NULL",
+            (HYPERVISOR_TYPE[hypervisor],),
         )
+        row = cursor.fetchone()
+        found = row[0] if row else None
+    if found is None:
+        raise _none_found(hypervisor)
     return int(found)
 
 
-def update_template(connection: Connection, template_id: int, uuid: str, url: str | None) -> None:
-    """Set the row's ``uuid`` (and ``url`` when seeding from a URL) inside the open transaction."""
+def has_column(connection: Connection, column: str, table: str = "vm_template") -> bool:
+    """Whether ``table`` has ``column`` (``vm_template.arch`` arrived with CloudStack 4.20's multi-arch)."""
+    with reading(table), connection.cursor() as cursor:
+        cursor.execute(f"SHOW COLUMNS FROM {table} LIKE %s", (column,))
+        return cursor.fetchone() is not None
+
+
+def system_template_for(connection: Connection, hypervisor: str, arch: str | None, name: str | None) -> int:
+    """The template id to seed a template of ``arch`` named ``name`` into.
+
+    CloudStack 4.20.1 and later register a system template per hypervisor and architecture, named
+    ``systemvm-<hypervisor>-<version>-<arch>``, and keep the architecture in ``vm_template.arch``
+    (``SystemVmTemplateRegistration.java``: ``findLatestTemplateByName(name, hypervisor, arch)``). So: the
+    newest live SYSTEM template of that name, else the newest of the hypervisor and architecture; without an
+    ``arch`` column (before 4.20) or a known architecture, what ``cloud-install-sys-tmplt`` picks
+    (:func:`newest_system_template`).
+    """
+    if arch is None or not has_column(connection, "arch"):
+        return newest_system_template(connection, hypervisor)
+    where = "type = 'SYSTEM' AND hypervisor_type = %s AND arch = %s AND removed IS NULL"
+    args: tuple[str, ...] = (HYPERVISOR_TYPE[hypervisor], arch)
+    with reading(), connection.cursor() as cursor:
+        found = None
+        if name:
+            cursor.execute(f"SELECT MAX(id) FROM vm_template WHERE {where} AND name = %s", (*args, name))
+            found = (cursor.fetchone() or (None,))[0]
+        if found is None:
+            cursor.execute(f"SELECT MAX(id) FROM vm_template WHERE {where}", args)
+            found = (cursor.fetchone() or (None,))[0]
+    if found is None:
+        raise _none_found(hypervisor, arch)
+    return int(found)
+
+
+def update_template(
+    connection: Connection, template_id: int, uuid: str, url: str | None, checksum: str | None = None
+) -> None:
+    """Set the row's ``uuid`` (``url`` when seeding from a URL, ``checksum`` when the template's CloudStack
+    line is known: the value that line's registration stores) inside the open transaction."""
     import pymysql
 
+    columns = {"uuid": uuid, "url": url, "checksum": checksum}
+    chosen = {column: value for column, value in columns.items() if value is not None}
+    assignments = ", ".join(f"{column} = %s" for column in chosen)
     try:
         with connection.cursor() as cursor:
-            if url is None:
-                count = cursor.execute("UPDATE vm_template SET uuid = %s WHERE id = %s", (uuid, template_id))
-            else:
-                count = cursor.execute(
-                    "UPDATE vm_template SET uuid = %s, url = %s WHERE id = %s", (uuid, url, template_id)
-                )
+            count = cursor.execute(
+                f"UPDATE vm_template SET {assignments} WHERE id = %s", (*chosen.values(), template_id)
+            )
     except pymysql.MySQLError as exc:
         raise UserError(
             f"cannot update template {template_id} in cloud.vm_template ({exc.args[-1]}): check it"

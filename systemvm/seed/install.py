@@ -15,6 +15,16 @@ the database row inside a transaction, swap the directory into place (``renameat
 
 The template file's uuid is derived from the hypervisor, the template id and the artifact's sha512, so seeding
 the same artifact twice gives the same directory, byte for byte. CloudStack's script draws a random uuid.
+
+When the artifact's version and architecture are known (its name, else its metadata.ini section) the database
+side follows that version's CloudStack line (:mod:`systemvm.profile`) as its registration leaves a template:
+the id is the newest live SYSTEM template named ``systemvm-<hypervisor>-<version>-<arch>`` of that
+architecture, else the newest of the hypervisor and architecture (``vm_template.arch``, CloudStack 4.20 and
+later), so an x86_64 template never lands in an aarch64 row; and ``checksum`` is set beside ``uuid`` and
+``url``: the MD5 for 4.20, ``{SHA-512}`` and the hex for 4.22. No copy of 4.22's ``cloud-install-sys-tmplt``
+was found to read (the 4.19/4.20 one picks the newest id of the hypervisor and writes no checksum); these
+rules are ``SystemVmTemplateRegistration.java``'s (main, d4m14ndx/cloudstack@0bd0bc22). An artifact of no
+known line is seeded as before: newest id of the hypervisor, ``uuid`` and ``url`` only.
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -36,17 +45,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tqdm import tqdm
-
 if TYPE_CHECKING:
     from pymysql.connections import Connection
 
+from systemvm import runs
 from systemvm.errors import UserError
 from systemvm.export import detect
 from systemvm.hosttools import require_tools
-from systemvm.progress import human_bytes, phase, say
-from systemvm.seed.db import DB_PROPERTIES, DbConfig, connect, newest_system_template, update_template
-from systemvm.seed.source import Expected, FileSource, HttpSource, expected_checksum, open_source
+from systemvm.progress import Meter, human_bytes, phase, say
+from systemvm.seed.db import DB_PROPERTIES, DbConfig, connect, system_template_for, update_template
+from systemvm.seed.source import (
+    ArtifactInfo,
+    Expected,
+    FileSource,
+    HttpSource,
+    artifact_info,
+    expected_checksum,
+    open_source,
+)
 from systemvm.seed.stream import Decompressor, SparseWriter, compression_of
 
 # hypervisor -> extension CloudStack uses for it (cloud-install-sys-tmplt / setup-sysvm-tmplt)
@@ -90,6 +106,10 @@ class SeedResult:
     virtual_size: int
     database_updated: bool
     resumes: int = 0
+    md5: str = ""
+    arch: str | None = None
+    cloudstack_line: str | None = None
+    stored_checksum: str | None = None  # what vm_template.checksum was set to (None: left alone)
 
 
 def extension_for(hypervisor: str, extension: str | None = None) -> str:
@@ -184,17 +204,19 @@ def virtual_size(path: Path, kind: str) -> int:
     return path.stat().st_size
 
 
-def unpack_ova(ova: Path, into: Path) -> list[str]:
-    """Unpack the OVA's members (plain file names only) beside it, as CloudStack's ``tar xf``."""
+def unpack_ova(ova: Path, into: Path, label: str | None = None) -> list[str]:
+    """Unpack the OVA's members (plain file names only) beside it, as CloudStack's ``tar xf``. ``label``
+    names the OVA in errors (the user's file, not the staged copy's uuid name)."""
+    label = label or ova.name
     names: list[str] = []
     try:
         with tarfile.open(ova, "r:") as archive:
             for member in archive:
                 name = member.name
                 if not member.isfile() or "/" in name or name in (".", "..") or name.startswith("."):
-                    raise UserError(f"{ova.name} member '{name}' is not a plain file name: the OVA is unsafe")
+                    raise UserError(f"{label} member '{name}' is not a plain file name: the OVA is unsafe")
                 if (into / name).exists():
-                    raise UserError(f"{ova.name} member '{name}' clashes with another file: repack the OVA")
+                    raise UserError(f"{label} member '{name}' clashes with another file: repack the OVA")
                 source = archive.extractfile(member)
                 assert source is not None
                 with source, open(into / name, "wb") as target:
@@ -203,10 +225,12 @@ def unpack_ova(ova: Path, into: Path) -> list[str]:
                     os.fsync(target.fileno())
                 os.chmod(into / name, 0o644)
                 names.append(name)
-    except tarfile.TarError as exc:
-        raise UserError(f"{ova.name} is not a readable OVA (tar: {exc}): export it again") from None
+    except (tarfile.TarError, EOFError) as exc:
+        raise UserError(
+            f"{label} is cut short or not a readable OVA (tar: {exc}): fetch or export it again"
+        ) from None
     if not any(n.lower().endswith(".ovf") for n in names):
-        raise UserError(f"{ova.name} holds no .ovf descriptor: give a VMware OVA")
+        raise UserError(f"{label} holds no .ovf descriptor: give a VMware OVA")
     return names
 
 
@@ -303,6 +327,47 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# ------------------------------------------------------------------------------------ stale staging
+
+STAGING_MARK = ".seed-"
+_STAGING = re.compile(r"^\.\d+\.seed-[A-Za-z0-9_]{8}$")  # .<template id>.seed-<mkdtemp's 8 characters>
+STALE_IDLE_SECONDS = 3600  # a staging directory whose owner cannot be asked: nothing in it changed this long
+
+
+def _idle_seconds(directory: Path) -> float:
+    newest = directory.lstat().st_mtime
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            newest = max(newest, entry.lstat().st_mtime)
+    return time.time() - newest
+
+
+def sweep_staging(parent: Path) -> list[str]:
+    """Remove the staging directories of seeds that did not finish (killed, or their host lost), found by
+    the name this module gives them (``.<id>.seed-XXXXXXXX``) in ``parent`` (``template/tmpl/1``).
+
+    Secondary storage is shared by every management server, so only our staging directories are looked
+    at, and each only when its seed is over: its owner record names a process of this host that is gone,
+    or it names another host (or none: a seed of an older version, or one killed before it wrote the
+    record) and nothing in it changed for an hour, a download in progress writing all the time.
+    """
+    removed = []
+    for entry in sorted(parent.iterdir()) if parent.is_dir() else []:
+        if not _STAGING.match(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        owner = runs.read_owner(entry)
+        alive = runs.owner_alive(owner) if owner is not None else None
+        if alive is True:
+            continue
+        if alive is None and _idle_seconds(entry) < STALE_IDLE_SECONDS:
+            continue
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(entry, ignore_errors=True)
+        who = f"pid {owner['pid']} on {owner['host']}" if owner else "no owner record"
+        removed.append(f"{entry}: staging of a seed that did not finish ({who}, {human_bytes(size)})")
+    return removed
+
+
 # ----------------------------------------------------------------------------------------------- NFS
 
 _EXPORT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(/\S*)$")
@@ -358,12 +423,16 @@ def _wants_db(request: SeedRequest) -> bool:
     return request.db_properties is not None and request.db_properties.is_file()
 
 
-def _progress_bar(total: int | None, name: str, enabled: bool) -> tqdm:
-    """A byte counter on stderr (shown on a terminal only); ``enabled=False`` never shows one."""
-    return tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, file=sys.stderr,
-        disable=None if enabled else True, leave=False,
-    )  # fmt: skip
+@contextlib.contextmanager
+def _progress(total: int | None, name: str, enabled: bool) -> Iterator[Meter | None]:
+    """Bytes of the artifact copied of its size (:class:`systemvm.progress.Meter`: rewritten in place on
+    a terminal, a line per tenth or per 15 s elsewhere); ``enabled=False`` (``--quiet``) shows none."""
+    meter = Meter(f"copy {name}", total) if enabled else None
+    try:
+        yield meter
+    finally:
+        if meter is not None:
+            meter.close()
 
 
 def _free_space_needed(source: FileSource | HttpSource, ext: str) -> int:
@@ -382,20 +451,24 @@ def _check_free_space(directory: Path, needed: int) -> None:
         )
 
 
-def _stream_to(source: FileSource | HttpSource, target: Path, expected: Expected | None, progress: bool):
-    """Copy the artifact into ``target``, decompressing on the fly; return (sha512 hex, digest ok)."""
+def _stream_to(
+    source: FileSource | HttpSource, target: Path, expected: Expected | None, progress: bool
+) -> tuple[str, str, bool]:
+    """Copy the artifact into ``target``, decompressing on the fly; return (sha512 hex, md5 hex, digest ok)
+    of the artifact as published (compressed): a 4.20 registration stores its MD5."""
     import hashlib
 
     sha512 = hashlib.sha512()
-    other = expected.new_hash() if expected is not None and expected.algorithm != "sha512" else None
+    md5 = hashlib.md5()
+    other = md5
     decompressor: Decompressor | None = None
-    with open(target, "wb") as handle, _progress_bar(source.size, source.name, progress) as bar:
+    with open(target, "wb") as handle, _progress(source.size, source.name, progress) as meter:
         writer = SparseWriter(handle)
         for chunk in source.chunks():
             sha512.update(chunk)
-            if other is not None:
-                other.update(chunk)
-            bar.update(len(chunk))
+            md5.update(chunk)
+            if meter is not None:
+                meter.advance(len(chunk))
             if decompressor is None:
                 decompressor = Decompressor(compression_of(chunk[:8]))
             for out in decompressor.feed(chunk):
@@ -407,9 +480,9 @@ def _stream_to(source: FileSource | HttpSource, target: Path, expected: Expected
         writer.close()
     digest = sha512.hexdigest()
     if expected is None:
-        return digest, True
-    actual = digest if other is None else other.hexdigest()
-    return digest, actual == expected.hexdigest
+        return digest, other.hexdigest(), True
+    actual = {"sha512": digest, "md5": other.hexdigest()}[expected.algorithm]
+    return digest, other.hexdigest(), actual == expected.hexdigest
 
 
 def seed(request: SeedRequest) -> SeedResult:
@@ -445,21 +518,24 @@ def _seed_into(request: SeedRequest, mount: Path, ext: str) -> SeedResult:
 
     with contextlib.ExitStack() as stack:
         connection = stack.enter_context(connect(db_config)) if use_db and db_config else None
+        source = open_source(
+            request.file, request.url, retries=request.retries, backoff=request.retry_backoff
+        )
+        info = artifact_info(source)
         template_id = request.template_id
         if template_id is None:
             if connection is None:
                 raise UserError("no database connection to look up the template id: give -t or db settings")
-            template_id = newest_system_template(connection, request.hypervisor)
-            say(f"    template id {template_id}: newest SYSTEM template for {request.hypervisor}")
+            name = info.template_name(request.hypervisor)
+            template_id = system_template_for(connection, request.hypervisor, info.arch, name)
+            which = f"{name} (or the newest {info.arch} one)" if name else "newest SYSTEM template"
+            say(f"    template id {template_id}: {which} for {request.hypervisor}")
         dest = template_dir(mount, template_id)
         if dest.exists() and any(dest.iterdir()) and not request.force:
             raise UserError(
                 f"data already exists at destination {dest}: use -F to replace it, or -t to seed another "
                 "template id (when upgrading, give the new template's id)"
             )
-        source = open_source(
-            request.file, request.url, retries=request.retries, backoff=request.retry_backoff
-        )
         expected = expected_checksum(source, request.sha512)
         if expected is None and request.verify:
             raise UserError(
@@ -467,10 +543,15 @@ def _seed_into(request: SeedRequest, mount: Path, ext: str) -> SeedResult:
                 "give --sha512 HEX, or pass --no-checksum to seed it unchecked"
             )
         stack.enter_context(_parents_made(dest.parent))
+        for line in sweep_staging(dest.parent):
+            say(f"    removed {line}")
         _check_free_space(dest.parent, _free_space_needed(source, ext))
-        staged = Path(tempfile.mkdtemp(prefix=f".{template_id}.seed-", dir=dest.parent))
+        staged = Path(tempfile.mkdtemp(prefix=f".{template_id}{STAGING_MARK}", dir=dest.parent))
         try:
-            result = _stage_and_install(request, source, expected, staged, dest, ext, template_id, connection)
+            runs.write_owner(staged)  # a seed killed from here on leaves a directory the next seed removes
+            result = _stage_and_install(
+                request, source, expected, staged, dest, ext, template_id, connection, info
+            )
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise UserError(
@@ -494,10 +575,11 @@ def _stage_and_install(
     ext: str,
     template_id: int,
     connection: Connection | None,
+    info: ArtifactInfo,
 ) -> SeedResult:
     part = staged / "image.part"
     with phase(f"copy {source.name} into secondary storage"):
-        sha512, ok = _stream_to(source, part, expected, request.progress)
+        sha512, md5, ok = _stream_to(source, part, expected, request.progress)
     if not ok:
         assert expected is not None
         raise UserError(
@@ -512,8 +594,11 @@ def _stage_and_install(
     os.chmod(image, 0o644)
     if kind == "ova":
         with phase(f"unpack {source.name}"):
-            unpack_ova(image, staged)
-    vsize = virtual_size(image, kind)
+            unpack_ova(image, staged, source.name)
+    try:
+        vsize = virtual_size(image, kind)
+    except UserError as exc:  # name the user's file, not the staged copy
+        raise UserError(str(exc).replace(str(image), source.name).replace(image.name, source.name)) from None
     size = image.stat().st_size
     properties = template_properties(
         ext=ext, filename=filename, template_id=template_id, size=size, virtual_size=vsize, checksum=sha512
@@ -524,11 +609,16 @@ def _stage_and_install(
         handle.flush()
         os.fsync(handle.fileno())
     os.chmod(props, 0o644)
+    (staged / runs.OWNER_FILE).unlink()  # the template directory holds CloudStack's files only
     os.chmod(staged, 0o755)
     _fsync_dir(staged)
 
+    line = info.profile
+    stored = None
+    if line is not None:
+        stored = line.stored_checksum({"sha512": sha512, "md5": md5}[line.checksum])
     if connection is not None:
-        update_template(connection, template_id, uuid, request.url)
+        update_template(connection, template_id, uuid, request.url, stored)
     installed = _Installed(staged, dest)
     try:
         if connection is not None:
@@ -553,72 +643,8 @@ def _stage_and_install(
         virtual_size=vsize,
         database_updated=connection is not None,
         resumes=getattr(source, "resumes", 0),
+        md5=md5,
+        arch=info.arch,
+        cloudstack_line=line.line if line is not None else None,
+        stored_checksum=stored if connection is not None else None,
     )
-
-
-# ------------------------------------------------------------------------------------------------ bench
-
-
-def bench_seed(size_mib: int = 64) -> list[tuple[str, str]]:
-    """Seed a ``size_mib`` MiB qcow2.bz2 from a file and over HTTP on 127.0.0.1; rows of (what, number)."""
-    import bz2
-    import functools
-    import hashlib
-    import http.server
-    import threading
-
-    require_tools("qemu-img")
-    rows: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-seed-") as tmp:
-        work = Path(tmp)
-        raw = work / "disk.raw"
-        with open(raw, "wb") as handle:  # half random, half zeros: a realistic mix for bzip2
-            block = os.urandom(1 << 20)
-            for index in range(size_mib):
-                handle.write(block if index % 2 else bytes(1 << 20))
-        qcow2 = work / "disk.qcow2"
-        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
-        artifact = work / "pub" / "bench-kvm.qcow2.bz2"
-        artifact.parent.mkdir()
-        artifact.write_bytes(bz2.compress(qcow2.read_bytes(), 9))
-        digest = hashlib.sha512(artifact.read_bytes()).hexdigest()
-        (artifact.parent / "sha512sum.txt").write_text(f"{digest}  {artifact.name}\n")
-        rows.append(
-            ("seed bench artifact", f"{human_bytes(artifact.stat().st_size)} qcow2.bz2 of {size_mib} MiB raw")
-        )
-
-        def timed(label: str, file: str | None = None, url: str | None = None) -> None:
-            mount = work / f"mnt-{label.split()[-1]}"
-            mount.mkdir()
-            start = time.monotonic()
-            seed(
-                SeedRequest(
-                    mount=mount,
-                    hypervisor="kvm",
-                    file=file,
-                    url=url,
-                    template_id=1,
-                    use_db=False,
-                    progress=False,
-                )
-            )
-            seconds = time.monotonic() - start
-            rows.append(
-                (
-                    f"seed {label}",
-                    f"{seconds:.2f} s ({artifact.stat().st_size / 2**20 / seconds:.1f} MiB/s in)",
-                )
-            )
-
-        timed("from file", file=str(artifact))
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(artifact.parent))
-        http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None  # type: ignore[method-assign]
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            timed("over http", url=f"http://127.0.0.1:{server.server_port}/{artifact.name}")
-        finally:
-            server.shutdown()
-            server.server_close()
-    return rows

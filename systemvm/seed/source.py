@@ -1,9 +1,15 @@
-"""Where a seeded artifact comes from (a local file or an HTTP(S) URL, read in chunks) and its checksum.
+"""Where a seeded artifact comes from (a local file or an HTTP(S) URL, read in chunks), its checksum and what
+it is (version, architecture, CloudStack line).
 
 HTTP downloads resume with a ``Range`` request when the connection breaks (up to ``retries`` times in one
 run); a server that ignores ``Range`` is handled by skipping the bytes already received. The expected sha512
 comes from ``--sha512``, else ``sha512sum.txt`` next to the artifact, else the ``checksum`` of the
-``metadata.ini`` section whose ``filename`` is the artifact (sha512, or md5 when 32 hex digits long).
+``metadata.ini`` section whose ``filename`` is the artifact: SHA-512 in a 4.22 metadata.ini (128 hex digits,
+also with a ``{SHA-512}`` prefix), MD5 in a 4.20 one (32 hex digits).
+
+What the artifact is comes from its name (``systemvmtemplate-<version>-<arch>-<kind>``), else from that
+metadata.ini section (``templatename``, ``arch``): seeding then picks the template of that architecture and
+stores the checksum as that version's CloudStack line registers it (:mod:`systemvm.profile`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from pathlib import Path
 import requests
 import urllib3
 
-from systemvm.errors import UserError
+from systemvm import naming
+from systemvm.errors import UserError, ini_problem
+from systemvm.profile import CloudStackProfile, profile_for
 from systemvm.progress import say
 
 CHUNK = 1 << 20
@@ -132,8 +140,40 @@ class HttpSource:
         return reply.text if reply.status_code == 200 else None
 
 
+def _system_reason(exc: BaseException) -> str | None:
+    """The innermost OSError's words in an exception's chain (requests wraps urllib3 wraps the socket's)."""
+    stack, seen, plain = [exc], set(), None
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            if current.strerror:
+                return current.strerror
+            if plain is None and current.args and isinstance(current.args[0], str):
+                plain = current.args[0]  # http.client's RemoteDisconnected: "Remote end closed ..."
+        stack += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        for attr in ("reason", "__cause__", "__context__"):
+            linked = getattr(current, attr, None)
+            if isinstance(linked, BaseException):
+                stack.append(linked)
+    return plain
+
+
 def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    """Why a request failed, in a few whole words: the system's reason (``Connection refused``, ``Name or
+    service not known``) rather than requests' nested retry message, which a cut would end mid-word."""
+    if isinstance(exc, requests.Timeout):
+        return "no answer in time"
+    reason = _system_reason(exc)
+    if reason:
+        return reason.strip().rstrip(".")
+    text = str(exc)
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if len(first) <= 160:
+        return first
+    return first[:160].rsplit(" ", 1)[0] + " ..."
 
 
 def open_source(
@@ -167,8 +207,8 @@ def from_metadata(text: str, name: str, origin: str) -> Expected | None:
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text)
-    except configparser.Error:
-        raise UserError(f"{origin} cannot be parsed: fix it or give --sha512") from None
+    except configparser.Error as exc:
+        raise UserError(f"{origin}: {ini_problem(exc)}: fix it or give --sha512") from None
     for section in parser.sections():
         if parser.get(section, "filename", fallback="").strip() == name:
             value = parser.get(section, "checksum", fallback="").strip()
@@ -193,3 +233,53 @@ def expected_checksum(source: FileSource | HttpSource, explicit: str | None) -> 
             if found:
                 return found
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactInfo:
+    """What a seeded artifact is, as far as its name or its metadata.ini section tells."""
+
+    version: str | None
+    arch: str | None
+    origin: str  # where it was read, for messages
+
+    @property
+    def profile(self) -> CloudStackProfile | None:
+        """The CloudStack line of the version, None when unknown or not a supported line."""
+        if not self.version:
+            return None
+        try:
+            return profile_for(self.version)
+        except UserError:
+            return None
+
+    def template_name(self, hypervisor: str) -> str | None:
+        """The name CloudStack's registration gives this template (``engine/schema/templateConfig.sh``'s
+        ``templatename``: ``systemvm-<hypervisor>-<version>-<arch>``)."""
+        if not (self.version and self.arch):
+            return None
+        return f"systemvm-{hypervisor}-{self.version}-{self.arch}"
+
+
+_TEMPLATE_NAME = re.compile(r"^systemvm-[a-z0-9]+-(?P<version>\d+\.\d+\.\d+\S*)-(?P<arch>[a-z0-9_]+)$")
+
+
+def artifact_info(source: FileSource | HttpSource) -> ArtifactInfo:
+    """Version and architecture of the artifact: from its file name, else its metadata.ini section."""
+    parsed = naming.parse_export_name(source.name)
+    if parsed is not None:
+        return ArtifactInfo(parsed[0], parsed[1], f"the name {source.name}")
+    text = source.sibling_text("metadata.ini")
+    if text is not None:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read_string(text)
+        except configparser.Error:
+            return ArtifactInfo(None, None, "nothing")
+        for section in parser.sections():
+            if parser.get(section, "filename", fallback="").strip() != source.name:
+                continue
+            match = _TEMPLATE_NAME.match(parser.get(section, "templatename", fallback="").strip())
+            arch = parser.get(section, "arch", fallback="").strip() or (match and match.group("arch")) or None
+            return ArtifactInfo(match and match.group("version"), arch, f"metadata.ini [{section}]")
+    return ArtifactInfo(None, None, "nothing")

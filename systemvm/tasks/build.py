@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-from invoke import task
+from invoke import Context, task
 
-from systemvm import hosttools, naming
+from systemvm import naming
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
 from systemvm.tasks import user_errors
 
 
 @task(
     help={
-        "flavour": "amd64, i386 or all",
-        "version": "template version X.Y.Z (names the artifacts)",
+        "flavour": "amd64, i386, arm64 or all",
+        "version": "template version X.Y.Z: names the artifacts and picks the CloudStack line (4.20, 4.22)",
         "mirror": "Debian mirror URL (default: $SYSTEMVM_DEBIAN_MIRROR, else the host's apt mirror)",
         "offline": "use only cached packages (fails if the cache is cold)",
         "export": "also write QCOW2/VHD/OVA exports (default on; --no-export to skip)",
@@ -29,59 +28,40 @@ from systemvm.tasks import user_errors
     }
 )
 def build(
-    c,
-    flavour="all",
-    version=DEFAULT_VERSION,
-    mirror=None,
-    offline=False,
-    export=True,
-    formats="qcow2,vhd,ova,hyperv",
-    base_url=None,
-    artifacts=str(ARTIFACTS_DIR),
-    size_gib=5,
-    jobs=None,
-    previous=None,
-    cloudstack_scripts=None,
-):
-    """Build the System VM template (Debian 12) from our diskimage-builder elements."""
+    c: Context,
+    flavour: str = "all",
+    version: str = DEFAULT_VERSION,
+    mirror: str | None = None,
+    offline: bool = False,
+    export: bool = True,
+    formats: str = "qcow2,vhd,ova,hyperv",
+    base_url: str | None = None,
+    artifacts: str = str(ARTIFACTS_DIR),
+    size_gib: str = "5",
+    jobs: str | None = None,
+    previous: str | None = None,
+    cloudstack_scripts: str | None = None,
+) -> None:
+    """Build the System VM template (Debian 12) from our diskimage-builder elements, then its release."""
     from systemvm.build import cloudstack_scripts as scripts_input
-    from systemvm.build.image import build_flavours, check_host
+    from systemvm.build.image import check_version, plan_build, run_build
+    from systemvm.export.release import plan_release, publish_release
 
     with user_errors():
-        flavours = naming.flavours(flavour)
-        # read and checked first: a bad file ends the build here, before anything is started or written
+        check_version(version)  # an unsupported CloudStack line is refused before anything else
+        # every input checked first: a bad tool, file, format or directory ends the build before it starts
         scripts = scripts_input.load(cloudstack_scripts) if cloudstack_scripts else None
-        check_host(*flavours)  # before anything starts: a missing tool fails now, naming its package
-        if export:
-            hosttools.check_phase("export")
-        if previous:  # a wrong directory fails now, not after the build
-            from systemvm.export.releasediff import load_release
-
-            load_release(Path(previous), "previous")
-        build_flavours(
-            flavours,
+        build_plan = plan_build(
+            naming.flavours(flavour),
             version,
-            Path(artifacts),
             mirror_url=mirror,
             offline=offline,
-            size_gib=int(size_gib),
+            size_gib=size_gib,
             jobs=jobs,
             cloudstack_scripts=scripts,
         )
-        if export and importlib.util.find_spec("systemvm.export.export") is not None:
-            from systemvm.build.image import source_date_epoch
-            from systemvm.export.export import export_flavours
-
-            export_flavours(
-                {one: naming.raw_disk(Path(artifacts), version, one) for one in flavours},
-                naming.version_dir(Path(artifacts), version),
-                version,
-                [f.strip() for f in formats.split(",") if f.strip()],
-                epochs=dict.fromkeys(flavours, source_date_epoch()),
-                base_url=base_url,
-            )
-        if previous:
-            from systemvm.export.releasediff import write_release_diff
-
-            for path in write_release_diff(Path(previous), naming.version_dir(Path(artifacts), version)):
-                print(path)
+        release_plan = plan_release(formats if export else None, previous, base_url)
+        manifests = run_build(build_plan, Path(artifacts))
+        release = publish_release(manifests, naming.version_dir(Path(artifacts), version), release_plan)
+        for line in release.lines():
+            print(line)

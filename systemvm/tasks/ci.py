@@ -1,4 +1,4 @@
-"""``invoke ci``: what CI runs (README's test command): lint, build both flavours with exports, all tests."""
+"""``invoke ci``: what CI runs (README's test command): lint, build every flavour with exports, all tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from invoke import task
+from invoke import Context, task
 
 from systemvm import hosttools, naming
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
@@ -26,8 +26,9 @@ def test_environment(artifacts: Path, version: str) -> dict[str, str]:
     env["SYSTEMVM_ARTIFACTS"] = str(out)
     raws = [str(naming.raw_disk(out.parent, version, f)) for f in naming.FLAVOURS]
     env["SYSTEMVM_RAW_DISKS"] = ":".join(p for p in raws if Path(p).exists())
-    # SYSTEMVM_KVM_QCOW2 stays unset: tests/e2e/test_matrix.py boots both flavours through libvirt (as every
-    # role), so tests/e2e/test_kvm_boot.py would only repeat two of its boots. Set it to run that test too.
+    # SYSTEMVM_KVM_QCOW2 stays unset: tests/e2e/test_matrix.py boots the x86 flavours through libvirt (as
+    # every role) and tests/e2e/test_arm64.py an arm64 router, so tests/e2e/test_kvm_boot.py would only repeat
+    # their boots. Set it to run that test too.
     return env
 
 
@@ -39,8 +40,14 @@ def test_environment(artifacts: Path, version: str) -> dict[str, str]:
         "pytest_args": "extra arguments for pytest",
     }
 )
-def ci(c, version=DEFAULT_VERSION, artifacts=str(ARTIFACTS_DIR), build=True, pytest_args=""):
-    """Lint, build both flavours with all exports, then run every test (unit and e2e)."""
+def ci(
+    c: Context,
+    version: str = DEFAULT_VERSION,
+    artifacts: str = str(ARTIFACTS_DIR),
+    build: bool = True,
+    pytest_args: str = "",
+) -> None:
+    """Lint, build every flavour with its exports, then run every test (unit and e2e)."""
     with user_errors():
         if _run(["ruff", "check", "."]) != 0:
             sys.exit(1)

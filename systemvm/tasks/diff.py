@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from invoke import task
+from invoke import Context, task
 
 from systemvm.tasks import user_errors
 
@@ -15,7 +15,11 @@ from systemvm.tasks import user_errors
         "new": "directory of the new release; the reports are written there",
     }
 )
-def diff(c, old, new):
+def diff(
+    c: Context,
+    old: str,
+    new: str,
+) -> None:
     """Write release-diff.md and release-diff.json into NEW (checksummed): packages added, removed,
     upgraded (security ones named), kernel change, per-artifact size change."""
     with user_errors():

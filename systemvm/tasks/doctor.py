@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from invoke import task
+from invoke import Context, task
 
 from systemvm import hosttools, naming
 from systemvm.errors import UserError
@@ -16,16 +16,29 @@ ALL_PHASES = ",".join(hosttools.PHASES)
 @task(
     help={
         "phases": f"comma-separated phases to check (default: all of {','.join(hosttools.PHASES)})",
-        "flavour": "flavours the build is for: amd64, i386 or all (a foreign architecture needs more)",
+        "flavour": "flavours the build is for: amd64, i386, arm64 or all (a foreign architecture needs more)",
         "clean_room": "prove host-packages.txt on a fresh Debian 12 root (doctor, bootstrap trials)",
         "mirror": "Debian mirror URL for the clean room (default: $SYSTEMVM_DEBIAN_MIRROR, else the host's)",
+        "register_binfmt": "as root: mount binfmt_misc and register qemu-user for the emulated flavours"
+        " (arm64) with the F flag, as systemd-binfmt does at boot, then check",
     }
 )
-def doctor(c, phases=ALL_PHASES, flavour="all", clean_room=False, mirror=None):
+def doctor(
+    c: Context,
+    phases: str = ALL_PHASES,
+    flavour: str = "all",
+    clean_room: bool = False,
+    mirror: str | None = None,
+    register_binfmt: bool = False,
+) -> None:
     """Check this host for every tool the phases run; exit 1 naming the packages to install if any lacks."""
     with user_errors():
         chosen = [p.strip() for p in phases.split(",") if p.strip()]
         archs = naming.flavours(flavour)
+        if register_binfmt:
+            for arch in archs:
+                if arch in hosttools.QEMU_ARCH and arch != hosttools.host_arch():
+                    print(hosttools.register_binfmt(arch))
         if clean_room:
             from systemvm.cleanroom import check_host_packages
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from invoke import task
+import contextlib
+import re
+from collections.abc import Iterator
 
-from systemvm.tasks import user_errors
+from invoke import Context, task
+
+from systemvm.errors import UserError
+from systemvm.tasks import user_errors, whole_number
 
 
 @task(
     auto_shortflags=False,  # -h is the hypervisor in cloud-install-sys-tmplt; keep --help for invoke
     help={
         "mount": "secondary storage mount point or directory (-m)",
-        "hypervisor": "kvm, xenserver, vmware, hyperv or lxc (-h)",
+        "hypervisor": "kvm, xenserver, vmware, hyperv or lxc (systemvm-seed's -h)",
         "file": "artifact file (-f)",
         "url": "artifact http(s) URL (-u)",
         "template_id": "template id (-t); default: newest SYSTEM template of the hypervisor in the database",
@@ -30,49 +35,73 @@ from systemvm.tasks import user_errors
     },
 )
 def seed(
-    c,
-    hypervisor=None,
-    mount=None,
-    file=None,
-    url=None,
-    template_id=None,
-    force=False,
-    extension=None,
-    nfs=None,
-    sha512=None,
-    no_checksum=False,
-    db_host=None,
-    db_port=None,
-    db_user=None,
-    db_password=None,
-    db_properties="/etc/cloudstack/management/db.properties",
-    no_db=False,
-    quiet=False,
-):
+    c: Context,
+    hypervisor: str | None = None,
+    mount: str | None = None,
+    file: str | None = None,
+    url: str | None = None,
+    template_id: str | None = None,
+    force: bool = False,
+    extension: str | None = None,
+    nfs: str | None = None,
+    sha512: str | None = None,
+    no_checksum: bool = False,
+    db_host: str | None = None,
+    db_port: str | None = None,
+    db_user: str | None = None,
+    db_password: str | None = None,
+    db_properties: str = "/etc/cloudstack/management/db.properties",
+    no_db: bool = False,
+    quiet: bool = False,
+) -> None:
     """Seed secondary storage with a System VM template: checksum-verified, atomic, safe to run twice."""
+    import argparse
+
     from systemvm.seed.cli import build_parser, request_from_args
+    from systemvm.seed.install import EXTENSION_OF
     from systemvm.seed.install import seed as seed_template
 
-    argv = ["-h", hypervisor or "", "--db-properties", db_properties or ""]
-    for flag, value in (
-        ("-m", mount),
-        ("-f", file),
-        ("-u", url),
-        ("-t", template_id),
-        ("-e", extension),
-        ("--nfs", nfs),
-        ("--sha512", sha512),
-        ("-o", db_host),
-        ("-p", db_port),
-        ("-r", db_user),
-    ):
-        if value is not None:
-            argv += [flag, str(value)]
-    if db_password is not None:
-        argv.append(f"-d{db_password}" if db_password else "-d")
-    for flag, on in (("-F", force), ("--no-checksum", no_checksum), ("--no-db", no_db), ("--quiet", quiet)):
-        if on:
-            argv.append(flag)
-    with user_errors():
-        result = seed_template(request_from_args(build_parser().parse_args(argv)))
+    with user_errors(), invoke_option_names():
+        # systemvm-seed's own defaults, then what was given here (no argparse: its errors would print a
+        # usage block and name systemvm-seed's short flags)
+        values = vars(build_parser().parse_args(["-h", ""]))
+        values.update(
+            hypervisor=hypervisor or "",
+            mount=mount,
+            file=file,
+            url=url,
+            template_id=whole_number(template_id, "--template-id") if template_id is not None else None,
+            force=force,
+            extension=extension,
+            nfs=nfs,
+            sha512=sha512,
+            no_checksum=no_checksum,
+            db_host=db_host,
+            db_port=whole_number(db_port, "--db-port") if db_port is not None else None,
+            db_user=db_user,
+            db_password=db_password,
+            db_properties=db_properties or "",
+            no_db=no_db,
+            quiet=quiet,
+        )
+        if not values["hypervisor"]:
+            raise UserError(f"give --hypervisor: one of {', '.join(EXTENSION_OF)}")
+        result = seed_template(request_from_args(argparse.Namespace(**values)))
         print(f"seeded template {result.template_id}: {result.directory}/{result.filename}")
+
+
+# systemvm-seed's flags (cloud-install-sys-tmplt's) -> this task's options, for the messages the seed gives
+OPTION_OF = {"-m": "--mount", "-h": "--hypervisor", "-f": "--file", "-u": "--url", "-t": "--template-id",
+             "-F": "--force", "-e": "--extension", "-o": "--db-host", "-p": "--db-port", "-r": "--db-user",
+             "-d": "--db-password"}  # fmt: skip
+_FLAG = re.compile(r"(?<![\w-])(-[A-Za-z])(?![\w-])")
+
+
+@contextlib.contextmanager
+def invoke_option_names() -> Iterator[None]:
+    """The seed's one-line errors name systemvm-seed's flags (``-h``); here they name this task's options."""
+    try:
+        yield
+    except UserError as exc:
+        said = _FLAG.sub(lambda m: OPTION_OF.get(m.group(1), m.group(1)), str(exc))
+        raise type(exc)(said) from None

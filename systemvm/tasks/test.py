@@ -5,31 +5,31 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from invoke import task
+from invoke import Context, task
 
 from systemvm.defaults import ARTIFACTS_DIR, DEFAULT_VERSION
-from systemvm.tasks import user_errors
+from systemvm.tasks import user_errors, whole_number
 
 
 @task(
     help={
         "hypervisor": "kvm, xenserver or vmware",
-        "flavour": "amd64 or i386",
+        "flavour": "amd64, i386 or arm64",
         "role": "secstorage, consoleproxy, router, vpcrouter, dhcpsrvr, ilbvm or elbvm (default secstorage)",
-        "version": "template version X.Y.Z (default 4.20.0)",
+        "version": f"template version X.Y.Z (default {DEFAULT_VERSION})",
         "artifacts": "artifacts directory holding <version>/ (default ./artifacts)",
         "artifact": "boot this file instead of the exported artifact",
     }
 )
 def test(
-    c,
-    hypervisor="kvm",
-    flavour="amd64",
-    role="secstorage",
-    version=DEFAULT_VERSION,
-    artifacts=None,
-    artifact=None,
-):
+    c: Context,
+    hypervisor: str = "kvm",
+    flavour: str = "amd64",
+    role: str = "secstorage",
+    version: str = DEFAULT_VERSION,
+    artifacts: str | None = None,
+    artifact: str | None = None,
+) -> None:
     """Boot one System VM, run the appliance checks over SSH on 3922, report, tear down."""
     from systemvm.check.suite import main
 
@@ -47,15 +47,21 @@ def test(
     help={
         "jobs": "VMs at once (default: sized to this host's cores and memory)",
         "hypervisors": "comma list, or all configured (default: kvm + those with connection settings)",
-        "flavours": "comma list of amd64,i386 (default both)",
+        "flavours": "comma list of amd64,i386,arm64 (default all; arm64 on KVM only)",
         "roles": "comma list, or all (default secstorage,consoleproxy,router)",
-        "version": "template version X.Y.Z (default 4.20.0)",
+        "version": f"template version X.Y.Z (default {DEFAULT_VERSION})",
         "artifacts": "artifacts directory holding <version>/ (default ./artifacts)",
     }
 )
 def matrix(
-    c, jobs=None, hypervisors=None, flavours=None, roles=None, version=DEFAULT_VERSION, artifacts=None
-):
+    c: Context,
+    jobs: str | None = None,
+    hypervisors: str | None = None,
+    flavours: str | None = None,
+    roles: str | None = None,
+    version: str = DEFAULT_VERSION,
+    artifacts: str | None = None,
+) -> None:
     """Run the appliance suite for every flavour x role x configured hypervisor; print one summary table."""
     from systemvm.check import matrix as m
     from systemvm.interrupts import sigterm_is_interrupt
@@ -65,12 +71,14 @@ def matrix(
     with user_errors():
         root = Path(artifacts) if artifacts else ARTIFACTS_DIR
         cells = m.plan_matrix(hypervisors, flavours, roles)
-        limit = m.jobs_for_host(int(jobs) if jobs is not None else None)
-        say(f"==> matrix: {len(cells)} cells, {limit} at once")
+        limit = m.jobs_for_host(whole_number(jobs, "--jobs") if jobs is not None else None)
+        lines = m.image_lines(root, version, cells)
+        checked_as = ", ".join(f"{flavour} as CloudStack {line}" for flavour, line in lines.items())
+        say(f"==> matrix: {len(cells)} cells, {limit} at once; images from their manifests: {checked_as}")
         start = time.monotonic()
         results = m.run_matrix(cells, version, root, limit)
         wall = time.monotonic() - start
-        text = m.write_summary(results, m.reports_dir(root, version) / "matrix.md", wall, limit)
+        text = m.write_summary(results, m.reports_dir(root, version) / "matrix.md", wall, limit, lines)
         print(text)
         if any(r.status != "PASS" for r in results):
             raise SystemExit(1)

@@ -1,8 +1,11 @@
-"""Fixtures the e2e tests share: the pool of VMs booting in the background (tests/e2e/vmpool.py)."""
+"""Fixtures the e2e tests share: the pool of VMs booting in the background (tests/e2e/vmpool.py); and a run
+of e2e tests that skipped every one (``pytest -m e2e`` without ``invoke ci``'s environment) says it tested
+nothing and exits 5 instead of passing."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -31,3 +34,33 @@ def pool_vm(request: pytest.FixtureRequest, vm_pool: VmPool) -> Iterator[PoolVM]
         yield member
     finally:
         vm_pool.release(marker.args[0])
+
+
+# nodeid -> outcome of the e2e tests this session ran ("passed", "failed" or "skipped", with its reason)
+_E2E_OUTCOMES: dict[str, tuple[str, str]] = {}
+NOTHING_TESTED = pytest.ExitCode.NO_TESTS_COLLECTED  # 5: pytest's own "no tests ran"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "e2e" not in report.keywords:
+        return
+    if report.when == "call" or report.outcome != "passed":  # a skip or error in setup decides it too
+        reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+        _E2E_OUTCOMES.setdefault(report.nodeid, (report.outcome, str(reason)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _E2E_OUTCOMES and all(outcome == "skipped" for outcome, _ in _E2E_OUTCOMES.values()):
+        session.exitstatus = NOTHING_TESTED
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
+    if _E2E_OUTCOMES and all(outcome == "skipped" for outcome, _ in _E2E_OUTCOMES.values()):
+        first = next(reason for _, reason in _E2E_OUTCOMES.values()).removeprefix("Skipped: ")
+        terminalreporter.write_line(
+            f"tested nothing: all {len(_E2E_OUTCOMES)} e2e tests skipped (first: {first}); "
+            "run them through 'invoke ci', which builds and sets SYSTEMVM_ARTIFACTS, or give them what they "
+            "skipped for",
+            red=True,
+        )

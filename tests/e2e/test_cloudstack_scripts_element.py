@@ -5,14 +5,14 @@ test_cloudstack_scripts_baked.py); this runs the element's install.d step as dis
 a chroot of the amd64 image CI already built (``SYSTEMVM_ARTIFACTS``, mounted read-only under an
 overlay), with inputs staged by the build's own code (a tarball, then a cloudstack-common .deb made with
 dpkg-deb). It checks what the element promises: the tree over /, executable bits, root ownership,
-directories and merged-/usr links kept, the byte-identical tarball and its MD5 signature, agent.zip and
+directories and merged-/usr links kept, the byte-identical tarball and its signature in each CloudStack
+line's digest (MD5 for 4.20, SHA-512 for 4.22), agent.zip and
 patch-sysvms.sh in /usr/share/cloud, the record of replaced image files. Needs root; skips only when
 ``SYSTEMVM_ARTIFACTS`` is unset.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -26,8 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from systemvm import profile
 from systemvm.build import cloudstack_scripts as cs
 from tests.e2e import artifacts
+from tests.e2e.image_overlay import mounted_image, overlay
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -67,28 +69,11 @@ def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         pytest.skip("SYSTEMVM_ARTIFACTS is not set (or holds no amd64 raw disk)")
     if os.geteuid() != 0:
         pytest.fail("needs root: loop mount, overlay and chroot")
-    lower = tmp_path_factory.mktemp("lower")
-    _run("mount", "-o", f"loop,offset={artifacts.root_partition_offset(RAW)},ro,noload", str(RAW), str(lower))
-    try:
+    with mounted_image(RAW, tmp_path_factory.mktemp("lower")) as lower:
         yield lower
-    finally:
-        subprocess.run(["umount", str(lower)], check=False)
 
 
-@contextlib.contextmanager
-def overlay(lower: Path, work: Path) -> Iterator[Path]:
-    upper, workdir, merged = work / "upper", work / "work", work / "merged"
-    for d in (upper, workdir, merged):
-        d.mkdir()
-    _run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={workdir}",
-         str(merged))  # fmt: skip
-    try:
-        yield merged
-    finally:
-        subprocess.run(["umount", "-l", str(merged)], check=False)
-
-
-def bake(root: Path, scripts: cs.CloudStackScripts, work: Path) -> str:
+def bake(root: Path, scripts: cs.CloudStackScripts, work: Path, line: str = "4.22") -> str:
     """The element's two phases as diskimage-builder runs them: extra-data.d outside the chroot, then
     install.d inside it, with the hooks directory bind-mounted read-only at /tmp/in_target.d (as
     diskimage-builder's img-functions mounts it)."""
@@ -103,20 +88,25 @@ def bake(root: Path, scripts: cs.CloudStackScripts, work: Path) -> str:
     _run("mount", "--bind", str(hooks), str(target))
     try:
         _run("mount", "-o", "remount,ro,bind", str(hooks), str(target))
-        done = subprocess.run(["chroot", str(root), "/tmp/in_target.d/bake"], capture_output=True, text=True)
+        chroot_env = {**os.environ, **profile.LINES[line].build_environment()}
+        done = subprocess.run(
+            ["chroot", str(root), "/tmp/in_target.d/bake"], capture_output=True, text=True, env=chroot_env
+        )
     finally:
         subprocess.run(["umount", str(target)], check=False)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
-def test_a_tarball_is_baked_as_cloudstack_bakes_it(image_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("line", profile.SUPPORTED)
+def test_a_tarball_is_baked_as_cloudstack_bakes_it(image_root: Path, tmp_path: Path, line: str) -> None:
     tgz = _tarball(tmp_path / "cloud-scripts.tgz")
     scripts = cs.load(tgz)
+    digest = profile.LINES[line].scripts_digest
     before = (image_root / "etc").stat()
     with overlay(image_root, tmp_path) as root:
-        out = bake(root, scripts, tmp_path)
-        assert f"md5 {scripts.md5}" in out
+        out = bake(root, scripts, tmp_path, line)
+        assert f"{digest}sum {scripts.digest(digest)}" in out
         keystore = root / "opt/cloud/bin/keystore-setup"
         assert keystore.read_bytes() == KEYSTORE and keystore.stat().st_mode & 0o111
         assert (keystore.stat().st_uid, keystore.stat().st_gid) == (0, 0)
@@ -127,7 +117,7 @@ def test_a_tarball_is_baked_as_cloudstack_bakes_it(image_root: Path, tmp_path: P
         assert (root / "lib").is_symlink() and (root / "usr/lib/cloudstack-test-marker").exists()
         assert (root / "usr/share/cloud/cloud-scripts.tgz").read_bytes() == tgz.read_bytes()
         signature = (root / "var/cache/cloud/cloud-scripts-signature").read_text()
-        assert signature == hashlib.md5(tgz.read_bytes()).hexdigest() + "\n"
+        assert signature == hashlib.new(digest, tgz.read_bytes()).hexdigest() + "\n"
         replaced = (root / cs.REPLACED_RECORD.lstrip("/")).read_text().splitlines()
         assert "/etc/sysctl.conf" in replaced and "/opt/cloud/bin/keystore-setup" not in replaced
         assert not (root / "usr/share/cloud/agent.zip").exists()

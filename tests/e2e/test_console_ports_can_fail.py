@@ -19,9 +19,16 @@ from typing import Any
 
 import pytest
 
-from systemvm.boot import agentlab
 from systemvm.check.suite import check_node
-from tests.e2e.vmpool import Shell, VmPool, assert_case_fails, check_results, lab_member
+from systemvm.lab import agentlab
+from tests.e2e.vmpool import (
+    Shell,
+    VmPool,
+    assert_case_fails,
+    check_results,
+    healthy_run,
+    lab_member,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -36,7 +43,7 @@ CLOSED = T + "test_other_ports_are_dropped_on_the_public_address"
 ALL = [OPEN, CLOSED]
 PUBLIC = agentlab.PUBLIC_DEV
 VNC, HTTPS = agentlab.CONSOLE_OPEN_PORTS[-1], agentlab.CONSOLE_OPEN_PORTS[0]
-SSH, CONTROL_SSH = agentlab.CONSOLE_CLOSED_PORTS
+SSH, CONTROL_SSH, _ = agentlab.CONSOLE_CLOSED_PORTS
 
 # case -> (the rule inserted first in INPUT, the check expected to fail). In this order, one VM.
 CASES: dict[str, tuple[str, str]] = {
@@ -60,8 +67,7 @@ def console(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
 
 @pytest.fixture(scope="module")
 def healthy(console: tuple[Any, dict[str, Any], Shell], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    _, params, _ = console
-    return check_results(params, tmp_path_factory.mktemp("healthy"), "healthy", ALL)
+    return healthy_run(console, tmp_path_factory, ALL)
 
 
 def test_the_healthy_console_proxy_passes_the_port_checks(healthy: dict[str, tuple[str, str]]) -> None:

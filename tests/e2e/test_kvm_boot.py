@@ -10,7 +10,7 @@ import pytest
 
 from systemvm import contract
 from systemvm.boot import sshwait
-from systemvm.boot.harness import boot_system_vm, flavour_of, kvm_artifacts_from_env
+from systemvm.boot.harness import VmRequest, boot_system_vm, flavour_of, kvm_artifacts_from_env
 from systemvm.boot.hypervisors import libvirtd
 
 pytestmark = pytest.mark.e2e
@@ -25,7 +25,7 @@ def test_template_boots_to_ssh_on_3922_with_cmdline_from_the_guest_agent(
 ) -> None:
     flavour = flavour_of(artifact)
     with boot_system_vm(
-        "kvm", flavour, "secstorage", artifact=artifact, work_dir=tmp_path, with_patch=False
+        VmRequest("kvm", flavour, "secstorage", artifact=artifact, work_dir=tmp_path, with_patch=False)
     ) as vm:
         prefix = vm.run_prefix
         sent = contract.parse_cmdline(vm.cmdline)
@@ -35,7 +35,10 @@ def test_template_boots_to_ssh_on_3922_with_cmdline_from_the_guest_agent(
         assert received is not None, "SSH on 3922 stopped answering"
         assert contract.parse_cmdline(received) == sent
         arch = sshwait.try_ssh(vm.target.host, vm.target.port, vm.key_file, command="uname -m")
-        assert arch is not None and arch.strip() == {"amd64": "x86_64", "i386": "i686"}[flavour]
+        assert (
+            arch is not None
+            and arch.strip() == {"amd64": "x86_64", "i386": "i686", "arm64": "aarch64"}[flavour]
+        )
         assert vm.console_log()  # the serial console is logged
     conn = libvirtd.connect()
     try:

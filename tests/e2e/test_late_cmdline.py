@@ -48,4 +48,9 @@ def test_command_line_written_three_minutes_after_boot_configures_the_vm(pool_vm
     assert f"{sent['eth0ip']}:{contract.SSH_PORT}" in listening
     log = _sh(vm, key, f"cat {contract.CLOUD_LOG}")
     assert "late configuration done" in log and "command line from /proc/cmdline" in log
+    # the boot ended again for the role (postinit after the late configuration), and the late ifup never
+    # raced the boot's: networking.service did not fail
+    assert _sh(vm, key, f"test -f {contract.BOOT_DONE_PATH} && echo done").strip() == "done"
+    assert _sh(vm, key, "systemctl is-failed networking.service || true").strip() != "failed"
+    assert _sh(vm, key, "systemctl is-active cloud-late-config.service || true").strip() != "failed"
     assert vm.timings["cmdline_delivered"] >= DELIVER_AFTER

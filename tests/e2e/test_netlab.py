@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from systemvm.boot import labservices, netlab
+from systemvm.lab import netlab
+from systemvm.lab import services as labservices
 
 pytestmark = [
     pytest.mark.e2e,
@@ -301,7 +302,8 @@ def test_cleanup_leftovers_removes_a_crashed_lab() -> None:
     """A run killed with SIGKILL inside its lab leaves namespaces, processes, a tap and a directory."""
     script = textwrap.dedent("""\
         import os, signal, sys
-        from systemvm.boot import labservices, netlab
+        from systemvm.lab import netlab
+from systemvm.lab import services as labservices
         with netlab.net_lab() as lab:
             lab.add_tap("public")
             labservices.start_web_backends(lab)

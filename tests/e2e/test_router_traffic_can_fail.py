@@ -4,13 +4,16 @@ One KVM router (i386) boots inside the network lab (the e2e pool's ``router`` VM
 on the lab's taps, booting in the background from the start of the session). Its disk is the i386 OVA's
 VMDK read back (Python's tarfile, then qemu-img's VMDK reader), so this module is also that export's boot
 proof (issue 4): the read-back disk boots to SSH on 3922 and routes. The traffic checks must pass
-on it first; then each case breaks one feature, on the VM (IPv4 forwarding off) or in the rules the
-management server hands the router (``params["lab"]["rules"]`` without the SNAT rule, the DNAT rule, the
-port forward's FORWARD accept, the egress rule, the load balancer's INPUT accept; HAProxy configured to
-balance by source address or without health checks; dnsmasq without the guest's static lease, without the
-guest VM's name; the VPN with a pre-shared key the peer does not know, its traffic not exempt from source
-NAT), runs the checks it targets, expects them to fail, and
-repairs the VM for the next case. Afterwards the lab's namespaces and taps and the VM are gone.
+on it first; then each case breaks one feature, on the VM (IPv4 forwarding off; Debian's default site back
+in apache with ``Include ports.conf``; an empty /etc/dnsmasq.conf; a base rule in the conntrack spelling
+CsNetfilter cannot delete) or in what the management server hands the router's handlers
+(``params["lab"]["without"]``: the configuration without the SNAT rule, the DNAT rule, the port forward's
+FORWARD accept, the ingress firewall rules, the egress rule, the load balancer's INPUT accept; HAProxy
+rendered to balance by source address or without health checks; CsDhcp's entries without the guest's
+static lease or without the guest VM's name; the VPN with a pre-shared key the peer does not know, its
+traffic not exempt from source NAT), runs the checks it targets, expects them to fail (a case may also name
+what a failure message must say), and repairs the VM for the next case. Afterwards the lab's namespaces and
+taps and the VM are gone.
 Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
 """
 
@@ -23,10 +26,17 @@ from typing import Any
 
 import pytest
 
-from systemvm.boot import netlab, routerlab
-from systemvm.boot.routerlab import router_rules
 from systemvm.check.suite import check_node
-from tests.e2e.vmpool import Shell, VmPool, assert_case_fails, check_results, lab_member
+from systemvm.lab import netlab, routerlab
+from tests.e2e.vmpool import (
+    Shell,
+    VmPool,
+    assert_case_fails,
+    check_results,
+    healthy_run,
+    lab_member,
+    overridden,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -44,34 +54,68 @@ ROUND_ROBIN = T + "test_load_balancer_takes_turns_over_the_backends"
 BACKEND_DOWN = T + "test_load_balancer_stops_sending_to_a_dead_backend"
 DHCP = T + "test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway"
 DNS = T + "test_dnsmasq_answers_a_guest_vms_name"
+APACHE = T + "test_apache_serves_the_routers_guest_address"
+REWRITE = T + "test_every_boot_rule_can_be_rewritten_by_cloudstack"
 VPN = check_node("test_router_vpn.py") + "test_site_to_site_vpn_carries_guest_traffic_to_the_peers_network"
 VPN_IKEV2, VPN_IKEV1 = VPN + "[ikev2]", VPN + "[ikev1]"
-ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK, ROUND_ROBIN, BACKEND_DOWN, DHCP, DNS, VPN_IKEV2, VPN_IKEV1]
+ALL = [SNAT, PORT_FORWARD, EGRESS, CONNTRACK, ROUND_ROBIN, BACKEND_DOWN, DHCP, DNS, APACHE, REWRITE]
+# sshd's listeners, what the restart check looks at, run on the router as it is (not restarted)
+RESTART_SSH = check_node("test_after_restart.py") + "test_sshd_listens_on_the_control_address_only"
+ALL += [VPN_IKEV2, VPN_IKEV1, RESTART_SSH]
 PLAN = netlab.LabPlan()
 
 
 def without(*groups: str) -> dict[str, Any]:
-    return {"rules": router_rules(PLAN, without=groups)}
+    """The lab's configuration without the rules of ``groups`` (:data:`routerlab.RULE_GROUPS`)."""
+    routerlab.check_groups(groups)
+    return {"without": list(groups)}
 
 
 def haproxy(**options: Any) -> dict[str, Any]:
-    """The lab's load balancer, handed to the router with another HAProxy configuration."""
-    lb = routerlab.lab_params_load_balancer(PLAN)
-    return {"load_balancer": {**lb, "config": routerlab.haproxy_config(PLAN, **options)}}
+    """The lab's load balancer, rendered by the management server with other options."""
+    return {"load_balancer": options}
 
 
-def dhcp(**files: str) -> dict[str, Any]:
-    """The lab's guest DHCP and DNS, handed to the router with some of dnsmasq's files changed
-    (``dhcphosts``, ``hosts``: /etc/dhcphosts.txt, /etc/hosts)."""
-    params = routerlab.lab_params_dhcp(PLAN)
-    params["files"] = {**params["files"], **{f"/etc/{name}{'.txt' if name == 'dhcphosts' else ''}": text
-                                              for name, text in files.items()}}  # fmt: skip
-    return {"dhcp": params}
+def dhcp_without(*hosts: str) -> dict[str, Any]:
+    """CsDhcp handed the guest network's VM entries without those of the lab ``hosts``."""
+    return {"dhcp": {"entries": [e for e in routerlab.dhcp_entries(PLAN) if e["host"] not in hosts]}}
 
 
 def vpn(**overrides: Any) -> dict[str, Any]:
     """The lab's VPN, handed to the router with some of its parts changed (merged into the lab's own)."""
     return {"vpn": overrides}
+
+
+SAVED = "/root/.svmt-can-fail"
+# Debian's default site and ports.conf back, as on an image whose boot does not clean apache up as
+# CloudStack's setup_apache2 does: its *:80 takes the port CsApache's virtual host listens on.
+DEBIAN_SITE = "<VirtualHost *:80>\n\tDocumentRoot /var/www/html\n</VirtualHost>\n"
+APACHE_DEFAULT_SITE = (
+    f"mkdir -p {SAVED} && cp -a /etc/apache2 {SAVED}/apache2 && "
+    f"{{ systemctl is-active -q apache2 && touch {SAVED}/apache-active || true; }} && "
+    "sed -i 's/^#\\s*Include ports.conf/Include ports.conf/' /etc/apache2/apache2.conf && "
+    "grep -q '^Include ports.conf' /etc/apache2/apache2.conf && "
+    "printf 'Listen 80\\n' > /etc/apache2/ports.conf && "
+    f"printf '{DEBIAN_SITE}' > /etc/apache2/sites-available/000-default.conf && "
+    "ln -sf ../sites-available/000-default.conf /etc/apache2/sites-enabled/000-default.conf"
+)
+APACHE_REPAIR = (
+    f"rm -rf /etc/apache2 && cp -a {SAVED}/apache2 /etc/apache2 && "
+    f"{{ [ ! -e {SAVED}/apache-active ] || systemctl restart apache2; }} && rm -rf {SAVED}"
+)
+EMPTY_DNSMASQ_CONF = f"mkdir -p {SAVED} && cp -p /etc/dnsmasq.conf {SAVED}/ && : > /etc/dnsmasq.conf"
+DNSMASQ_REPAIR = (
+    f"cp -p {SAVED}/dnsmasq.conf /etc/dnsmasq.conf && rm -rf {SAVED} && "
+    "{ ! systemctl is-active -q dnsmasq || systemctl restart dnsmasq; }"
+)
+CONNTRACK_RULE = "INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+# sshd on every address, as a patched sshd_config without ListenAddress leaves it when the boot does not bind
+# the control address (what the restart check looks at; run here on the router as it is, not restarted)
+SSHD_EVERYWHERE = (
+    f"mkdir -p {SAVED} && cp -p /etc/ssh/sshd_config {SAVED}/ && "
+    "sed -i 's/^ListenAddress .*/ListenAddress 0.0.0.0:3922/' /etc/ssh/sshd_config && systemctl restart ssh"
+)
+SSHD_REPAIR = f"cp -p {SAVED}/sshd_config /etc/ssh/sshd_config && rm -rf {SAVED} && systemctl restart ssh"
 
 
 WRONG_PSK = {v: routerlab.vpn_up_commands(PLAN, v, psk="not-the-peers-key") for v in routerlab.VPN_TUNNELS}
@@ -91,28 +135,28 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
     "no SNAT rule": ("true", "true", without("snat"), [SNAT, CONNTRACK]),
     "no DNAT rule": ("true", "true", without("dnat"), [PORT_FORWARD]),
     "port forward not accepted in FORWARD": ("true", "true", without("dnat-forward"), [PORT_FORWARD]),
+    "no ingress firewall rules": ("true", "true", without("ingress"), [PORT_FORWARD, ROUND_ROBIN]),
     "no egress rule": ("true", "true", without("egress"), [EGRESS]),
     "no load balancer INPUT rule": ("true", "true", without("lb-input"), [ROUND_ROBIN, BACKEND_DOWN]),
     "HAProxy balances by source address": ("true", "true", haproxy(balance="source"), [ROUND_ROBIN]),
     "HAProxy without health checks": ("true", "true", haproxy(health_checks=False), [BACKEND_DOWN]),
-    "no static lease for the guest": ("true", "true", dhcp(dhcphosts=""), [DHCP]),
-    "the guest VM's name is not in the router's hosts": ("true", "true", dhcp(hosts=""), [DNS]),
+    "no static lease for the guest": ("true", "true", dhcp_without("client"), [DHCP]),
+    "the guest VM's name is not in the router's hosts": ("true", "true", dhcp_without("web1"), [DNS]),
+    "an empty /etc/dnsmasq.conf": (EMPTY_DNSMASQ_CONF, DNSMASQ_REPAIR, {}, [DHCP, DNS]),
+    "apache with Debian's default site and ports.conf": (APACHE_DEFAULT_SITE, APACHE_REPAIR, {}, [APACHE]),
+    "a base rule in the conntrack spelling": (
+        f"iptables -A {CONNTRACK_RULE}", f"iptables -D {CONNTRACK_RULE}", {}, [REWRITE],
+    ),
+    "sshd listening on every address": (SSHD_EVERYWHERE, SSHD_REPAIR, {}, [RESTART_SSH]),
     "the router's pre-shared key is not the peer's": (
         "true", "true", vpn(tunnels=WRONG_PSK, wait=FAILING_TUNNEL_WAIT), [VPN_IKEV2],
     ),
     "the tunnel's traffic is not exempt from source NAT": (
-        "true", "true", vpn(rules=routerlab.vpn_rules(PLAN, without={"vpn-nat-exempt"})), [VPN_IKEV1],
+        "true", "true", vpn(without=["vpn-nat-exempt"]), [VPN_IKEV1],
     ),
 }  # fmt: skip
-
-
-def merged(lab: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The lab parameters with ``overrides``; a dict override is merged into the lab's dict of that name."""
-    out = dict(lab)
-    for key, value in overrides.items():
-        both_dicts = isinstance(value, dict) and isinstance(lab.get(key), dict)
-        out[key] = {**lab[key], **value} if both_dicts else value
-    return out
+# case -> what the failure message of its check must say (beyond failing)
+MESSAGES = {"a base rule in the conntrack spelling": f"-A {CONNTRACK_RULE}"}
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +171,7 @@ def router(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
 
 @pytest.fixture(scope="module")
 def healthy(router: tuple[Any, dict[str, Any], Shell], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    _, params, _ = router
-    return check_results(params, tmp_path_factory.mktemp("healthy"), "healthy", ALL)
+    return healthy_run(router, tmp_path_factory, ALL)
 
 
 def test_the_healthy_router_passes_the_traffic_checks(healthy: dict[str, tuple[str, str]]) -> None:
@@ -141,8 +184,12 @@ def test_the_checks_leave_the_routers_rules_as_they_were(router: tuple[Any, dict
     """Run after the healthy run: no lab rule stays on the router (the checks restore what they found)."""
     _, _, shell = router
     saved = shell.run("iptables-save")
-    assert "SNAT" not in saved and "DNAT" not in saved and "FW_EGRESS_RULES" not in saved, saved
+    assert "SNAT" not in saved and "DNAT" not in saved and "NETWORK_STATS" not in saved, saved
+    assert "FIREWALL_" not in saved and "-m set" not in saved, saved
     assert shell.run("cat /proc/sys/net/ipv4/ip_forward").strip() == "1"
+    # the boot's own virtual host on the guest address, nothing of the checks' CsApache runs
+    sites = shell.run("ls /etc/apache2/sites-enabled/").split()
+    assert sites == [f"vhost-{PLAN.router_guest_ip}.conf"], f"apache's sites after the checks: {sites}"
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -152,10 +199,13 @@ def test_a_broken_router_fails_the_check(
     """The targeted checks fail because of the break: they passed on the healthy router."""
     _, params, shell = router
     break_it, repair, overrides, expected = CASES[case]
-    broken = {**params, "lab": merged(params["lab"], overrides)}
+    broken = {**params, "lab": overridden(params["lab"], overrides)}
     shell.run(break_it)
     try:
         results = check_results(broken, tmp_path, case.replace(" ", "-"), expected)
     finally:
         shell.run(repair)
     assert_case_fails(case, results, expected, healthy, tmp_path, "router")
+    if case in MESSAGES:
+        for name in (node.split("::")[1] for node in expected):
+            assert MESSAGES[case] in results[name][1], f"{case}: {name} does not name it: {results[name][1]}"

@@ -4,10 +4,12 @@ and every failure leaves both the database row and secondary storage as they wer
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
+from systemvm import naming
 from systemvm.errors import UserError
 from systemvm.seed.cli import main as seed_main
 from systemvm.seed.db import DbConfig
@@ -44,6 +46,29 @@ def rows(db):
     db.add_template("XenServer")
     db.add_template("KVM", type="USER")
     db.add_template("KVM", removed=True)
+    return db
+
+
+@pytest.fixture(scope="module")
+def pub_422(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4.22 x86_64 KVM artifact and an aarch64 one (the arm64 flavour's name), sha512sum.txt beside."""
+    work = tmp_path_factory.mktemp("img422")
+    out = tmp_path_factory.mktemp("pub422")
+    qcow2 = make_qcow2(work)
+    publish(compress(qcow2, "bz2", out / "systemvmtemplate-4.22.0-x86_64-kvm.qcow2.bz2"))
+    publish(compress(qcow2, "bz2", out / "systemvmtemplate-4.22.0-aarch64-kvm.qcow2.bz2"))
+    return out
+
+
+@pytest.fixture
+def rows_422(db):
+    """CloudStack 4.22's registration left: 1 the 4.20.1 x86_64 KVM template, 2 the 4.22.0 x86_64 one,
+    3 the 4.22.0 aarch64 one, 4 a newer x86_64 SYSTEM template of another name."""
+    db.reset()
+    db.add_template("KVM", name="systemvm-kvm-4.20.1-x86_64")
+    db.add_template("KVM", name="systemvm-kvm-4.22.0-x86_64")
+    db.add_template("KVM", name="systemvm-kvm-4.22.0-aarch64", arch="aarch64")
+    db.add_template("KVM", name="custom-router-template")
     return db
 
 
@@ -154,3 +179,45 @@ def test_cli_with_db_properties_file(tmp_path: Path, rows, pub: Path, capsys) ->
     argv = ["-m", str(other), "-h", "kvm", "-f", artifact, "-o", "127.0.0.1", "-p", str(rows.port)]
     argv += ["-r", rows.user, "-d", rows.password, "--db-properties", str(tmp_path / "absent"), "--quiet"]
     assert seed_main(argv) == 0
+
+
+def test_a_422_template_goes_to_its_name_and_arch_with_the_checksum_422_stores(
+    tmp_path: Path, rows_422, pub_422: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row 4.22's registration made for this template (name and arch), never the newest id of another
+    architecture; checksum set as 4.22 stores it ({SHA-512} and the hex: PR 12165)."""
+    monkeypatch.setitem(naming.ARCH_OF, "arm64", "aarch64")  # the arm64 flavour another branch adds
+    before = {row[0]: row for row in all_rows(rows_422)}
+    artifact = pub_422 / "systemvmtemplate-4.22.0-x86_64-kvm.qcow2.bz2"
+    result = seed(
+        SeedRequest(mount=tmp_path, hypervisor="kvm", file=str(artifact), db=config(rows_422), progress=False)
+    )
+    assert (result.template_id, result.arch, result.cloudstack_line) == (2, "x86_64", "4.22")
+    sha512 = hashlib.sha512(artifact.read_bytes()).hexdigest()
+    assert rows_422.row(2)["checksum"] == f"{{SHA-512}}{sha512}" == result.stored_checksum
+    assert rows_422.row(2)["uuid"] == result.uuid
+    after = {row[0]: row for row in all_rows(rows_422)}
+    assert {k: v for k, v in after.items() if k != 2} == {k: v for k, v in before.items() if k != 2}
+    # the aarch64 artifact: row 3, though rows 4 and 2 are newer or by name closer
+    arm = pub_422 / "systemvmtemplate-4.22.0-aarch64-kvm.qcow2.bz2"
+    result = seed(
+        SeedRequest(mount=tmp_path, hypervisor="kvm", file=str(arm), db=config(rows_422), progress=False)
+    )
+    assert (result.template_id, result.arch) == (3, "aarch64")
+    # without a row of its name: the newest of its architecture (4), not the newest id overall
+    rows_422.execute("UPDATE vm_template SET removed = NOW() WHERE id = 2")
+    other = tmp_path / "other"
+    other.mkdir()
+    result = seed(
+        SeedRequest(mount=other, hypervisor="kvm", file=str(artifact), db=config(rows_422), progress=False)
+    )
+    assert result.template_id == 4
+
+
+def test_a_420_template_stores_its_md5_as_420_registration_does(tmp_path: Path, rows, pub: Path) -> None:
+    artifact = pub / "systemvmtemplate-4.20.0-x86_64-kvm.qcow2.bz2"
+    result = seed(
+        SeedRequest(mount=tmp_path, hypervisor="kvm", file=str(artifact), db=config(rows), progress=False)
+    )
+    assert result.cloudstack_line == "4.20"
+    assert rows.row(result.template_id)["checksum"] == hashlib.md5(artifact.read_bytes()).hexdigest()

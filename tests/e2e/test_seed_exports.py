@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from systemvm import naming
+from systemvm.export import publish
+from systemvm.export.formats import hyperv, ova, qcow2, vhd
 from systemvm.seed.install import SeedRequest, parse_properties, seed
 from tests.unit.test_seed_support import MIB, cloudstack_expected_properties, make_raw, matches, snapshot
 
@@ -24,14 +26,9 @@ HYPERVISOR_OF = {
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ova = pytest.importorskip("systemvm.export.formats.ova")
-    vhd = pytest.importorskip("systemvm.export.formats.vhd")
-    qcow2 = pytest.importorskip("systemvm.export.formats.qcow2")
-    publish = pytest.importorskip("systemvm.export.publish")
     out = tmp_path_factory.mktemp("exports")
     raw = make_raw(out / "disk.raw", 16 * MIB)
     digests = {}
-    hyperv = pytest.importorskip("systemvm.export.formats.hyperv")
     for fmt in ("qcow2", "vhd", "ova", "hyperv"):
         target = out / naming.export_name(VERSION, "amd64", fmt)
         if fmt == "qcow2":

@@ -20,6 +20,8 @@ import pytest
 from systemvm import naming
 from systemvm.check.report import parse_junit
 from systemvm.check.suite import PACKAGES_DIR, run_checks
+from systemvm.defaults import DEFAULT_VERSION
+from systemvm.profile import profile_for
 from tests.e2e import artifacts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
@@ -50,7 +52,16 @@ IMAGE_CHECKS = {
     "test_journal_is_bounded_as_cloudstacks",
     "test_conntrack_helpers_load_at_boot",
     "test_cloud_log_is_rotated",
+    "test_release_line_names_the_images_version_of_its_cloudstack_line",
+    "test_scripts_signature_is_one_digest_of_the_kept_scripts_in_the_lines_algorithm",
+    "test_cloud_init_is_installed_and_disabled_as_cloudstack_leaves_it",
 }
+SIG = "/var/cache/cloud/cloud-scripts-signature"
+TGZ = "/usr/share/cloud/cloud-scripts.tgz"
+# The other CloudStack line's version and digest command: what a management server of the image's line
+# would never accept (the image under test is the default 4.22 one, or a 4.20 one).
+IMAGE_IS_422 = profile_for(artifacts.version() or DEFAULT_VERSION).line == "4.22"
+OTHER_VERSION, OTHER_DIGEST = ("4.20.0", "md5sum") if IMAGE_IS_422 else ("4.22.0", "sha512sum")
 
 FAKE_PACKAGE = (
     "mkdir -p /tmp/fake/DEBIAN && printf 'Package: vendor-tool\\nVersion: 1.0\\nArchitecture: all\\n"
@@ -130,6 +141,45 @@ CASES: dict[str, tuple[str, dict, set[str]]] = {
         {"test_conntrack_helpers_load_at_boot"},
     ),
     "cloud.log never rotated": ("rm -f /etc/logrotate.d/cloud", {}, {"test_cloud_log_is_rotated"}),
+    "release of another line": (
+        f"echo 'Cloudstack Release {OTHER_VERSION} 2026-01-01' > /etc/cloudstack-release",
+        {"version": OTHER_VERSION},  # the suite told so too: the image's line comes from its manifest
+        {"test_release_line_names_the_images_version_of_its_cloudstack_line"},
+    ),
+    "signature in the other line's digest": (
+        f"{OTHER_DIGEST} {TGZ} | cut -d' ' -f1 > {SIG}",
+        {},
+        {"test_scripts_signature_is_one_digest_of_the_kept_scripts_in_the_lines_algorithm"},
+    ),
+    "signature of other scripts": (
+        f"echo >> {TGZ}",
+        {},
+        {"test_scripts_signature_is_one_digest_of_the_kept_scripts_in_the_lines_algorithm"},
+    ),
+    "signature with the file name": (
+        f'echo "$(cat {SIG})  {TGZ}" > /tmp/s && mv /tmp/s {SIG}',
+        {},
+        {"test_scripts_signature_is_one_digest_of_the_kept_scripts_in_the_lines_algorithm"},
+    ),
+    "cloud-init enabled": (
+        "rm -f /etc/cloud/cloud-init.disabled && systemctl enable cloud-init.service >/dev/null 2>&1",
+        {},
+        {"test_cloud_init_is_installed_and_disabled_as_cloudstack_leaves_it"},
+    ),
+    "cloud-init datasource not CloudStack's": (
+        "sed -i 's/CloudStack/NoCloud/' /etc/cloud/cloud.cfg.d/cloudstack.cfg",
+        {},
+        {"test_cloud_init_is_installed_and_disabled_as_cloudstack_leaves_it"},
+    ),
+    "cloud-init removed": (
+        "dpkg -r --force-depends cloud-init >/dev/null 2>&1",
+        {},
+        {
+            "test_cloud_init_is_installed_and_disabled_as_cloudstack_leaves_it",
+            "test_every_listed_package_is_installed_at_the_recorded_version",
+            "test_programs_cloudstack_scripts_run_are_present",
+        },
+    ),
 }
 
 

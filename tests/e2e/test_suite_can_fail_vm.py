@@ -8,8 +8,8 @@ Its disk is the amd64 Hyper-V export read back (the -hyperv.vhd.zip's VHD throug
 ``qemu-img -f vpc``), so the healthy run is also that export's boot proof (issue 16). As root the VM boots
 inside the network lab (its public NIC on the lab's public bridge), so the secondary storage checks run in
 the healthy run too, and the storage cases break what they need inside the VM: the NFS mount helper, the
-export's or the download site's port, bzip2, apache. Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when
-they are not there.
+export's or the download site's port, bzip2, apache, the public virtual host the boot writes. Artifacts under
+``SYSTEMVM_ARTIFACTS``; skips when they are not there.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 
 from systemvm import naming
-from systemvm.boot import netlab, payload
+from systemvm.boot import payload
 from systemvm.boot.testnet import TEST_MGMT_CIDR
 from systemvm.check.suite import PACKAGES_DIR, check_node
+from systemvm.defaults import DEFAULT_VERSION
+from systemvm.lab import netlab
 from tests.e2e import artifacts
 from tests.e2e.vmpool import (
     SPECS,
@@ -33,6 +35,8 @@ from tests.e2e.vmpool import (
     assert_case_fails,
     assert_failed,
     check_results,
+    healthy_run,
+    overridden,
     pool_member,
 )
 
@@ -60,7 +64,8 @@ A = check_node("test_agent.py")
 B = check_node("test_boot_health.py")
 R = check_node("test_role_contract.py")
 C = check_node("test_cloudstack_state.py")
-L = check_node("test_live_patch.py")
+L = check_node("test_patch.py")
+V = check_node("test_cloudstack_line.py")
 T = check_node("test_storage_traffic.py")
 SIG = "/var/cache/cloud/cloud-scripts-signature"
 TV = "/opt/cloud/bin/get_template_version.sh"
@@ -239,7 +244,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         "true",
         "true",
         {"mgmt_port": 1},
-        [R + "test_agent_is_configured_for_the_management_server"],
+        [R + "test_agent_runs_with_the_boot_command_line"],
     ),
     "machine-id never made": (
         "cp -p /etc/machine-id /root/machine-id.bak && echo uninitialized > /etc/machine-id",
@@ -299,23 +304,36 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         {},
         [B + "test_release_file_names_our_version"],
     ),
-    "signature is not the scripts' MD5": (
+    "signature is not the scripts' digest": (
         f"cp -p {SIG} /root/sig.bak && echo 0123456789abcdef0123456789abcdef > {SIG}",
         f"cp -p /root/sig.bak {SIG}",
         {},
-        [L + "test_scripts_signature_is_the_md5_of_the_kept_scripts"],
+        [L + "test_scripts_signature_is_the_digest_of_the_kept_scripts"],
     ),
     "handshake line without its signature": (
         f"cp -p {TV} /root/tv.bak && printf '#!/bin/sh\\ncat /etc/cloudstack-release\\n' > {TV}",
         f"cp -p /root/tv.bak {TV}",
         {},
-        [L + "test_template_version_answers_as_cloudstack_parses_it"],
+        [L + "test_handshake_answers_release_and_signature"],
+    ),
+    "handshake line with a third part": (
+        f"cp -p {TV} /root/tv.bak && "
+        f"printf '#!/bin/sh\\necho \"$(cat /etc/cloudstack-release)&a&b\"\\n' > {TV}",
+        f"cp -p /root/tv.bak {TV}",
+        {},
+        [L + "test_handshake_answers_release_and_signature"],
     ),
     "patched.sh missing": (
         "mv /opt/cloud/bin/patched.sh /root/patched.sh.bak",
         "mv /root/patched.sh.bak /opt/cloud/bin/patched.sh",
         {},
         [L + "test_patched_probe_passes_once_the_scripts_are_in"],
+    ),
+    "patch after the boot gave no version": (
+        "true",
+        "true",
+        {"boot_patch.version": ""},
+        [L + "test_patch_run_after_the_copy_gives_exactly_the_version"],
     ),
     "live patch exited 1": (
         "true",
@@ -358,9 +376,11 @@ STORAGE_CASES: dict[str, tuple[str, str, list[str]]] = {
         f"{moved_away('apache2')[1]} && systemctl restart apache2",
         APACHE,
     ),
-    "HTTP dropped on the public NIC": (
-        "iptables -I INPUT -i eth2 -p tcp --dport 80 -j DROP",
-        "iptables -D INPUT -i eth2 -p tcp --dport 80 -j DROP",
+    # the template's share: the virtual host the boot writes on the public address (secstorage.sh's)
+    "no virtual host on the public address": (
+        "mkdir -p /root/svmt-vhost && mv /etc/apache2/sites-enabled/vhost-*.conf /root/svmt-vhost/",
+        "mv /root/svmt-vhost/* /etc/apache2/sites-enabled/ && rmdir /root/svmt-vhost"
+        " && systemctl restart apache2",
         APACHE,
     ),
 }
@@ -373,7 +393,7 @@ def vm(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
     try:
         booted = member.ready()
         version_dir = artifacts.version_dir()
-        version = version_dir.name if version_dir else "4.20.0"
+        version = version_dir.name if version_dir else DEFAULT_VERSION
         manifest = naming.manifest(version_dir.parent, version, FLAVOUR) if version_dir else None
         try:
             booted.listener.wait_for_startup(booted.name, timeout=180)
@@ -394,19 +414,9 @@ def vm(vm_pool: VmPool) -> Iterator[tuple[Any, dict[str, Any], Shell]]:
         vm_pool.release("canfail")
 
 
-def with_overrides(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """``params`` with each override set; a dotted key (``live_patch.exit_status``) sets a nested value."""
-    merged = dict(params)
-    for key, value in overrides.items():
-        outer, _, inner = key.partition(".")
-        merged[outer] = {**merged[outer], inner: value} if inner else value
-    return merged
-
-
 @pytest.fixture(scope="module")
 def healthy(vm: tuple[Any, dict[str, Any], Shell], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    _, params, _ = vm
-    return check_results(params, tmp_path_factory.mktemp("healthy"), "healthy", None)
+    return healthy_run(vm, tmp_path_factory, None)
 
 
 def test_the_healthy_vm_passes_every_check(healthy: dict[str, tuple[str, str]]) -> None:
@@ -425,7 +435,7 @@ def test_a_broken_vm_fails_the_check(
     break_it, repair, overrides, expected = CASES[case]
     shell.run(break_it)
     try:
-        results = check_results(with_overrides(params, overrides), tmp_path, case.replace(" ", "-"), expected)
+        results = check_results(overridden(params, overrides), tmp_path, case.replace(" ", "-"), expected)
     finally:
         shell.run(repair.format(name=booted.name))
     for name in assert_failed(case, results, expected, tmp_path):

@@ -30,6 +30,7 @@ import pytest
 from systemvm.boot import sshwait
 from systemvm.boot.patch import ssh_session
 from systemvm.boot.qemu import QemuVM
+from systemvm.defaults import DEFAULT_VERSION
 from tests.e2e import artifacts
 
 BOOT_SLOTS = 2  # TCG guests booting at once: host-side tests (exports read back, seeding) run beside them
@@ -89,6 +90,31 @@ class Shell:
         self._stack.close()
 
 
+def overridden(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a VM's suite parameters, or a part of them) with each override: a dotted key
+    (``live_patch.exit_status``) sets a nested value, a dict is merged into the dict of that name, any other
+    value replaces."""
+    out = dict(base)
+    for key, value in overrides.items():
+        outer, _, inner = key.partition(".")
+        if inner:
+            out[outer] = {**out[outer], inner: value}
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def healthy_run(
+    member: tuple[Any, dict[str, Any], Any], factory: pytest.TempPathFactory, select: list[str] | None
+) -> dict[str, tuple[str, str]]:
+    """The checks ``select`` (all when None) on a can-fail module's VM before any case breaks it: what each
+    case's failure is compared with."""
+    _, params, _ = member
+    return check_results(params, factory.mktemp("healthy"), "healthy", select)
+
+
 def check_results(
     params: dict[str, Any], work: Path, label: str, select: list[str] | None
 ) -> dict[str, tuple[str, str]]:
@@ -129,8 +155,8 @@ def lab_member(vm_pool: VmPool, name: str, what: str) -> Iterator[tuple[Any, dic
     """The pool's VM ``name`` (a ``what`` booted inside its lab in the background since the session
     started): the booted VM, its suite parameters and a :class:`Shell` on it. Released afterwards; its lab
     must then be gone."""
-    from systemvm.boot import netlab
     from systemvm.check.suite import PACKAGES_DIR
+    from systemvm.lab import netlab
 
     member = pool_member(vm_pool, name)
     try:
@@ -165,7 +191,7 @@ class Spec:
     name: str = ""
     disk: Callable[[Path, Path], Path] | None = None
     deliver: bool = True
-    lab: bool = False  # inside the network lab (systemvm.boot.agentlab.lab_for), built before its boot
+    lab: bool = False  # inside the network lab (systemvm.lab.agentlab.lab_for), built before its boot
 
 
 SPECS = {
@@ -243,23 +269,23 @@ class PoolVM:
             time.sleep(2)
 
     def _boot_kvm(self) -> None:
-        from systemvm.boot.harness import boot_system_vm
+        from systemvm.boot.harness import VmRequest, boot_system_vm
         from systemvm.boot.hypervisors.base import new_run_prefix
 
         self.run_prefix = new_run_prefix()
-        version = artifacts.version() or "4.20.0"
+        version = artifacts.version() or DEFAULT_VERSION
         artifact = self.spec.disk(self.source, self.work) if self.spec.disk else self.source
         lab = None
         if self.spec.lab and os.geteuid() == 0:
-            from systemvm.boot.agentlab import lab_for
+            from systemvm.lab.agentlab import lab_for
 
             # closed after the VM: the stack unwinds backwards
             lab = self._stack.enter_context(lab_for(self.spec.role))
         self.vm = self._stack.enter_context(
-            boot_system_vm(
+            boot_system_vm(VmRequest(
                 "kvm", self.spec.flavour, self.spec.role, artifact=artifact, work_dir=self.work,
                 version=version, run_prefix=self.run_prefix, ssh_timeout=BOOT_TIMEOUT, lab=lab,
-            )
+            ))
         )  # fmt: skip
 
     def ready(self) -> Any:

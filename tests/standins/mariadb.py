@@ -1,6 +1,7 @@
 """A throwaway MariaDB server (Debian's real ``mariadbd``) with the part of CloudStack's ``cloud`` schema that
-seeding touches: ``cloud.vm_template`` (columns as in CloudStack's ``create-schema.sql``, the unused ones left
-out). Listens on a unix socket and on 127.0.0.1 at a free port; everything lives in one temporary directory.
+seeding touches: ``cloud.vm_template`` (columns as in CloudStack's ``create-schema.sql``, with ``arch`` as
+``schema-41910to42000.sql`` adds it, the unused ones left out). Listens on a unix socket and on 127.0.0.1
+at a free port; everything lives in one temporary directory.
 
     with running_mariadb() as db:
         db.execute("INSERT INTO vm_template ...")
@@ -41,6 +42,7 @@ CREATE TABLE vm_template (
   display_text varchar(4096) DEFAULT NULL,
   hypervisor_type varchar(32) DEFAULT NULL,
   state varchar(255) DEFAULT NULL,
+  arch varchar(8) DEFAULT 'x86_64',
   PRIMARY KEY (id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8
 """
@@ -74,22 +76,30 @@ class MariaDb:
         self.execute("ALTER TABLE vm_template AUTO_INCREMENT = 1")
 
     def add_template(
-        self, hypervisor_type: str, *, type: str = "SYSTEM", removed: bool = False, id: int | None = None
+        self,
+        hypervisor_type: str,
+        *,
+        type: str = "SYSTEM",
+        removed: bool = False,
+        id: int | None = None,
+        name: str | None = None,
+        arch: str = "x86_64",
     ) -> int:
         fmt = {"KVM": "QCOW2", "LXC": "QCOW2", "VMware": "OVA"}.get(hypervisor_type, "VHD")
         with self.connect() as connection, connection.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO vm_template"
-                " (id, unique_name, name, uuid, type, format, hypervisor_type, url, removed)"
-                " VALUES (%s, %s, %s, UUID(), %s, %s, %s, 'http://old.example/x', IF(%s, NOW(), NULL))",
+                " (id, unique_name, name, uuid, type, format, hypervisor_type, url, removed, arch)"
+                " VALUES (%s, %s, %s, UUID(), %s, %s, %s, 'http://old.example/x', IF(%s, NOW(), NULL), %s)",
                 (
                     id,
                     f"routing-{hypervisor_type}",
-                    f"systemvm-{hypervisor_type}",
+                    name or f"systemvm-{hypervisor_type}",
                     type,
                     fmt,
                     hypervisor_type,
                     removed,
+                    arch,
                 ),
             )
             return int(cursor.lastrowid)

@@ -369,6 +369,54 @@ def _check_wire(value: Any, where: str = "reply") -> None:
             _check_wire(item, where)
 
 
+def _coerce_scalar(name: str, kind: str, value: Any) -> Any:
+    """An ``int`` (int64 as a decimal string on the wire), ``float`` or ``bool`` field's value."""
+    if kind == "int":
+        if not isinstance(value, str) or not value.lstrip("-").isdigit():
+            raise XapiFailure("FIELD_TYPE_ERROR", name)
+        return value
+    if kind == "float":
+        if not isinstance(value, float):
+            raise XapiFailure("FIELD_TYPE_ERROR", name)
+        return value
+    if not isinstance(value, bool):
+        raise XapiFailure("FIELD_TYPE_ERROR", name)
+    return value
+
+
+def _coerce_collection(name: str, kind: str, value: Any) -> dict[str, str] | list[str]:
+    """A ``map`` (string to string) or ``strs`` (string set) field's value, copied."""
+    if kind == "map":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise XapiFailure("FIELD_TYPE_ERROR", name)
+        return dict(value)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise XapiFailure("FIELD_TYPE_ERROR", name)
+    return list(value)
+
+
+def _coerce_enum(name: str, values: list[str], value: Any) -> str:
+    """An enum field's value, matched without regard to case, as the enum spells it."""
+    if not isinstance(value, str) or value.lower() not in [v.lower() for v in values]:
+        raise XapiFailure("FIELD_TYPE_ERROR", name)
+    return next(v for v in values if v.lower() == value.lower())
+
+
+def _import_refusal(fmt: str, query: dict[str, str], encoding: str | None) -> list[str] | None:
+    """The INTERNAL_ERROR import_raw_vdi.ml fails an import with before reading its body, or None."""
+    if fmt not in ("raw", "vhd", "tar"):
+        return ["INTERNAL_ERROR", f"Unknown format {fmt}"]
+    if fmt != "raw" and "chunked" in query:
+        return ["INTERNAL_ERROR", "Cannot handle chunked VHD"]
+    if encoding is not None:
+        return ["INTERNAL_ERROR", f"Cannot handle encoding: {encoding}"]
+    if fmt == "tar":
+        return ["INTERNAL_ERROR", "stand-in does not implement format=tar"]
+    return None
+
+
 def read_vhd_footer(path: Path) -> tuple[int, int]:
     """(current size, disk type) from the trailing footer (VHD specification: Hard Disk Footer Format)."""
     with open(path, "rb") as handle:
@@ -603,40 +651,23 @@ class XapiStandin:
         """Check one incoming value against the field's kind, as XAPI's unmarshaller does."""
         kind = SCHEMA[cls][field]
         name = f"{cls}.{field}"
-        if kind == "int":
-            if not isinstance(value, str) or not value.lstrip("-").isdigit():
-                raise XapiFailure("FIELD_TYPE_ERROR", name)
-            return value
-        if kind == "float":
-            if not isinstance(value, float):
-                raise XapiFailure("FIELD_TYPE_ERROR", name)
-            return value
-        if kind == "bool":
-            if not isinstance(value, bool):
-                raise XapiFailure("FIELD_TYPE_ERROR", name)
-            return value
-        if kind == "map":
-            if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            ):
-                raise XapiFailure("FIELD_TYPE_ERROR", name)
-            return dict(value)
-        if kind == "strs":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise XapiFailure("FIELD_TYPE_ERROR", name)
-            return list(value)
+        if kind in ("int", "float", "bool"):
+            return _coerce_scalar(name, kind, value)
+        if kind in ("map", "strs"):
+            return _coerce_collection(name, kind, value)
         if kind.startswith("ref:"):
-            target = kind[4:]
-            if value == NULL_REF:
-                return value
-            self._get(target, value)
-            return value
+            return self._coerce_ref(kind[4:], value)
         if kind.startswith("enum:"):
-            if not isinstance(value, str) or value.lower() not in [v.lower() for v in kind[5:].split("|")]:
-                raise XapiFailure("FIELD_TYPE_ERROR", name)
-            return next(v for v in kind[5:].split("|") if v.lower() == value.lower())
+            return _coerce_enum(name, kind[5:].split("|"), value)
         if not isinstance(value, str):
             raise XapiFailure("FIELD_TYPE_ERROR", name)
+        return value
+
+    def _coerce_ref(self, target: str, value: Any) -> Any:
+        """A reference: the null ref, or a live object of the target class (else HANDLE_INVALID)."""
+        if value == NULL_REF:
+            return value
+        self._get(target, value)
         return value
 
     # ----------------------------------------------------------------- dispatch
@@ -1056,78 +1087,23 @@ class XapiStandin:
     # ----------------------------------------------------------------- import_raw_vdi
     def import_raw_vdi(self, handler: _XapiHttpHandler, query: dict[str, str]) -> None:
         """``PUT /import_raw_vdi``, following import_raw_vdi.ml (see the module docstring)."""
-        session = query.get("session_id", "")
-        if not self.session_valid(session):
-            self.log.append(f"import_raw_vdi: session {session!r} invalid: 401")
-            handler.reply_plain(401, "Unauthorized")
+        found = self._import_target(handler, query)
+        if found is None:
             return
-        task_ref = query.get("task_id")
-        with self._lock:
-            if task_ref is not None and task_ref not in self._store["task"]:
-                handler.reply_plain(400, "Bad Request")
-                return
-            if task_ref is None:
-                task_ref = self._task_create("VDI.import", "")
-            vdi_ref = query.get("vdi", "")
-            if vdi_ref not in self._store["VDI"]:
-                by_uuid = [r for r, rec in self._store["VDI"].items() if rec["uuid"] == vdi_ref]
-                if not by_uuid:
-                    error = ["VDI_MISSING"] if not vdi_ref else ["HANDLE_INVALID", "VDI", vdi_ref]
-                    self._finish_task(task_ref, error=error)
-                    self.log.append(f"import_raw_vdi: {' '.join(error)}: 400")
-                    handler.reply_plain(400, "Bad Request")
-                    return
-                vdi_ref = by_uuid[0]
+        task_ref, vdi_ref = found
         fmt = query.get("format", "raw")
-        encoding = handler.headers.get("Transfer-Encoding")
-        failure: list[str] | None = None
-        if fmt not in ("raw", "vhd", "tar"):
-            failure = ["INTERNAL_ERROR", f"Unknown format {fmt}"]
-        elif fmt != "raw" and "chunked" in query:
-            failure = ["INTERNAL_ERROR", "Cannot handle chunked VHD"]
-        elif encoding is not None:
-            failure = ["INTERNAL_ERROR", f"Cannot handle encoding: {encoding}"]
-        elif fmt == "tar":
-            failure = ["INTERNAL_ERROR", "stand-in does not implement format=tar"]
+        failure = _import_refusal(fmt, query, handler.headers.get("Transfer-Encoding"))
         if failure is not None:
             self._finish_task(task_ref, error=failure)
             self.log.append(f"import_raw_vdi: {' '.join(failure)}: 404")
             handler.reply_plain(404, "Not Found", close=True)
             return
-        handler.send_response(200)
-        handler.send_header("task-id", task_ref)
-        handler.send_header("content-type", "application/octet-stream")
-        handler.send_header("Connection", "close")
-        handler.end_headers()
-        handler.wfile.flush()
-        handler.close_connection = True
+        self._answer_import_started(handler, task_ref)
         length_header = handler.headers.get("Content-Length")
         length = int(length_header) if length_header and length_header.isdigit() else 0
         received = self._receive_body(handler, length, task_ref)
         try:
-            with self._lock:
-                vdi = self._store["VDI"].get(vdi_ref)
-                if vdi is None:
-                    raise _ImportRejected("VDI disappeared during the import")
-                target = self._sr_dir(vdi["SR"]) / f"{vdi['uuid']}.vhd"
-                vdi_size = int(vdi["virtual_size"])
-            if received.stat().st_size != length:
-                raise _ImportRejected(f"stream ended after {received.stat().st_size} of {length} bytes")
-            if fmt == "vhd":
-                self._check_uploaded_vhd(received, vdi_size)
-                os.replace(received, target)
-            else:
-                if length > vdi_size:
-                    raise _ImportRejected(f"raw stream of {length} bytes does not fit the VDI ({vdi_size})")
-                self._raw_to_vhd(received, target, vdi_size)
-            with self._lock:
-                vdi = self._store["VDI"][vdi_ref]
-                used = target.stat().st_size
-                sr = self._store["SR"][vdi["SR"]]
-                sr["physical_utilisation"] = str(
-                    int(sr["physical_utilisation"]) - int(vdi["physical_utilisation"]) + used
-                )
-                vdi["physical_utilisation"] = str(used)
+            target = self._store_import(received, length, fmt, vdi_ref)
             self.imports.append({"vdi": vdi_ref, "format": fmt, "bytes": length, "path": target})
             self.log.append(f"import_raw_vdi: {vdi_ref} imported {length} bytes as {fmt}")
             self._finish_task(task_ref, result=f"<value>{vdi_ref}</value>")
@@ -1137,6 +1113,77 @@ class XapiStandin:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 received.unlink()
+
+    def _import_target(self, handler: _XapiHttpHandler, query: dict[str, str]) -> tuple[str, str] | None:
+        """The import's task (the given one, or a new one) and VDI; None when the request was refused
+        (401 for a bad session, 400 for an unknown task or VDI: it is answered already)."""
+        session = query.get("session_id", "")
+        if not self.session_valid(session):
+            self.log.append(f"import_raw_vdi: session {session!r} invalid: 401")
+            handler.reply_plain(401, "Unauthorized")
+            return None
+        task_ref = query.get("task_id")
+        with self._lock:
+            if task_ref is not None and task_ref not in self._store["task"]:
+                handler.reply_plain(400, "Bad Request")
+                return None
+            if task_ref is None:
+                task_ref = self._task_create("VDI.import", "")
+            vdi_ref = self._import_vdi(handler, query.get("vdi", ""), task_ref)
+        return None if vdi_ref is None else (task_ref, vdi_ref)
+
+    def _import_vdi(self, handler: _XapiHttpHandler, vdi_ref: str, task_ref: str) -> str | None:
+        """The VDI named by ref or uuid; else the task fails (VDI_MISSING or HANDLE_INVALID), the request
+        gets 400 and the answer is None. The caller holds the lock."""
+        if vdi_ref in self._store["VDI"]:
+            return vdi_ref
+        by_uuid = [r for r, rec in self._store["VDI"].items() if rec["uuid"] == vdi_ref]
+        if not by_uuid:
+            error = ["VDI_MISSING"] if not vdi_ref else ["HANDLE_INVALID", "VDI", vdi_ref]
+            self._finish_task(task_ref, error=error)
+            self.log.append(f"import_raw_vdi: {' '.join(error)}: 400")
+            handler.reply_plain(400, "Bad Request")
+            return None
+        return by_uuid[0]
+
+    @staticmethod
+    def _answer_import_started(handler: _XapiHttpHandler, task_ref: str) -> None:
+        """200 with the task's id, before a byte of the body is read: the outcome is only in the task."""
+        handler.send_response(200)
+        handler.send_header("task-id", task_ref)
+        handler.send_header("content-type", "application/octet-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    def _store_import(self, received: Path, length: int, fmt: str, vdi_ref: str) -> Path:
+        """Check the received stream as vhd-tool would, put it in the SR as the VDI's VHD and account for
+        the space it takes; return its path. A stream vhd-tool would refuse raises _ImportRejected."""
+        with self._lock:
+            vdi = self._store["VDI"].get(vdi_ref)
+            if vdi is None:
+                raise _ImportRejected("VDI disappeared during the import")
+            target = self._sr_dir(vdi["SR"]) / f"{vdi['uuid']}.vhd"
+            vdi_size = int(vdi["virtual_size"])
+        if received.stat().st_size != length:
+            raise _ImportRejected(f"stream ended after {received.stat().st_size} of {length} bytes")
+        if fmt == "vhd":
+            self._check_uploaded_vhd(received, vdi_size)
+            os.replace(received, target)
+        else:
+            if length > vdi_size:
+                raise _ImportRejected(f"raw stream of {length} bytes does not fit the VDI ({vdi_size})")
+            self._raw_to_vhd(received, target, vdi_size)
+        with self._lock:
+            vdi = self._store["VDI"][vdi_ref]
+            used = target.stat().st_size
+            sr = self._store["SR"][vdi["SR"]]
+            sr["physical_utilisation"] = str(
+                int(sr["physical_utilisation"]) - int(vdi["physical_utilisation"]) + used
+            )
+            vdi["physical_utilisation"] = str(used)
+        return target
 
     def _receive_body(self, handler: _XapiHttpHandler, length: int, task_ref: str) -> Path:
         fd, name = tempfile.mkstemp(prefix="upload-", dir=self.storage_dir)
@@ -1238,7 +1285,7 @@ class _XapiHttpHandler(http.server.BaseHTTPRequestHandler):
         self.reply_plain(404, "Not Found")
 
 
-def bench_xenserver(vhd: Path, repeats: int = 1) -> list[tuple[str, str]]:
+def time_xenserver_import(vhd: Path, repeats: int = 1) -> list[tuple[str, str]]:
     """Rows for ``invoke bench``: import time of ``vhd`` (.vhd or .vhd.bz2) into the XAPI stand-in.
 
     Import = upload plus the stand-in's strict VHD check; define->started also includes decompression.

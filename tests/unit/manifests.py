@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from systemvm import naming
+from systemvm import naming, profile
 from systemvm.build import image
 
 EPOCH = 1_700_000_000
@@ -48,10 +48,19 @@ def make_manifest(
     kernel: str = "6.1.0-57-amd64",
     commit: str = "0123456789abcdef0123456789abcdef01234567",
     artifacts: dict[str, dict[str, Any]] | None = None,
+    recorded_profile: bool = False,
 ) -> dict[str, Any]:
+    """``recorded_profile``: the manifest records its CloudStack profile and scripts signature, as builds do
+    since the profiles (older manifests name only their version)."""
     records = image.parse_package_records(packages_tsv)
     image.add_apt_origins(records, origins_tsv)
+    extra: dict[str, Any] = {}
+    if recorded_profile:
+        line = profile.profile_for(version)
+        extra["cloudstack_profile"] = line.record()
+        extra["scripts_signature"] = {"algorithm": line.scripts_digest, "digest": line.digest(b"scripts")}
     return {
+        **extra,
         "flavour": flavour,
         "arch": naming.ARCH_OF[flavour],
         "version": version,

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from systemvm import contract
-from systemvm.boot import agentlab, harness, netlab, testnet
+from systemvm.boot import harness, testnet
 from systemvm.check import suite
+from systemvm.lab import agentlab, netlab
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyForTests test"
 PLAN = netlab.LabPlan()
@@ -148,7 +149,7 @@ def test_the_lab_params_tell_the_storage_checks_the_export_and_the_download(tmp_
 def test_the_lab_params_tell_the_console_checks_the_ports(tmp_path: Path) -> None:
     params = agentlab.AgentLab(netlab.NetLab("nl0001", PLAN, tmp_path), "consoleproxy").params([])
     assert params["public_ip"] == "198.51.100.12"
-    assert params["ports"] == {"open": [443, 80, 8080], "closed": [22, 3922]}
+    assert params["ports"] == {"open": [443, 80, 8080], "closed": [22, 3922, 8001]}
     assert "nfs" not in params and "template" not in params
 
 

@@ -89,9 +89,26 @@ def test_rules_accepting_a_port() -> None:
     assert [r.get("-i") for r in rules_accepting(rules, 443)] == ["lo", "eth2"]
     assert len(rules_accepting(rules, 53)) == 1  # the udp rule does not count for tcp...
     assert len(rules_accepting(rules, 53, ("tcp", "udp"))) == 2  # ...but does for DNS
-    assert len(rules_accepting(rules, 8001)) == 1  # a source-restricted rule is not "accepted"
+    assert len(rules_accepting(rules, 8001)) == 1  # a source-restricted rule is not "accepted"...
+    assert len(rules_accepting(rules, 8001, some_sources=True)) == 2  # ...unless some sources will do
     wide = parse_rules(IPTABLES_S + "-A INPUT -p tcp -m tcp --dport 3922 -j ACCEPT\n")
     assert [r.get("-i") for r in rules_accepting(wide, 3922)] == ["lo", "eth0", None]
+    # CloudStack's spelling: a NEW rule accepts; a multicast group's accept (VRRP) carries no TCP to us
+    cloudstack = parse_rules(
+        "-A INPUT -d 224.0.0.18/32 -j ACCEPT\n"
+        "-A INPUT -i eth1 -p tcp -m tcp -m state --state NEW,ESTABLISHED --dport 3922 -j ACCEPT\n"
+        "-A INPUT -i eth2 -m state --state RELATED,ESTABLISHED -j ACCEPT\n"
+    )
+    assert [r.get("-i") for r in rules_accepting(cloudstack, 3922)] == ["eth1"]
+
+
+def test_a_source_network_compares_as_the_kernel_lists_it() -> None:
+    """router.sh writes the guest range's first address with the prefix; the kernel keeps the network."""
+    saved = parse_rules("-A INPUT -i eth0 -p udp -m udp --dport 53 -s 10.1.1.1/24 -j ACCEPT")
+    live = parse_rules("-A INPUT -s 10.1.1.0/24 -i eth0 -p udp -m udp --dport 53 -j ACCEPT")
+    assert normalized_rule(saved[0]) == normalized_rule(live[0])
+    other = parse_rules("-A INPUT -s 10.1.2.0/24 -i eth0 -p udp -m udp --dport 53 -j ACCEPT")
+    assert normalized_rule(saved[0]) != normalized_rule(other[0])
 
 
 def test_saved_and_live_rules_compare_by_meaning() -> None:

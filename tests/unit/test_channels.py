@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from systemvm import contract
-from systemvm.guest import channels, early_config
+from systemvm.guest import channels, early_config, postinit
 from systemvm.guest.system import Guest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,11 +157,34 @@ def test_kvm_wait_is_bounded_and_ignores_a_file_from_an_earlier_boot(tmp_path):
     assert 60 <= clock.now <= 61
 
 
+# The parts of Debian 12's sshd_config that matter here: the drop-in directory, the commented examples.
+DEBIAN_SSHD_CONFIG = """Include /etc/ssh/sshd_config.d/*.conf
+
+#Port 22
+#AddressFamily any
+#ListenAddress 0.0.0.0
+#ListenAddress ::
+
+PermitRootLogin prohibit-password
+
+# Example of overriding settings on a per-user basis
+#Match User anoncvs
+#\tX11Forwarding no
+"""
+
+
+def listen_addresses(root: Path) -> list[str]:
+    """The active ListenAddress values of the root's sshd_config."""
+    text = (root / "etc/ssh/sshd_config").read_text()
+    return [line.split()[1] for line in text.splitlines() if line.startswith("ListenAddress ")]
+
+
 def make_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     for d in ("etc/ssh/sshd_config.d", "var/cache/cloud", "var/log", "proc", "sys/class/net/eth0", "mnt"):
         (root / d).mkdir(parents=True)
     (root / "etc/hosts").write_text("127.0.0.1 localhost\n127.0.1.1 systemvm\n")
+    (root / "etc/ssh/sshd_config").write_text(DEBIAN_SSHD_CONFIG)
     (root / "proc/stat").write_text("cpu 1 2 3\nbtime 1700000000\n")
     (root / "proc/cmdline").write_text("root=LABEL=cloudrootfs ro console=ttyS0\n")
     (root / "proc/sys/net/ipv4").mkdir(parents=True)
@@ -229,16 +252,21 @@ def test_early_config_from_mnt_cmdline_override(tmp_path):
         "auto eth0\niface eth0 inet static\n    address 169.254.10.20\n    netmask 255.255.0.0" in interfaces
     )
     assert "gateway" not in interfaces  # 10.9.9.9 is on none of the NICs: logged, skipped
-    listen = (root / early_config.SSH_LISTEN_CONF.lstrip("/")).read_text()
-    assert "ListenAddress 169.254.10.20:3922" in listen
+    assert listen_addresses(root) == ["169.254.10.20:3922"]
+    sshd_config = (root / "etc/ssh/sshd_config").read_text()
+    assert sshd_config.index("ListenAddress 169.254.10.20:3922") < sshd_config.index("PermitRootLogin")
     # sshd starts even when eth0 comes late
     assert (root / "proc/sys/net/ipv4/ip_nonlocal_bind").read_text() == "1\n"
     rules = (root / "etc/iptables/rules.v4").read_text()
-    assert "-A INPUT -i eth0 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules
+    assert "-A INPUT -i eth0 -p tcp -m state --state NEW -m tcp --dport 3922 -j ACCEPT" in rules
     assert (root / "var/cache/cloud/enabled_svcs").read_text().split() == ["apache2", "nfs-common", "cloud"]
     assert "haproxy" in (root / "var/cache/cloud/disabled_svcs").read_text().split()
-    # applied: enable the role's, skip the masked one, disable the enabled foreign one, start ssh; in
+    assert ["systemctl", "start", "--no-block", "ssh.service"] in run.calls
+    assert not [c for c in run.calls if "enable" in c]  # the services are postinit's
+    # postinit applies them: enable the role's, skip the masked one, disable the enabled foreign one; in
     # batches (one systemctl call per verb), without the SysV sync and the reload that cost ~10 s each
+    postinit.postinit(Guest(root, run, clock, clock.sleep, echo=False))
+    assert (root / "var/cache/cloud/boot_up_done").exists()
     enable = [*NO_SYSV, "enable", "--no-reload", "--now", "--no-block"]
     assert [*enable, "apache2.service", "cloud.service"] in run.calls
     assert unit_calls(run, [*NO_SYSV, "disable", "--no-reload"]) == {"haproxy"}
@@ -273,10 +301,17 @@ def test_early_config_router_on_xen_hvm_with_missing_nic(tmp_path):
     assert "allow-hotplug eth1" in interfaces  # not present in /sys: hotplug, never a failed networking
     assert 15 <= clock.now < 17  # waited for the NIC, with a bound
     assert (root / "etc/resolv.conf").read_text() == "nameserver 10.1.1.53\n"
-    assert "ListenAddress 169.254.4.4:3922" in (root / early_config.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    assert listen_addresses(root) == ["169.254.4.4:3922"]
     rules = (root / "etc/iptables/rules.v4").read_text()
-    assert "-A INPUT -i eth1 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules
-    assert "-A INPUT ! -i eth1 -p udp -m udp --dport 67 -j ACCEPT" in rules
+    assert "-A INPUT -i eth1 -p tcp -m tcp -m state --state NEW,ESTABLISHED --dport 3922 -j ACCEPT" in rules
+    assert "-A INPUT -i eth0 -p udp -m udp --dport 67 -j ACCEPT" in rules
+    assert "-A INPUT -i eth0 -p udp -m udp --dport 53 -s 10.1.1.1/24 -j ACCEPT" in rules
+    dnsmasq_conf = (root / "etc/dnsmasq.conf").read_text().splitlines()
+    assert (
+        "dhcp-range=10.1.1.1,static" in dnsmasq_conf and "dhcp-option=option:router,10.1.1.1" in dnsmasq_conf
+    )
+    assert "10.1.1.1 data-server" in (root / "etc/hosts").read_text().splitlines()
+    postinit.postinit(Guest(root, run, clock, clock.sleep, echo=False))
     assert "haproxy" in unit_calls(run, [*NO_SYSV, "enable", "--no-reload", "--now", "--no-block"])
 
 
@@ -288,7 +323,7 @@ def test_early_config_without_any_command_line_is_not_fatal(tmp_path):
     assert config.role is None
     assert 60 <= clock.now < 62  # the bounded KVM wait, then /proc/cmdline
     assert not (root / "etc/network/interfaces").exists()
-    assert not (root / early_config.SSH_LISTEN_CONF.lstrip("/")).exists()
+    assert listen_addresses(root) == []
     assert (root / "var/cache/cloud/enabled_svcs").read_text() == ""
     assert ["systemctl", "start", "--no-block", "ssh.service"] in run.calls
     assert "no authorized_key" in (root / "var/log/cloud.log").read_text()
@@ -323,6 +358,7 @@ def test_one_failing_service_does_not_stop_the_rest(tmp_path):
         return run(argv)
 
     early_config.early_config(Guest(root, runner, echo=False))
+    postinit.postinit(Guest(root, runner, echo=False))
     # the batch failed, so each unit was tried alone: keepalived still got disabled
     assert [*NO_SYSV, "disable", "--no-reload", "keepalived.service"] in run.calls
     assert [
@@ -345,9 +381,11 @@ def test_ssh_listens_everywhere_when_non_local_binds_cannot_be_allowed(tmp_path)
     (root / "proc/sys/net/ipv4").rmdir()
     (root / "mnt/cmdline").write_text(CMDLINE)
     early_config.early_config(Guest(root, guest_runner(VIRT_WHAT["kvm"]), echo=False))
-    assert not (root / early_config.SSH_LISTEN_CONF.lstrip("/")).exists()
+    assert listen_addresses(root) == []
     rules = (root / "etc/iptables/rules.v4").read_text()
-    assert "-A INPUT -i eth0 -p tcp -m tcp --dport 3922 -j ACCEPT" in rules  # still only the control NIC
+    assert (
+        "-i eth0 -p tcp -m state --state NEW -m tcp --dport 3922 -j ACCEPT" in rules
+    )  # only the control NIC
 
 
 def test_hyperv_waits_for_the_kvp_daemon_to_fill_the_pool(tmp_path):
@@ -453,15 +491,17 @@ def test_a_command_line_written_after_the_wait_still_configures_the_vm(tmp_path)
     assert config is not None and config.role == "secstorage" and clock.now < 5
     assert (root / "etc/hostname").read_text() == "s-5-VM\n"
     assert "address 169.254.7.7" in (root / "etc/network/interfaces").read_text()
-    assert "ListenAddress 169.254.7.7:3922" in (root / early_config.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    assert listen_addresses(root) == ["169.254.7.7:3922"]
     assert (root / "root/.ssh/authorized_keys").read_text() == KEY + "\n"
     assert json.loads((root / "var/cache/cloud/cmd_line.json").read_text())["cmd_line"]["name"] == "s-5-VM"
-    # the boot's ifup is long over: the NIC gets its address now, then sshd and cloud-patch restart
+    # the boot's ifup is long over: the NIC gets its address now, then sshd and postinit run again
     assert run.calls.index(["ip", "addr", "flush", "dev", "eth0"]) < run.calls.index(
         ["ifup", "--force", "eth0"]
     )
-    assert ["systemctl", "restart", "--no-block", "ssh.service"] in run.calls
-    assert ["systemctl", "restart", "--no-block", "cloud-patch.service"] in run.calls
+    # postinit first: ssh's job then waits for it, and SSH answers on a VM whose boot is done
+    assert run.calls.index(
+        ["systemctl", "restart", "--no-block", early_config.POSTINIT_UNIT]
+    ) < run.calls.index(["systemctl", "restart", "--no-block", "ssh.service"])
     # the boot's sshd never sees the new key: it stops before the key is written (a host that logged in
     # on it would be cut off by the restart)
     steps = early_config.STEPS
@@ -709,8 +749,12 @@ def test_load_balancer_vms_run_haproxy_with_ssh_on_their_control_nic(tmp_path, r
     config = boot(root, cmdline, run)
     assert config.role == role and config.problems == []
     assert (root / "var/cache/cloud/enabled_svcs").read_text().split() == ["haproxy"]
+    postinit.postinit(Guest(root, run, echo=False))
     assert "haproxy" in unit_calls(run, [*NO_SYSV, "enable", "--no-reload", "--now", "--no-block"])
-    assert f"ListenAddress {ip}:3922" in (root / early_config.SSH_LISTEN_CONF.lstrip("/")).read_text()
+    assert listen_addresses(root) == [f"{ip}:3922"]
     rules = (root / "etc/iptables/rules.v4").read_text()
-    assert f"-A INPUT -i {control} -p tcp -m tcp --dport 3922 -j ACCEPT" in rules
+    assert (
+        f"-A INPUT -i {control} -p tcp -m tcp -m state --state NEW,ESTABLISHED --dport 3922 -j ACCEPT"
+        in rules
+    )
     assert (root / "proc/sys/net/ipv4/ip_forward").read_text() == "0\n"  # enable_fwding 0

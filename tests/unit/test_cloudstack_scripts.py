@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from systemvm import profile
 from systemvm.build import cloudstack_scripts as cs
-from systemvm.build.image import check_baked_scripts
+from systemvm.build.image import check_baked_scripts, check_scripts_signature
 from systemvm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -307,6 +308,7 @@ def test_staging_writes_what_the_element_installs(tmp_path: Path) -> None:
 
 
 def _ext4(tmp_path: Path, signature: str, kept: dict[str, bytes] | None = None) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     tree = tmp_path / "root"
     (tree / "var/cache/cloud").mkdir(parents=True)
     (tree / "usr/share/systemvm/build").mkdir(parents=True)
@@ -315,6 +317,7 @@ def _ext4(tmp_path: Path, signature: str, kept: dict[str, bytes] | None = None) 
         (tree / "usr/share/cloud" / name).write_bytes(data)
     (tree / cs.SIGNATURE_PATH.lstrip("/")).write_text(signature + "\n")
     (tree / cs.REPLACED_RECORD.lstrip("/")).write_text("/etc/sysctl.conf\n")
+    (tree / cs.BOOT_UNITS_RECORD.lstrip("/")).write_text("cloud-preinit.service\n")
     image = tmp_path / "fs.img"
     with open(image, "wb") as f:
         f.truncate(16 << 20)
@@ -322,18 +325,38 @@ def _ext4(tmp_path: Path, signature: str, kept: dict[str, bytes] | None = None) 
     return image
 
 
-def test_the_build_reads_the_baked_signature_back(tmp_path: Path) -> None:
+@pytest.mark.parametrize("line", profile.SUPPORTED)
+def test_the_build_reads_the_baked_signature_back(tmp_path: Path, line: str) -> None:
     scripts = cs.load(make_tgz(tmp_path / "cloud-scripts.tgz"))
-    record = check_baked_scripts(_ext4(tmp_path, scripts.md5), scripts)
+    p = profile.LINES[line]
+    record = check_baked_scripts(_ext4(tmp_path, scripts.digest(p.scripts_digest)), scripts, p)
     assert record["cloud_scripts_md5"] == scripts.md5
+    assert record["cloud_scripts_sha512"] == hashlib.sha512(scripts.tarball).hexdigest()
     assert record["replaced_image_files"] == ["/etc/sysctl.conf"]
+    assert record["boot_units"] == ["cloud-preinit.service"]
 
 
-def test_a_signature_that_is_not_the_md5_fails_the_build(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("line", "other"), [("4.20", "sha512"), ("4.22", "md5")])
+def test_a_signature_in_the_other_lines_digest_fails_the_build(tmp_path: Path, line: str, other: str) -> None:
     scripts = cs.load(make_tgz(tmp_path / "cloud-scripts.tgz"))
-    sha512 = hashlib.sha512(scripts.tarball).hexdigest()
-    with pytest.raises(UserError, match="not the MD5"):
-        check_baked_scripts(_ext4(tmp_path, sha512), scripts)
+    p = profile.LINES[line]
+    with pytest.raises(UserError, match=f"not the {p.scripts_digest} "):
+        check_baked_scripts(_ext4(tmp_path, scripts.digest(other)), scripts, p)
+
+
+@pytest.mark.parametrize("line", profile.SUPPORTED)
+def test_every_image_signature_is_the_digest_of_the_kept_scripts(tmp_path: Path, line: str) -> None:
+    p = profile.LINES[line]
+    tgz = make_tgz(tmp_path / "cloud-scripts.tgz").read_bytes()
+    image = _ext4(tmp_path / "good", p.digest(tgz), {"cloud-scripts.tgz": tgz})
+    record = check_scripts_signature(image, p)
+    assert record["algorithm"] == p.scripts_digest and record["digest"] == p.digest(tgz)
+    assert len(record["digest"]) == p.scripts_digest_length
+    other = "md5" if p.scripts_digest == "sha512" else "sha512"
+    for bad in (hashlib.new(other, tgz).hexdigest(), "", p.digest(tgz) + "  cloud-scripts.tgz"):
+        image = _ext4(tmp_path / f"bad-{len(bad)}", bad, {"cloud-scripts.tgz": tgz})
+        with pytest.raises(UserError, match="systemvm-scripts-signature"):
+            check_scripts_signature(image, p)
 
 
 # --- the command line ----------------------------------------------------------------------------------
@@ -359,7 +382,7 @@ def test_invoke_build_with_bad_scripts_says_one_line_exits_1_and_builds_nothing(
          "--cloudstack-scripts", str(given)],
         cwd=REPO, env={**os.environ, "PATH": str(empty)}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert str(given) in lines[0]
@@ -370,15 +393,12 @@ def test_a_deb_build_also_checks_agent_zip_and_patch_sysvms_in_the_image(tmp_pat
     scripts = cs.load(make_deb(tmp_path))
     assert scripts.agent_zip is not None and scripts.patch_script is not None
     whole = {"agent.zip": scripts.agent_zip, "patch-sysvms.sh": scripts.patch_script}
-    (tmp_path / "good").mkdir()
-    check_baked_scripts(_ext4(tmp_path / "good", scripts.md5, whole), scripts)
-    (tmp_path / "missing").mkdir()
+    p = profile.profile_for("4.22.0")
+    signature = scripts.digest(p.scripts_digest)
+    check_baked_scripts(_ext4(tmp_path / "good", signature, whole), scripts, p)
     with pytest.raises(UserError, match="agent.zip is missing"):
-        check_baked_scripts(
-            _ext4(tmp_path / "missing", scripts.md5, {"patch-sysvms.sh": scripts.patch_script}), scripts
-        )
-    (tmp_path / "other").mkdir()
+        missing = {"patch-sysvms.sh": scripts.patch_script}
+        check_baked_scripts(_ext4(tmp_path / "missing", signature, missing), scripts, p)
     with pytest.raises(UserError, match="patch-sysvms.sh differs"):
-        check_baked_scripts(
-            _ext4(tmp_path / "other", scripts.md5, {**whole, "patch-sysvms.sh": b"#!/bin/sh\n"}), scripts
-        )
+        other = {**whole, "patch-sysvms.sh": b"#!/bin/sh\n"}
+        check_baked_scripts(_ext4(tmp_path / "other", signature, other), scripts, p)

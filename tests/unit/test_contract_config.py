@@ -224,9 +224,10 @@ def test_load_balancer_roles_and_their_control_nic(role, params, nic):
 def test_load_balancer_roles_run_haproxy_and_open_ssh_only(role):
     enabled, disabled = contract.service_lists(role)
     assert enabled == ("haproxy",) and "dnsmasq" in disabled and "cloud" in disabled
-    rules = contract.firewall_rules_v4(role, "eth1", ("eth0", "eth1"))
+    rules = contract.boot_rules_v4(contract.base_rules_v4(role), role, "eth1")
     accepted = [line for line in rules.splitlines() if "--dport" in line]
-    assert accepted == ["-A INPUT -i eth1 -p tcp -m tcp --dport 3922 -j ACCEPT"]
+    ssh = "-A INPUT -i eth1 -p tcp -m tcp -m state --state NEW,ESTABLISHED --dport 3922 -j ACCEPT"
+    assert accepted == [ssh]
     assert "-A FORWARD -i" not in rules  # the load balancers do not forward (enable_fwding 0)
 
 

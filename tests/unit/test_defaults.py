@@ -20,8 +20,8 @@ def test_every_hypervisor_has_a_driver_and_is_known_to_the_contract() -> None:
 def test_members_are_their_strings() -> None:
     assert defaults.Role.ROUTER == "router"
     assert f"{defaults.Hypervisor.XENSERVER}" == "xenserver"
-    assert naming.FLAVOURS == ("amd64", "i386")
-    assert naming.flavours("all") == ["amd64", "i386"]
+    assert naming.FLAVOURS == ("amd64", "i386", "arm64")
+    assert naming.flavours("all") == ["amd64", "i386", "arm64"]
 
 
 def test_cache_root_follows_the_environment(monkeypatch, tmp_path: Path) -> None:

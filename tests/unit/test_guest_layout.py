@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from systemvm import profile
+
 REPO = Path(__file__).resolve().parents[2]
 ELEMENTS = REPO / "elements"
 COPY_STEP = ELEMENTS / "systemvm-guest/extra-data.d/50-copy-guest-package"
@@ -23,7 +25,8 @@ IMPORT = re.compile(r"^\s*from systemvm\.guest import ([\w, ]+)", re.M)
 def image_lib(tmp_path_factory) -> Path:
     """Run the element's copy step as diskimage-builder does; the lib tree it leaves is /opt/cloud/lib."""
     hooks = tmp_path_factory.mktemp("hooks")
-    env = {**os.environ, "TMP_HOOKS_PATH": str(hooks), "SYSTEMVM_SRC": str(REPO), "SYSTEMVM_VERSION": "9.9.9"}
+    env = {**os.environ, "TMP_HOOKS_PATH": str(hooks), "SYSTEMVM_SRC": str(REPO), "SYSTEMVM_VERSION": "9.9.9",
+           **profile.profile_for("4.22.0").build_environment()}  # fmt: skip
     subprocess.run(["bash", str(COPY_STEP)], env=env, check=True, capture_output=True, text=True)
     return hooks / "systemvm-guest/lib"
 
@@ -31,8 +34,11 @@ def image_lib(tmp_path_factory) -> Path:
 def test_the_image_gets_the_guest_package_and_the_contract_only(image_lib):
     files = sorted(str(p.relative_to(image_lib)) for p in image_lib.rglob("*") if p.is_file())
     guest = sorted(f"systemvm/guest/{p.name}" for p in (REPO / "systemvm/guest").glob("*.py"))
-    assert files == sorted(["VERSION", "systemvm/__init__.py", "systemvm/contract.py", *guest])
+    top = ["VERSION", "CLOUDSTACK_LINE", "SCRIPTS_DIGEST"]
+    assert files == sorted([*top, "systemvm/__init__.py", "systemvm/contract.py", *guest])
     assert (image_lib / "VERSION").read_text() == "9.9.9\n"
+    assert (image_lib / "CLOUDSTACK_LINE").read_text() == "4.22\n"
+    assert (image_lib / "SCRIPTS_DIGEST").read_text() == "sha512\n"
     # the harness's test agent arrives with the patch; it is not part of the image
     assert not any("testagent" in f for f in files)
 
@@ -49,10 +55,10 @@ def programs() -> dict[str, set[str]]:
     return found
 
 
-def test_the_boot_and_patch_programs_import_the_guest_package():
+def test_the_boot_programs_import_the_guest_package():
     found = programs()
     assert found["systemvm-boot/static/opt/cloud/bin/cloud-early-config"] == {"early_config"}
-    assert found["systemvm-agent/static/opt/cloud/bin/cloud-patch"] == {"patch"}
+    assert found["systemvm-boot/static/opt/cloud/bin/systemvm-postinit"] == {"postinit"}
     assert found["systemvm-firewall/install.d/60-install-default-rules"] == {"firewall", "system"}
 
 

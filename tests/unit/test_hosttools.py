@@ -64,6 +64,94 @@ def test_a_foreign_flavour_needs_arch_test() -> None:
     assert "arch-test" in build_tools and "mmdebstrap" in build_tools
 
 
+def test_arm64_adds_qemu_user_the_uefi_disk_tools_and_the_aarch64_emulator() -> None:
+    build = {n.tool: n.package for n in hosttools.needs_for(["build"], ["arm64"])}
+    assert build["qemu-aarch64-static"] == "qemu-user-static"
+    assert {build["sgdisk"], build["mkfs.fat"], build["mcopy"]} == {"gdisk", "dosfstools", "mtools"}
+    assert build["arch-test"] == "arch-test"
+    boot = {n.tool: n.package for n in hosttools.needs_for(["boot"], ["arm64"])}
+    assert boot["qemu-system-aarch64"] == "qemu-system-arm"
+    assert boot[hosttools.AAVMF_CODE] == boot[hosttools.AAVMF_VARS] == "qemu-efi-aarch64"
+    # the x86 flavours need none of it
+    x86 = {n.tool for n in hosttools.needs_for(list(hosttools.PHASES), ["amd64", "i386"])}
+    assert not x86 & {"qemu-aarch64-static", "sgdisk", "qemu-system-aarch64", hosttools.AAVMF_CODE}
+
+
+def test_a_missing_firmware_file_is_named_with_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hosttools, "present", lambda tool, path=None: tool != hosttools.AAVMF_CODE)
+    with pytest.raises(
+        UserError, match=r"'/usr/share/AAVMF/AAVMF_CODE.fd': .*apt-get install qemu-efi-aarch64"
+    ):
+        hosttools.require_tools(hosttools.AAVMF_VARS, hosttools.AAVMF_CODE)
+
+
+def _binfmt_dir(tmp_path: Path, flags: str | None, enabled: bool = True, mounted: bool = True) -> Path:
+    """A stand-in for /proc/sys/fs/binfmt_misc with a qemu-aarch64 entry as the kernel prints it."""
+    directory = tmp_path / "binfmt_misc"
+    directory.mkdir()
+    if mounted:
+        (directory / "register").write_text("")
+    interpreter = tmp_path / "aarch64-binfmt-P"
+    interpreter.write_text("")
+    if flags is not None:
+        (directory / "qemu-aarch64").write_text(
+            f"{'enabled' if enabled else 'disabled'}\ninterpreter {interpreter}\nflags: {flags}\noffset 0\n"
+            "magic 7f454c460201010000000000000000000200b700\n"
+        )
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("flags", "enabled", "mounted", "problem"),
+    [
+        ("POF", True, True, None),
+        ("OCF", True, True, None),
+        ("PO", True, True, "registered without the F flag (flags: PO)"),
+        ("POF", False, True, "is disabled"),
+        (None, True, True, "no qemu-aarch64 interpreter is registered"),
+        (None, True, False, "binfmt_misc is not mounted"),
+    ],
+)
+def test_binfmt_needs_qemu_aarch64_enabled_with_the_f_flag(
+    tmp_path: Path, flags: str | None, enabled: bool, mounted: bool, problem: str | None
+) -> None:
+    """The F flag makes the kernel open qemu when it is registered: without it, arm64 programs run on the
+    host but not in diskimage-builder's chroot, which has no qemu of its own."""
+    directory = _binfmt_dir(tmp_path, flags, enabled, mounted)
+    found = hosttools.binfmt_problem("arm64", directory)
+    if problem is None:
+        assert found is None
+        hosttools.check_binfmt("arm64", directory)
+    else:
+        assert found is not None and problem in found
+        with pytest.raises(UserError, match="invoke doctor --flavour arm64 --register-binfmt") as caught:
+            hosttools.check_binfmt("arm64", directory)
+        assert "\n" not in str(caught.value)
+
+
+def test_registering_refuses_a_registration_line_without_the_f_flag(tmp_path: Path) -> None:
+    conf = tmp_path / "binfmt.d"
+    conf.mkdir()
+    (conf / "qemu-aarch64.conf").write_text(":qemu-aarch64:M::\\x7fELF:\\xff:/usr/bin/qemu-aarch64:OP\n")
+    directory = _binfmt_dir(tmp_path, None)
+    if os.geteuid() != 0:
+        pytest.skip("registering is root's")
+    with pytest.raises(UserError, match="does not register with the F flag"):
+        hosttools.register_binfmt("arm64", directory, conf)
+    (conf / "qemu-aarch64.conf").unlink()
+    with pytest.raises(UserError, match="apt-get install qemu-user-static"):
+        hosttools.register_binfmt("arm64", directory, conf)
+
+
+def test_registering_what_is_registered_changes_nothing(tmp_path: Path) -> None:
+    directory = _binfmt_dir(tmp_path, "POF")
+    before = sorted(p.name for p in directory.iterdir())
+    assert hosttools.register_binfmt("arm64", directory, tmp_path / "absent") == (
+        "arm64: qemu-aarch64 already registered with the F flag"
+    )
+    assert sorted(p.name for p in directory.iterdir()) == before
+
+
 def test_unknown_phase_is_one_line() -> None:
     with pytest.raises(UserError, match="unknown phase 'bulid'"):
         hosttools.needs_for(["bulid"])
@@ -118,6 +206,13 @@ def _files_of(package: str) -> frozenset[str]:
     return frozenset(os.path.realpath(p) for p in lines if Path(p).parent.name in ("bin", "sbin"))
 
 
+def _listed_files(package: str) -> set[str]:
+    """Every path in dpkg's file list of an installed package."""
+    info = Path("/var/lib/dpkg/info")
+    return {line for path in [info / f"{package}.list", *info.glob(f"{package}:*.list")] if path.is_file()
+            for line in path.read_text().splitlines()}  # fmt: skip
+
+
 def _shipped(packages: list[str]) -> set[str]:
     """Real paths of every file the packages and their dependencies ship."""
     table = _installed_depends()
@@ -147,10 +242,19 @@ def _fake_host(tmp_path: Path, packages: list[str]) -> str:
 @needs_dpkg
 def test_the_table_is_true_and_host_packages_covers_it() -> None:
     listed = set(hosttools.read_host_packages(hosttools.host_packages_file()))
-    for need in [*hosttools.NEEDS, *hosttools.foreign_needs(["i386"], native="amd64")]:
+    needs = [
+        *hosttools.NEEDS,
+        *hosttools.foreign_needs(["i386"], native="amd64"),
+        *hosttools.flavour_needs(hosttools.FLAVOUR_NEEDS),
+    ]
+    for need in needs:
         if need.package == hosttools.PIP_PACKAGE:
             continue
         assert need.package in listed, f"{need.tool}: its package {need.package} is not in host-packages.txt"
+        if os.path.isabs(need.tool):  # a data file (firmware): in its package's own file list
+            assert Path(need.tool).is_file(), f"{need.tool} is not installed here: ./setup.sh installs it"
+            assert need.tool in _listed_files(need.package), f"{need.package} does not bring {need.tool}"
+            continue
         found = shutil.which(need.tool)
         assert found, f"{need.tool} is not installed here: ./setup.sh installs host-packages.txt"
         real = os.path.realpath(found)
@@ -171,6 +275,19 @@ def test_doctor_passes_with_the_list_and_fails_when_one_package_is_dropped(
     out = capsys.readouterr().out
     assert "build   MISSING arch-test (arch-test)" in out
     assert "to fix: apt-get install arch-test" in out
+
+
+@needs_dpkg
+def test_doctor_for_arm64_names_qemu_user_static_when_it_is_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    listed = hosttools.read_host_packages(hosttools.host_packages_file())
+    dropped = _fake_host(tmp_path / "dropped", [p for p in listed if p != "qemu-user-static"])
+    assert report(["build", "boot"], ["arm64"], path=dropped) == 1
+    out = capsys.readouterr().out
+    assert "build   MISSING qemu-aarch64-static (qemu-user-static)" in out
+    assert "boot    ok" in out
+    assert "to fix: apt-get install qemu-user-static" in out
 
 
 def test_build_on_a_host_missing_tools_fails_at_once_and_writes_nothing(tmp_path: Path) -> None:

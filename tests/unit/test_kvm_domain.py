@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import concurrent.futures
+import dataclasses
 import hashlib
 import shutil
 import subprocess
@@ -241,3 +242,85 @@ def test_boot_failure_carries_the_console_tail() -> None:
     )
     assert str(failure).splitlines()[0].endswith("within 5 s")
     assert "Kernel panic" in str(failure)
+
+
+# ---------------------------------------------------------------------------------------------- arm64
+
+
+def arm64_spec(tmp_path: Path, domain_type: str = "qemu", role: str = "router") -> kvm.DomainSpec:
+    return kvm.DomainSpec(
+        name="svmt-abc123-r-1-VM",
+        domain_type=domain_type,
+        disk=tmp_path / "disk.qcow2",
+        console_log=tmp_path / "console.log",
+        network=testnet.plan_test_network(role, "r-1-VM", 40022),
+        run_as_root=True,
+        flavour="arm64",
+        nvram=tmp_path / "VARS.fd",
+    )
+
+
+def test_arm64_is_an_aarch64_virt_machine_booting_aavmf_with_its_own_variable_store(tmp_path: Path) -> None:
+    root = parse(kvm.domain_xml(arm64_spec(tmp_path)))
+    os_type = root.find("os/type")
+    assert (os_type.get("arch"), os_type.get("machine"), os_type.text) == ("aarch64", "virt", "hvm")
+    loader = root.find("os/loader")
+    assert (loader.text, loader.get("type"), loader.get("readonly")) == (
+        "/usr/share/AAVMF/AAVMF_CODE.fd", "pflash", "yes",
+    )  # fmt: skip
+    nvram = root.find("os/nvram")
+    assert nvram.text == str(tmp_path / "VARS.fd")  # this VM's copy: empty, so no boot entry
+    assert nvram.get("template") == "/usr/share/AAVMF/AAVMF_VARS.fd"
+    assert root.find("features/apic") is None  # an x86 device
+    cpu = root.find("cpu")
+    assert (cpu.get("mode"), cpu.find("model").text) == ("custom", "cortex-a72")  # TCG emulates it cheaply
+    serial_target = root.find("devices/serial/target")
+    assert (serial_target.get("type"), serial_target.find("model").get("name")) == ("system-serial", "pl011")
+    assert root.find("devices/serial/log").get("file") == str(tmp_path / "console.log")
+    (channel,) = root.findall("devices/channel")
+    assert channel.find("target").get("name") == "org.qemu.guest_agent.0"
+    assert root.find("devices/disk/target").get("bus") == "virtio"
+
+
+def test_arm64_test_nics_sit_on_the_pcie_root_bus_in_nic_order(tmp_path: Path) -> None:
+    root = parse(kvm.domain_xml(arm64_spec(tmp_path)))
+    args = root.xpath("qemu:commandline/qemu:arg/@value", namespaces=QEMU)
+    devices = [a for p, a in zip(args, args[1:], strict=False) if p == "-device"]
+    assert len(devices) == contract.nic_count("router")
+    assert all(d.startswith("virtio-net-pci,") and ",bus=pcie.0," in d for d in devices)  # "virt" is PCIe
+    slots = [d.split("addr=")[1] for d in devices]
+    assert slots == sorted(slots) and len(set(slots)) == len(slots)
+
+
+def test_arm64_under_kvm_passes_the_host_cpu_through(tmp_path: Path) -> None:
+    root = parse(kvm.domain_xml(arm64_spec(tmp_path, domain_type="kvm")))
+    assert root.find("cpu").get("mode") == "host-passthrough"
+
+
+def test_arm64_without_a_variable_store_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="arm64 boots through UEFI"):
+        kvm.domain_xml(dataclasses.replace(arm64_spec(tmp_path), nvram=None))
+
+
+@pytest.mark.skipif(shutil.which("virt-xml-validate") is None, reason="libvirt-clients not installed")
+def test_arm64_domain_xml_validates_against_libvirts_schema(tmp_path: Path) -> None:
+    path = tmp_path / "domain.xml"
+    path.write_text(kvm.domain_xml(arm64_spec(tmp_path)))
+    result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_foreign_guest_runs_under_tcg_whatever_the_host_offers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYSTEMVM_DOMAIN_TYPE", "kvm")  # the host's own guests would get KVM
+    probe = kvm.choose_accel("arm64", host="x86_64")
+    assert probe.domain_type == "qemu" and "aarch64 guest on an x86_64 host" in probe.reason
+    assert kvm.choose_accel("arm64", "qemu", host="x86_64").domain_type == "qemu"
+    with pytest.raises(UserError, match="KVM cannot run an aarch64 guest on an x86_64 host"):
+        kvm.choose_accel("arm64", "kvm", host="x86_64")
+    assert kvm.choose_accel("amd64", host="x86_64").domain_type == "kvm"  # the environment decides there
+    assert kvm.choose_accel("arm64", host="aarch64").domain_type == "kvm"  # on an Arm host, as native
+
+
+def test_unknown_flavour_for_a_domain_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown flavour 'armhf'"):
+        kvm.domain_xml(dataclasses.replace(arm64_spec(tmp_path), flavour="armhf"))

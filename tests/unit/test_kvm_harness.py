@@ -88,7 +88,9 @@ def test_suite_params_carry_what_the_listener_received(tmp_path: Path) -> None:
 
 def test_missing_artifact_fails_before_anything_is_created(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist: build and export it first"):
-        with harness.boot_system_vm("kvm", "amd64", "router", artifacts=tmp_path, work_dir=tmp_path):
+        with harness.boot_system_vm(
+            harness.VmRequest("kvm", "amd64", "router", artifacts=tmp_path, work_dir=tmp_path)
+        ):
             pass
     assert list(tmp_path.iterdir()) == []
 
@@ -97,7 +99,7 @@ def test_missing_artifact_fails_before_anything_is_created(tmp_path: Path) -> No
     ("argv", "message"),
     [
         (["boot", "--hypervisor", "hyperv"], "unknown hypervisor 'hyperv'"),
-        (["boot", "--flavour", "arm64"], "unknown flavour 'arm64'"),
+        (["boot", "--flavour", "armhf"], "unknown flavour 'armhf'"),
         (["boot", "--artifact", "/nonexistent/x-kvm.qcow2.bz2"], "does not exist"),
         (["destroy", "--name", "foo"], "is not a run prefix"),
     ],
@@ -137,7 +139,9 @@ def test_a_failed_boot_leaves_its_whole_console_where_asked(tmp_path: Path, monk
     saved = tmp_path / "cell.console.log"
     with pytest.raises(RuntimeError, match="did not answer"):
         with harness.boot_system_vm(
-            "kvm", "amd64", "router", artifact=artifact, work_dir=tmp_path, console_to=saved
+            harness.VmRequest(
+                "kvm", "amd64", "router", artifact=artifact, work_dir=tmp_path, console_to=saved
+            )
         ):
             pass
     assert saved.read_text() == console and destroyed == [True]

@@ -6,7 +6,7 @@ import socket
 import struct
 import threading
 
-from systemvm.boot import labprobe
+from systemvm.lab import probe
 
 
 def responder(answer_ip: str | None) -> tuple[int, threading.Thread]:
@@ -33,7 +33,7 @@ def responder(answer_ip: str | None) -> tuple[int, threading.Thread]:
 
 def test_an_a_record_is_read_back() -> None:
     port, thread = responder("10.1.1.11")
-    assert labprobe.dns_query("127.0.0.1", "web1-vm", 3, port=port) == {
+    assert probe.dns_query("127.0.0.1", "web1-vm", 3, port=port) == {
         "rcode": 0,
         "addresses": ["10.1.1.11"],
     }
@@ -42,19 +42,19 @@ def test_an_a_record_is_read_back() -> None:
 
 def test_nxdomain_gives_no_address() -> None:
     port, thread = responder(None)
-    assert labprobe.dns_query("127.0.0.1", "nope", 3, port=port) == {"rcode": 3, "addresses": []}
+    assert probe.dns_query("127.0.0.1", "nope", 3, port=port) == {"rcode": 3, "addresses": []}
     thread.join(3)
 
 
 def test_no_answer_is_said() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
-        result = labprobe.dns_query("127.0.0.1", "web1-vm", 0.3, port=silent.getsockname()[1])
+        result = probe.dns_query("127.0.0.1", "web1-vm", 0.3, port=silent.getsockname()[1])
     assert result["rcode"] is None and "no answer" in str(result["error"])
 
 
 def test_dhcp_options_are_parsed_with_pads_and_the_end() -> None:
     data = bytes([53, 1, 2, 0, 3, 4, 10, 1, 1, 1, 6, 8, 10, 1, 1, 1, 10, 1, 1, 2, 255, 1, 1])
-    options = labprobe._options(data)
+    options = probe._options(data)
     assert options[53] == b"\x02" and 1 not in options
-    assert labprobe._ips(options[6]) == ["10.1.1.1", "10.1.1.2"]
+    assert probe._ips(options[6]) == ["10.1.1.1", "10.1.1.2"]

@@ -35,10 +35,10 @@ def _no_hypervisor_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 def test_kvm_only_when_nothing_else_is_configured() -> None:
     cells = plan_matrix()
     assert {c.hypervisor for c in cells} == {"kvm"}
-    assert len(cells) == 6  # 2 flavours x 3 roles
+    assert len(cells) == 9  # 3 flavours x 3 roles
     assert cells[0] == Cell("kvm", "amd64", "secstorage")
     assert {(c.flavour, c.role) for c in cells} == {
-        (f, r) for f in ("amd64", "i386") for r in ("secstorage", "consoleproxy", "router")
+        (f, r) for f in ("amd64", "i386", "arm64") for r in ("secstorage", "consoleproxy", "router")
     }
 
 
@@ -50,19 +50,32 @@ def test_configured_hypervisors_join(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     config.write_text("[xenserver]\nurl = http://127.0.0.1:8080\nuser = root\n")
     monkeypatch.setenv("SYSTEMVM_CONFIG", str(config))
     hypervisors = [c.hypervisor for c in plan_matrix()]
-    assert hypervisors[:6] == ["kvm"] * 6  # KVM first
-    assert set(hypervisors) == {"kvm", "xenserver", "vmware"} and len(hypervisors) == 18
+    assert hypervisors[:9] == ["kvm"] * 9  # KVM first
+    assert set(hypervisors) == {"kvm", "xenserver", "vmware"} and len(hypervisors) == 21
+
+
+def test_arm64_cells_are_kvm_only() -> None:
+    """CloudStack publishes aarch64 as a KVM qcow2 only: no XenServer or VMware cell for it."""
+    assert plan_matrix("kvm", "arm64", "router") == [Cell("kvm", "arm64", "router")]
+    assert {c.hypervisor for c in plan_matrix(flavours="arm64")} == {"kvm"}
+
+
+def test_arm64_on_another_hypervisor_alone_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYSTEMVM_VMWARE_URL", "https://127.0.0.1:8989/sdk")
+    assert {c.flavour for c in plan_matrix("vmware")} == {"amd64", "i386"}
+    with pytest.raises(UserError, match="no cell to run: arm64 on kvm only"):
+        plan_matrix("vmware", "arm64")
 
 
 def test_choices_narrow_the_plan_and_bad_ones_fail() -> None:
     assert plan_matrix("kvm", "i386", "router") == [Cell("kvm", "i386", "router")]
-    assert len(plan_matrix(roles="all")) == 2 * len(contract.ROLES)  # every role of the contract
+    assert len(plan_matrix(roles="all")) == 3 * len(contract.ROLES)  # every role of the contract
     with pytest.raises(UserError, match="no connection settings"):
         plan_matrix("xenserver")
     with pytest.raises(UserError, match="unknown role 'proxy'"):
         plan_matrix(roles="router,proxy")
     with pytest.raises(UserError, match="unknown flavour"):
-        plan_matrix(flavours="arm64")
+        plan_matrix(flavours="armhf")
 
 
 @pytest.mark.parametrize(
@@ -113,11 +126,11 @@ def test_runner_respects_the_limit_and_keeps_plan_order(tmp_path: Path) -> None:
     assert router.status == "ERROR" and router.note == "router VM did not boot"
 
     text = write_summary(results, tmp_path / "matrix.md", 12.0, 2)
-    assert "**FAILED**: 2 of 6 cells passed in 12 s with 2 at once" in text
+    assert "**FAILED**: 4 of 9 cells passed in 12 s with 2 at once" in text
     assert (tmp_path / "matrix.md").read_text() == text
     table = summary_table(results).splitlines()
     assert table[0].startswith("| hypervisor | flavour | role | result |")
-    assert len(table) == 8
+    assert len(table) == 11
 
 
 def test_a_cell_that_cannot_boot_is_an_error_with_its_reason(tmp_path: Path) -> None:
@@ -134,7 +147,7 @@ def test_a_cell_that_cannot_boot_is_an_error_with_its_reason(tmp_path: Path) -> 
 def test_cells_start_longest_first_by_flavour_without_history() -> None:
     cells = plan_matrix("kvm")
     order = start_order(cells, {})
-    assert [c.flavour for c in order] == ["i386"] * 3 + ["amd64"] * 3
+    assert [c.flavour for c in order] == ["arm64"] * 3 + ["i386"] * 3 + ["amd64"] * 3
     assert [c.role for c in order[:3]] == ["secstorage", "consoleproxy", "router"]  # ties keep plan order
 
 
@@ -148,9 +161,9 @@ def test_cells_start_longest_first_by_their_last_run(tmp_path: Path) -> None:
         (reports / f"{cell.label}.result.json").write_text(json.dumps({"status": "PASS", "seconds": value}))
     (reports / "kvm-i386-router.result.json").write_text("{not json")  # unreadable: ignored
     previous = previous_seconds(cells, "4.20.0", tmp_path)
-    assert Cell("kvm", "i386", "router") not in previous and len(previous) == 5
+    assert Cell("kvm", "i386", "router") not in previous and len(previous) == 8
     # one cell without history: the flavour weights decide
-    assert start_order(cells, previous)[0].flavour == "i386"
+    assert start_order(cells, previous)[0].flavour == "arm64"
     (reports / "kvm-i386-router.result.json").write_text(json.dumps({"status": "PASS", "seconds": 50}))
     order = start_order(cells, previous_seconds(cells, "4.20.0", tmp_path))
     assert order[0] == Cell("kvm", "amd64", "router")
@@ -165,3 +178,16 @@ def test_cells_start_longest_first_by_their_last_run(tmp_path: Path) -> None:
     results = run_matrix(cells, "4.20.0", tmp_path, jobs=1, run_cell=cell_runner)
     assert started == order
     assert [r.cell for r in results] == cells
+
+
+def test_the_matrix_reads_each_images_line_from_its_manifest(tmp_path: Path) -> None:
+    """A 4.22 image is checked as 4.22 whatever version string the matrix was given; the summary says so."""
+    from systemvm.check.matrix import image_lines
+    from tests.unit.manifests import PACKAGES_NEW, make_manifest, write_manifest
+
+    write_manifest(tmp_path / "4.22.0", make_manifest(PACKAGES_NEW, version="4.22.0", recorded_profile=True))
+    cells = plan_matrix(None, "amd64,i386", "secstorage")
+    lines = image_lines(tmp_path, "4.22.0", cells)
+    assert lines == {"amd64": "4.22", "i386": "no manifest"}
+    text = write_summary([], tmp_path / "matrix.md", 1.0, 1, lines)
+    assert "Checked as CloudStack 4.22 (amd64), no manifest (i386)" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from systemvm.boot import labservices, netlab
+from systemvm.lab import netlab, services
 
 
 def test_prefixes_fit_interface_names_and_differ() -> None:
@@ -51,9 +51,7 @@ def test_the_plan_puts_every_host_on_its_network() -> None:
 
 def test_the_ipsec_peer_files_name_the_plan_and_stay_off_the_hosts_config(tmp_path: Path) -> None:
     lab = netlab.NetLab("nltest", netlab.LabPlan(), tmp_path)
-    strongswan_conf, swanctl_conf = labservices.ipsec_configs(
-        lab, labservices.IpsecPeer(psk="s3cret"), tmp_path
-    )
+    strongswan_conf, swanctl_conf = services.ipsec_configs(lab, services.IpsecPeer(psk="s3cret"), tmp_path)
     settings = strongswan_conf.read_text()
     assert f"unix://{tmp_path}/charon.vici" in settings
     load = next(

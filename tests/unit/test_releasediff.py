@@ -64,6 +64,7 @@ def test_report_names_every_change_line_by_line(tmp_path):
         "## amd64",
         "",
         f"- template: 4.20.0 ({OLD_COMMIT}) -> 4.20.1 ({NEW_COMMIT})",
+        "- CloudStack line: 4.20 (unchanged)",
         "- kernel: 6.1.0-56-amd64 -> 6.1.0-57-amd64",
         "- packages: 2 added, 2 removed, 3 upgraded (1 from the security suite), 0 downgraded",
         "",
@@ -99,6 +100,7 @@ def test_report_names_every_change_line_by_line(tmp_path):
     ]
     report = json.loads(data.read_text())
     amd64 = report["flavours"]["amd64"]
+    assert amd64["cloudstack"]["changes"] == [] and amd64["cloudstack"]["new_line"] == "4.20"
     assert amd64["kernel"] == {"old": "6.1.0-56-amd64", "new": "6.1.0-57-amd64", "changed": True}
     assert [e["name"] for e in amd64["upgraded"] if e["security"]] == ["libssl3"]
     assert amd64["upgraded"][1] == {
@@ -138,7 +140,7 @@ def run_diff(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "no-manifest-new"])
-def test_bad_input_is_one_line_exit_1_and_nothing_written(tmp_path, case):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, case):
     old_dir, new_dir = two_releases(tmp_path)
     before = {p: p.read_bytes() for d in (old_dir, new_dir) for p in d.iterdir()}
     empty = tmp_path / "empty"
@@ -149,7 +151,7 @@ def test_bad_input_is_one_line_exit_1_and_nothing_written(tmp_path, case):
         "no-manifest-new": ("--old", str(old_dir), "--new", str(empty)),
     }[case]
     run = run_diff(*args)
-    assert run.returncode == 1
+    assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     if case == "missing":
@@ -188,3 +190,72 @@ def test_versions_order_as_dpkg_orders_them(a, b, order):
     dpkg = subprocess.run(["dpkg", "--compare-versions", a, "lt", b], capture_output=True)
     if dpkg.returncode in (0, 1) and order != 0:
         assert (dpkg.returncode == 0) == (order < 0)
+
+
+def test_a_420_to_422_diff_names_the_line_and_each_contract_change(tmp_path):
+    """A 4.20 release (manifest from before the profile was recorded) against a 4.22 one: the line, every
+    contract field that changed, the added cloud-init and the artifacts of both versions matched by kind."""
+    old = make_manifest(
+        PACKAGES_OLD, version="4.20.0", kernel="6.1.0-56-amd64", commit=OLD_COMMIT,
+        artifacts={"systemvmtemplate-4.20.0-x86_64-hyperv.vhd.zip": {"format": "hyperv", "size": 300}},
+    )  # fmt: skip
+    new = make_manifest(
+        PACKAGES_NEW + "cloud-init\t22.4.2-1+deb12u4\tall\tcloud-init\t22.4.2-1+deb12u4\n",
+        ORIGINS_NEW, version="4.22.0", commit=NEW_COMMIT, recorded_profile=True,
+        artifacts={"systemvmtemplate-4.22.0-x86_64-hyperv.vhd.zip": {"format": "hyperv", "size": 330}},
+    )  # fmt: skip
+    old["sizes"] = {"rootfs_used_bytes": 1_110_000_000, "raw_disk_allocated_bytes": 980_000_000}
+    new["sizes"] = {"rootfs_used_bytes": 1_133_035_520, "raw_disk_allocated_bytes": 987_901_952}
+    old_dir, new_dir = tmp_path / "4.20.0", tmp_path / "4.22.0"
+    write_manifest(old_dir, old)
+    write_manifest(new_dir, new)
+    diff = releasediff.diff_releases(old_dir, new_dir)["flavours"]["amd64"]
+    contract = diff["cloudstack"]
+    assert (contract["old_line"], contract["new_line"], contract["changed"]) == ("4.20", "4.22", True)
+    assert contract["new_signature"] == "sha512"
+    changed = {c["field"]: (c["old"], c["new"]) for c in contract["changes"]}
+    assert changed == {
+        "line": ("4.20", "4.22"),
+        "checksum": ("md5", "sha512"),
+        "checksum_list": ("md5sum.txt", "sha512sum.txt"),
+        "scripts_digest": ("md5", "sha512"),
+        "kvm_plain_section": (True, False),
+        "four_part_metadata_version": (False, True),
+        "userdata": (False, True),
+        "stored_checksum_prefix": ("", "{SHA-512}"),
+    }
+    assert "cloud-init" in [e["name"] for e in diff["added"]]
+    assert diff["artifacts"] == [
+        {"kind": "hyperv.vhd.zip", "old_file": "systemvmtemplate-4.20.0-x86_64-hyperv.vhd.zip",
+         "new_file": "systemvmtemplate-4.22.0-x86_64-hyperv.vhd.zip", "old_size": 300, "new_size": 330,
+         "change_bytes": 30, "change_percent": 10.0},
+    ]  # fmt: skip
+    text = releasediff.render_markdown(releasediff.diff_releases(old_dir, new_dir)).splitlines()
+    assert "- CloudStack line: 4.20 -> 4.22" in text
+    table = text[text.index("### CloudStack contract") :]
+    assert "| metadata.ini checksum algorithm | md5 | sha512 |" in table
+    assert "| scripts signature digest (version handshake, live patch) | md5 | sha512 |" in table
+    assert "| boot runs cloud-init from userdata= (PR 11654) | no | yes |" in table
+    assert "| vm_template.checksum prefix | none | {SHA-512} |" in table
+    assert "- root filesystem used: 1,110,000,000 B -> 1,133,035,520 B (+23,035,520 B)" in text
+    assert diff["image"][1] == {
+        "size": "raw_disk_allocated_bytes", "what": "raw disk allocated",
+        "old": 980_000_000, "new": 987_901_952, "change_bytes": 7_901_952,
+    }  # fmt: skip
+
+
+def test_an_arm64_release_is_diffed_as_its_own_flavour(tmp_path):
+    """The aarch64 manifest is found beside the x86 ones and compared with the previous arm64 build."""
+    old_dir, new_dir = two_releases(tmp_path)
+    for directory, version, packages in (
+        (old_dir, "4.20.0", PACKAGES_OLD),
+        (new_dir, "4.20.1", PACKAGES_NEW),
+    ):
+        write_manifest(
+            directory, make_manifest(packages, version=version, flavour="arm64", kernel="6.1.0-57-arm64")
+        )
+    assert (new_dir / "systemvmtemplate-4.20.1-aarch64.manifest.json").is_file()
+    flavours = releasediff.diff_releases(old_dir, new_dir)["flavours"]
+    assert set(flavours) == {"amd64", "arm64"}
+    names = {f: [u["name"] for u in flavours[f]["upgraded"]] for f in ("amd64", "arm64")}
+    assert names["arm64"] == names["amd64"] != []

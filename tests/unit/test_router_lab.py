@@ -10,9 +10,10 @@ import pytest
 from lxml import etree
 
 from systemvm import contract
-from systemvm.boot import harness, netlab, routerlab, testnet
+from systemvm.boot import harness, testnet
 from systemvm.boot.hypervisors import kvm
 from systemvm.errors import UserError
+from systemvm.lab import netlab, routerlab, updateconfig
 
 LAB = testnet.LabNics(guest_tap="nl0001t0", public_tap="nl0001t1")
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyForTests test"
@@ -122,34 +123,48 @@ def test_the_kvm_plan_takes_the_lab_and_other_hypervisors_refuse_it() -> None:
 
 def test_the_lab_takes_only_a_kvm_router_storage_or_console_vm(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="takes a KVM router, secstorage, consoleproxy, not a dhcpsrvr"):
-        with harness.boot_system_vm("kvm", "amd64", "dhcpsrvr", lab=object(), artifacts=tmp_path):  # type: ignore[arg-type]
+        request = harness.VmRequest("kvm", "amd64", "dhcpsrvr", lab=object(), artifacts=tmp_path)  # type: ignore[arg-type]
+        with harness.boot_system_vm(request):
             pass
 
 
-def test_the_rules_hold_snat_dnat_and_the_egress_rule() -> None:
-    plan = netlab.LabPlan()
-    rules = routerlab.router_rules(plan)
-    assert "-A POSTROUTING -s 10.1.1.0/24 -o eth2 -j SNAT --to-source 198.51.100.10" in rules["nat"]
-    assert "-i eth2 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.1.1.11:80" in rules["nat"]
-    assert "-A FW_EGRESS_RULES -d 10.2.2.1/32 -j DROP" in rules["filter"]
-    assert rules["filter"].index("-d 10.2.2.1/32 -j DROP") < rules["filter"].index(
-        "-A FW_EGRESS_RULES -j ACCEPT"
+def lab_settings() -> updateconfig.RouterSettings:
+    return updateconfig.RouterSettings.from_cmdline(
+        testnet.boot_args(lab_plan(), "r-1-VM", KEY, 8250).to_cmdline()
     )
-    assert all(text.startswith("*") and text.endswith("COMMIT\n") for text in rules.values())
-    assert "ip_forward" not in json.dumps(rules)
+
+
+def rule_texts(rules: list[tuple[str, object, str]]) -> str:
+    return "\n".join(f"{table or 'filter'} {rule}" for table, _, rule in rules)
+
+
+def test_the_rules_hold_snat_dnat_and_the_egress_rule() -> None:
+    rules = rule_texts(routerlab.router_rules(netlab.LabPlan(), lab_settings()))
+    assert "nat -A POSTROUTING -o eth2 -j SNAT --to-source 198.51.100.10" in rules
+    assert "-i eth2 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.1.1.11:80" in rules
+    assert "filter  -I FW_EGRESS_RULES -m set --match-set destCidrIpset-3 dst  -j DROP" in rules
+    assert "filter  -A FW_EGRESS_RULES -j ACCEPT" in rules
+    assert "ip_forward" not in rules
 
 
 @pytest.mark.parametrize(
     ("group", "gone"),
-    [("snat", "SNAT"), ("dnat", "DNAT"), ("egress", "-j DROP"), ("lb-input", "--dport 8081")],
+    [
+        ("snat", "nat -A POSTROUTING -o eth2 -j SNAT"),
+        ("dnat", "-j DNAT"),
+        ("egress", "--match-set destCidrIpset-3 dst  -j DROP"),
+        ("lb-input", "-d 198.51.100.10 --dport 8082 -m state"),
+        ("dnat-forward", "--dport 80 -m state --state NEW,ESTABLISHED"),
+        ("ingress", "--dport 8080  -j ACCEPT"),
+    ],
 )
 def test_a_rule_group_can_be_left_out(group: str, gone: str) -> None:
-    full = routerlab.router_rules(netlab.LabPlan())
-    rules = routerlab.router_rules(netlab.LabPlan(), without={group})
-    text = rules["nat"] + rules["filter"]
-    assert gone in full["nat"] + full["filter"] and gone not in text
+    full = rule_texts(routerlab.router_rules(netlab.LabPlan(), lab_settings()))
+    text = rule_texts(routerlab.router_rules(netlab.LabPlan(), lab_settings(), without={group}))
+    assert gone in full and gone not in text
+    assert len(full.splitlines()) > len(text.splitlines())
     with pytest.raises(ValueError, match="unknown rule groups"):
-        routerlab.router_rules(netlab.LabPlan(), without={"nope"})
+        routerlab.router_rules(netlab.LabPlan(), lab_settings(), without={"nope"})
 
 
 def test_lab_params_are_json_with_the_namespaces_and_logs(tmp_path: Path) -> None:
@@ -168,10 +183,15 @@ def test_lab_params_are_json_with_the_namespaces_and_logs(tmp_path: Path) -> Non
     assert params["backends"]["web1"]["ip"] == "10.1.1.11"
     assert params["plan"]["router_public_ip"] == "198.51.100.10"
     assert (params["blocked"], params["allowed"]) == ("10.2.2.1", "198.51.100.1")
-    assert params["rules"] == routerlab.router_rules(netlab.LabPlan())
+    assert params["without"] == [] and params["vpn"]["without"] == []
     assert params["switches"] == {"guest": "nl0001-guest-sw", "public": "nl0001-public-sw"}
     assert params["load_balancer"]["backends"] == ["web1", "web2"]
-    assert params["load_balancer"]["config"] == routerlab.haproxy_config(netlab.LabPlan())
+    assert (params["load_balancer"]["balance"], params["load_balancer"]["health_checks"]) == (
+        "roundrobin",
+        True,
+    )
+    assert [e["host"] for e in params["dhcp"]["entries"]] == ["client", "web1"]
+    assert routerlab.plan_of(params) == netlab.LabPlan()
     vpn = params["vpn"]
     conf = str(tmp_path / "ipsec/strongswan.conf")
     assert vpn["peer"] == {"netns": "nl0001-server", "strongswan_conf": conf}
@@ -181,15 +201,44 @@ def test_lab_params_are_json_with_the_namespaces_and_logs(tmp_path: Path) -> Non
 
 def test_the_load_balancer_listens_on_the_public_address_over_both_backends() -> None:
     config = routerlab.haproxy_config(netlab.LabPlan())
-    listen = config[config.index("listen ") :]
-    assert "\tbind 198.51.100.10:8081\n" in listen and "\tbalance roundrobin\n" in listen
+    listen = config[config.index("listen 198_51_100_10-8082") :]
+    assert "\tbind 198.51.100.10:8082\n" in listen and "\tbalance roundrobin\n" in listen
     servers = [line.split() for line in listen.splitlines() if line.startswith("\tserver ")]
-    assert [s[2] for s in servers] == ["10.1.1.11:80", "10.1.1.12:80"]
-    assert all("check" in s for s in servers)
+    assert servers == [
+        ["server", "198_51_100_10-8082_0", "10.1.1.11:80", "check"],
+        ["server", "198_51_100_10-8082_1", "10.1.1.12:80", "check"],
+    ]
+    rules = rule_texts(routerlab.router_rules(netlab.LabPlan(), lab_settings()))
     assert (
-        "-d 198.51.100.10/32 -i eth2 -p tcp -m tcp --dport 8081"
-        in routerlab.router_rules(netlab.LabPlan())["filter"]
+        "filter -A INPUT -p tcp -m tcp -d 198.51.100.10 --dport 8082 -m state --state NEW -j ACCEPT" in rules
     )
+
+
+def test_haproxy_config_is_the_management_servers_rendering() -> None:
+    """HAProxyConfigurator's defaults: the global and defaults sections, the statistics listener on the
+    public address (port 8081, its URI and credentials), the rule's listen section, ``\\t `` blank lines."""
+    lines = routerlab.haproxy_config(netlab.LabPlan()).split("\n")
+    assert lines[:11] == [
+        "global", "\tlog 127.0.0.1:3914   local0 warning", "\tmaxconn 4096", "\tmaxpipes 1024",
+        "\tchroot /var/lib/haproxy", "\tuser haproxy", "\tgroup haproxy",
+        "\tstats socket /run/haproxy/admin.sock", "\tdaemon", "\ttune.ssl.default-dh-param 2048", "\t ",
+    ]  # fmt: skip
+    assert lines[11:23] == [
+        "defaults", "\tlog     global", "\tmode    tcp", "\toption  dontlognull", "\tretries 3",
+        "\toption redispatch", "\toption forwardfor", "\toption httpclose", "\ttimeout connect    5000",
+        "\ttimeout client     50000", "\ttimeout server     50000", "",
+    ]  # fmt: skip
+    assert lines[23:32] == [
+        "listen stats_on_public", "\tbind 198.51.100.10:8081", "\tmode http", "\toption httpclose",
+        "\tstats enable", "\tstats uri     /admin?stats", "\tstats realm   Haproxy\\ Statistics",
+        "\tstats auth    admin1:AdMiN123", "",
+    ]  # fmt: skip
+    assert lines[32:] == [
+        "\t ", "listen 198_51_100_10-8082", "\tbind 198.51.100.10:8082", "\tbalance roundrobin",
+        "\tserver 198_51_100_10-8082_0 10.1.1.11:80 check",
+        "\tserver 198_51_100_10-8082_1 10.1.1.12:80 check",
+        "\t ", "\t ", "",
+    ]  # fmt: skip
 
 
 def test_a_can_fail_configuration_changes_only_what_it_names() -> None:
@@ -229,14 +278,28 @@ def test_the_peer_answers_either_version_with_every_tunnels_proposal() -> None:
 def test_the_tunnel_is_exempt_from_source_nat_and_a_wrong_psk_changes_only_the_secret() -> None:
     plan = netlab.LabPlan()
     rules = routerlab.vpn_rules(plan)
-    assert "iptables -t nat -I POSTROUTING -o eth2 -m mark --mark 0x525 -j ACCEPT" in rules
-    assert any("--dport 4500 -s 198.51.100.1 -d 198.51.100.10 -j ACCEPT" in r for r in rules)
-    assert not any("mark" in r for r in routerlab.vpn_rules(plan, without={"vpn-nat-exempt"}))
+    assert {(r.table, r.position, r.rule) for r in rules if r.group == "vpn-nat-exempt"} >= {
+        ("nat", "front", "-A POSTROUTING -t nat -o eth2 -m mark --mark 0x525 -j ACCEPT"),
+        ("mangle", "front", "-A FORWARD -s 10.1.1.0/24 -d 10.2.2.0/24 -j MARK --set-xmark 0x525/0xffffffff"),
+    }
+    assert (
+        "",
+        "front",
+        "-A INPUT -i eth2 -p udp -m udp --dport 4500 -s 198.51.100.1 -d 198.51.100.10 -j ACCEPT",
+    ) in {(r.table, r.position, r.rule) for r in rules if r.group == "vpn-input"}
+    handlers = routerlab.vpn_handlers(plan, lab_settings())
+    assert [h.handler for h in handlers] == ["CsAddress", "CsAcl", "CsForwardingRules", "CsSite2SiteVpn"]
+    exempt = [
+        rule for _, _, rule in updateconfig.desired_rules(handlers, {"vpn-nat-exempt"}) if "0x52" in rule
+    ]
+    assert exempt == []
     good, bad = routerlab.vpn_up_commands(plan, "ikev2"), routerlab.vpn_up_commands(plan, "ikev2", psk="nope")
     assert [a == b for a, b in zip(good, bad, strict=True)].count(False) == 1
-    assert good[-2:] == ["ipsec rereadsecrets", "ipsec reload"]
-    with pytest.raises(ValueError, match="unknown VPN rule groups"):
-        routerlab.vpn_rules(plan, without={"nope"})
+    assert good[-3:] == [
+        "ipsec rereadsecrets",
+        "ipsec reload",
+        "chmod 400 /etc/ipsec.d/ipsec.vpn-198.51.100.1.secrets",
+    ]
 
 
 def test_vpn_is_up_needs_the_ike_sa_and_the_child_sa() -> None:

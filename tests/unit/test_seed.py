@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from systemvm import profile
 from systemvm.errors import UserError
+from systemvm.export import publish as export_publish
 from systemvm.seed.cli import main as seed_main
 from systemvm.seed.db import db_config
 from systemvm.seed.install import SeedRequest, parse_nfs_export, parse_properties, seed, template_dir
+from systemvm.seed.source import FileSource, artifact_info
 from tests.unit.test_seed_support import (
     MIB,
     ArtifactServer,
@@ -392,3 +395,46 @@ def test_virtual_size_comes_from_the_image_not_the_file(tmp_path: Path) -> None:
     result = seed(request(tmp_path / "w", file=str(qcow2), template_id=1))
     assert result.virtual_size == 64 * MIB
     assert result.size == qcow2.stat().st_size < 64 * MIB
+
+
+@pytest.mark.parametrize("version", ["4.20.0", "4.22.0"])
+def test_either_lines_metadata_ini_is_the_checksum(
+    tmp_path: Path, artifacts: dict[str, Path], version
+) -> None:
+    """metadata.ini as our export writes it for each line (MD5 for 4.20, SHA-512 for 4.22), alone beside the
+    artifact: its checksum is checked, and a wrong one stops the seeding."""
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    artifact = compress(artifacts["qcow2"], "bz2", pub / f"systemvmtemplate-{version}-x86_64-kvm.qcow2.bz2")
+    export_publish.refresh_listing(
+        pub, version, {artifact.name: export_publish.file_digests(artifact)}, "http://x.example/"
+    )
+    (pub / "sha512sum.txt").unlink()  # metadata.ini alone
+    line = profile.profile_for(version)
+    listed = export_publish.parse_metadata(pub / "metadata.ini")["kvm-x86_64"]["checksum"]
+    assert len(listed) == line.checksum_length
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    result = seed(request(mount, file=str(artifact)))
+    assert (result.cloudstack_line, result.arch) == (line.line, "x86_64")
+    assert {"md5": result.md5, "sha512": result.sha512}[line.checksum] == listed
+    text = (pub / "metadata.ini").read_text().replace(listed, "0" * len(listed))
+    (pub / "metadata.ini").write_text(text)
+    failing(mount, f"{line.checksum} is not the one in metadata.ini", file=str(artifact), force=True)
+
+
+def test_an_artifact_renamed_is_known_by_its_metadata_section(
+    tmp_path: Path, artifacts: dict[str, Path]
+) -> None:
+    pub = tmp_path / "pub"
+    pub.mkdir()
+    artifact = compress(artifacts["qcow2"], "bz2", pub / "router-template.qcow2.bz2")
+    digest = hashlib.sha512(artifact.read_bytes()).hexdigest()
+    (pub / "metadata.ini").write_text(
+        "\n[default]\nversion = 4.22.0.0\n\n[kvm-x86_64]\ntemplatename = systemvm-kvm-4.22.0-x86_64\n"
+        f"checksum = {digest}\nfilename = {artifact.name}\narch = x86_64\n"
+    )
+    info = artifact_info(FileSource(artifact))
+    assert (info.version, info.arch, info.profile and info.profile.line) == ("4.22.0", "x86_64", "4.22")
+    assert info.template_name("kvm") == "systemvm-kvm-4.22.0-x86_64"
+    assert artifact_info(FileSource(artifacts["qcow2-none"])).profile is None  # no name, no metadata

@@ -62,9 +62,9 @@ def _steps_text(job: dict) -> str:
     return "\n".join(str(step.get("run", "")) + " " + str(step.get("uses", "")) for step in job["steps"])
 
 
-def test_build_job_builds_both_flavours_and_uploads_with_checksums() -> None:
+def test_build_job_builds_every_flavour_and_uploads_with_checksums() -> None:
     build = _jobs()["build"]
-    assert build["strategy"]["matrix"]["flavour"] == ["amd64", "i386"]
+    assert build["strategy"]["matrix"]["flavour"] == ["amd64", "i386", "arm64"]
     text = _steps_text(build)
     assert "invoke build" in text and "sha512sum" in text
     upload = next(s for s in build["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact"))
@@ -75,6 +75,7 @@ def test_build_job_builds_both_flavours_and_uploads_with_checksums() -> None:
 def test_kvm_job_runs_the_matrix_on_a_hosted_runner_with_dev_kvm() -> None:
     kvm = _jobs()["kvm"]
     assert str(kvm["runs-on"]).startswith("ubuntu-")
+    assert kvm["strategy"]["matrix"]["flavour"] == ["amd64", "i386", "arm64"]
     text = _steps_text(kvm)
     assert "/dev/kvm" in text
     assert "invoke matrix --hypervisors kvm" in text
@@ -85,6 +86,7 @@ def test_kvm_job_runs_the_matrix_on_a_hosted_runner_with_dev_kvm() -> None:
 def test_self_hosted_jobs_select_by_label_and_use_secrets(hypervisor: str) -> None:
     job = _jobs()[hypervisor]
     assert job["runs-on"][0] == "self-hosted" and hypervisor in job["runs-on"]
+    assert "arm64" not in job["strategy"]["matrix"]["flavour"]  # CloudStack publishes aarch64 for KVM only
     env = job["env"]
     for key in ("URL", "USER", "PASSWORD"):
         value = env[f"SYSTEMVM_{hypervisor.upper()}_{key}"]
@@ -115,3 +117,13 @@ def test_build_job_caches_the_project_cache_and_passes_the_mirror() -> None:
     assert cache["with"]["path"] == "~/.cache/systemvm"
     assert "matrix.flavour" in cache["with"]["key"] and "hashFiles(" in cache["with"]["key"]
     assert "SYSTEMVM_DEBIAN_MIRROR" in build["env"]
+
+
+def test_the_workflow_builds_the_default_version() -> None:
+    """The hosted CI builds and tests what a new user gets: the default version (the newest line)."""
+    from systemvm.defaults import DEFAULT_VERSION
+
+    workflow = yaml.safe_load((WORKFLOWS / "ci.yml").read_text())
+    triggers = workflow.get("on") or workflow.get(True)  # YAML 1.1 reads a bare `on` key as True
+    assert triggers["workflow_dispatch"]["inputs"]["version"]["default"] == DEFAULT_VERSION
+    assert f"'{DEFAULT_VERSION}'" in workflow["env"]["VERSION"]

@@ -65,6 +65,11 @@ class Driver(abc.ABC):
     def destroy(self) -> None:
         """Remove everything this driver created. Safe to call twice and after a partial create."""
 
+    def restart(self, request: BootRequest) -> SshTarget:
+        """Reboot the VM ``create`` made, deliver ``request``'s command line again and wait for SSH on 3922
+        (a restart by the management server). Drivers that cannot raise NotImplementedError."""
+        raise NotImplementedError(f"{self.name} cannot restart a VM")
+
     def import_and_start(self, request: BootRequest) -> SshTarget:
         """Everything up to a started VM, without waiting for SSH; return where SSH will answer. The API
         flow (an endpoint that runs no guest: vcsim, the XAPI stand-in) stops here. Default: ``create``."""

@@ -5,6 +5,11 @@
   (``qemu-img create -b artifact -F qcow2``) in the run's work directory.
 - The domain XML is built with lxml: virtio disk and NICs, the serial console logged to a file, a
   qemu-guest-agent channel, domain type ``kvm`` or ``qemu`` (TCG) from :mod:`systemvm.boot.hypervisors.accel`.
+- The arm64 flavour is an aarch64 guest as an Arm KVM host runs CloudStack's aarch64 template: machine
+  ``virt``, UEFI from AAVMF (its CODE image as a read-only pflash, a per-VM copy of the empty VARS template as
+  the variable store), the PL011 serial port (ttyAMA0 in the guest), the same virtio disk, NICs and agent
+  channel. On a host of another architecture it runs under TCG (domain type ``qemu``) with a CPU model
+  TCG emulates cheaply (cortex-a72, as CloudStack's own x86-hosted aarch64 build uses).
 - The command line reaches the guest as CloudStack's KVM agent sends it: ``guest-sync``, then
   ``guest-file-open``/``guest-file-write``/``guest-file-close`` of ``/var/cache/cloud/cmdline`` through
   libvirt's agent command API (``libvirt_qemu.qemuAgentCommand``), retried until the agent answers.
@@ -36,7 +41,7 @@ from typing import Any
 
 from lxml import etree
 
-from systemvm import contract
+from systemvm import contract, hosttools
 from systemvm.boot import sshwait, testnet
 from systemvm.boot.hypervisors import accel
 from systemvm.boot.hypervisors.base import RUN_PREFIX_BASE, BootRequest, Driver, SshTarget
@@ -52,6 +57,49 @@ CMDLINE_PATH = "/var/cache/cloud/cmdline"
 CONTROL_BRIDGE = "cloud0"
 WORK_SUFFIX = "-kvm"
 FIRST_NIC_SLOT = 0x10  # PCI slot of the first test-mode NIC; libvirt fills the low slots
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestArch:
+    """What a flavour's domain is: QEMU's architecture, machine type and root PCI bus, and its firmware."""
+
+    arch: str  # libvirt's <type arch=...>
+    machine: str
+    root_bus: str  # the id of QEMU's root PCI bus, where the test-mode NICs are pinned
+    uefi: bool = False
+    tcg_cpu: str | None = None  # the CPU model under TCG (None: QEMU's default)
+
+
+# i386 runs as an x86_64 machine (a 32-bit kernel on a 64-bit virtual CPU), as on a CloudStack KVM host.
+GUEST_ARCH = {
+    "amd64": GuestArch("x86_64", "pc", "pci.0"),
+    "i386": GuestArch("x86_64", "pc", "pci.0"),
+    # LibvirtComputingResource/LibvirtVMDef in apache/cloudstack define aarch64 guests on "virt" with the
+    # AAVMF CODE image as a pflash loader; cortex-a72 is what tools/appliance/systemvmtemplate/
+    # template-base_x86_64-target_aarch64.json emulates. "virt" is a PCIe machine: its root bus is pcie.0.
+    "arm64": GuestArch("aarch64", "virt", "pcie.0", uefi=True, tcg_cpu="cortex-a72"),
+}
+HOST_MACHINE_ARCH = {"amd64": "x86_64", "i386": "x86_64", "arm64": "aarch64"}  # Debian arch -> QEMU's
+
+
+def guest_arch(flavour: str) -> GuestArch:
+    if flavour not in GUEST_ARCH:
+        raise UserError(f"unknown flavour '{flavour}': use one of {', '.join(GUEST_ARCH)}")
+    return GUEST_ARCH[flavour]
+
+
+def choose_accel(flavour: str, override: str | None = None, host: str | None = None) -> accel.AccelProbe:
+    """The domain type for ``flavour``'s guest: KVM runs only guests of the host's own architecture, so a
+    foreign one (aarch64 on x86_64) is TCG whatever /dev/kvm offers; otherwise :mod:`accel` decides."""
+    guest = guest_arch(flavour).arch
+    host = host or HOST_MACHINE_ARCH.get(hosttools.host_arch(), hosttools.host_arch())
+    if guest == host:
+        return accel.choose_domain_type(override)
+    probe = accel.AccelProbe("qemu", f"an {guest} guest on an {host} host: TCG only")
+    chosen = accel.choose_domain_type(override, environ={}) if override else probe
+    if chosen.domain_type != "qemu":
+        raise UserError(f"KVM cannot run an {guest} guest on an {host} host: use --domain-type qemu")
+    return probe
 
 
 class BootFailure(RuntimeError):
@@ -115,6 +163,8 @@ class DomainSpec:
     memory_mib: int = 1024
     cpus: int = 1
     run_as_root: bool = False  # test mode: QEMU as root, no relabelling of the artifact or work files
+    flavour: str = "amd64"
+    nvram: Path | None = None  # UEFI guests: the VM's own variable store (libvirt copies the template there)
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
@@ -124,8 +174,8 @@ def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
     return element
 
 
-def pinned_nic_args(args: list[str], first_slot: int = FIRST_NIC_SLOT) -> list[str]:
-    """Give each ``-device virtio-net-pci`` of the QEMU arguments its own PCI slot, in NIC order.
+def pinned_nic_args(args: list[str], first_slot: int = FIRST_NIC_SLOT, bus: str = "pci.0") -> list[str]:
+    """Give each ``-device virtio-net-pci`` of the QEMU arguments its own PCI slot on ``bus``, in NIC order.
 
     QEMU places libvirt's devices at the slots libvirt chose, but an unaddressed ``-device`` from
     ``<qemu:commandline>`` may grab slot 2 first; fixed slots from 0x10 up keep both apart and keep the
@@ -135,7 +185,7 @@ def pinned_nic_args(args: list[str], first_slot: int = FIRST_NIC_SLOT) -> list[s
     slot = first_slot
     for previous, arg in zip(["", *args], args, strict=False):
         if previous == "-device" and arg.startswith("virtio-net-pci") and ",addr=" not in arg:
-            arg = f"{arg},bus=pci.0,addr={slot:#04x}"
+            arg = f"{arg},bus={bus},addr={slot:#04x}"
             slot += 1
         result.append(arg)
     return result
@@ -157,18 +207,30 @@ def domain_xml(spec: DomainSpec) -> str:
     """The libvirt domain XML for ``spec`` (a string, ready for ``defineXML``)."""
     if spec.domain_type not in accel.DOMAIN_TYPES:
         raise UserError(f"unknown domain type '{spec.domain_type}': use kvm or qemu")
+    guest = guest_arch(spec.flavour)
     root = etree.Element("domain", {"type": spec.domain_type}, nsmap={"qemu": QEMU_NS})
     _sub(root, "name", spec.name)
     _sub(root, "memory", str(spec.memory_mib), unit="MiB")
     _sub(root, "vcpu", str(spec.cpus))
     os_el = _sub(root, "os")
-    _sub(os_el, "type", "hvm", arch="x86_64", machine="pc")
+    _sub(os_el, "type", "hvm", arch=guest.arch, machine=guest.machine)
+    if guest.uefi:
+        # The firmware as CloudStack's agent gives it (a read-only pflash), and the VM's own copy of the
+        # empty variable store: no boot entry, so the firmware boots the disk's removable-media path.
+        _sub(os_el, "loader", hosttools.AAVMF_CODE, readonly="yes", type="pflash")
+        if spec.nvram is None:
+            raise UserError(f"{spec.flavour} boots through UEFI: the domain needs an nvram path")
+        _sub(os_el, "nvram", str(spec.nvram), template=hosttools.AAVMF_VARS)
     _sub(os_el, "boot", dev="hd")
     features = _sub(root, "features")
     _sub(features, "acpi")
-    _sub(features, "apic")
+    if guest.arch == "x86_64":
+        _sub(features, "apic")
     if spec.domain_type == "kvm":
         _sub(root, "cpu", mode="host-passthrough")
+    elif guest.tcg_cpu:
+        cpu = _sub(root, "cpu", mode="custom", match="exact")
+        _sub(cpu, "model", guest.tcg_cpu, fallback="forbid")
     _sub(root, "clock", offset="utc")
     _sub(root, "on_poweroff", "destroy")
     _sub(root, "on_reboot", "restart")
@@ -192,10 +254,15 @@ def domain_xml(spec: DomainSpec) -> str:
             if nic.tap:
                 _lab_interface(devices, nic)
 
-    # The serial console is logged to a file by virtlogd (root), whatever user QEMU runs as.
+    # The serial console is logged to a file by virtlogd (root), whatever user QEMU runs as. On "virt" the
+    # first serial port is the PL011 (libvirt's default there too; named so that the XML says it).
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file=str(spec.console_log), append="off")
-    _sub(serial, "target", port="0")
+    if guest.machine == "virt":
+        serial_target = _sub(serial, "target", type="system-serial", port="0")
+        _sub(serial_target, "model", name="pl011")
+    else:
+        _sub(serial, "target", port="0")
     console = _sub(devices, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
 
@@ -214,8 +281,10 @@ def domain_xml(spec: DomainSpec) -> str:
 
     if isinstance(spec.network, testnet.TestNetwork):
         commandline = etree.SubElement(root, f"{{{QEMU_NS}}}commandline")
-        user_nics = testnet.qemu_netdev_args(spec.network, user_only=True, first_slot=FIRST_NIC_SLOT)
-        for arg in pinned_nic_args(user_nics):
+        user_nics = testnet.qemu_netdev_args(
+            spec.network, user_only=True, first_slot=FIRST_NIC_SLOT, bus=guest.root_bus
+        )
+        for arg in pinned_nic_args(user_nics, bus=guest.root_bus):
             etree.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     return etree.tostring(root, pretty_print=True, encoding="unicode")
 
@@ -300,6 +369,21 @@ def write_guest_file(send: AgentSend, path: str, data: bytes) -> None:
         agent_command(send, "guest-file-close", handle=handle)
 
 
+def read_guest_file(send: AgentSend, path: str, limit: int = 65536) -> bytes:
+    """``guest-file-open`` (read), ``-read`` (base64), ``-close`` of a small file in the guest."""
+    handle = agent_command(send, "guest-file-open", path=path, mode="r")
+    try:
+        answer = agent_command(send, "guest-file-read", handle=handle, count=limit)
+    finally:
+        agent_command(send, "guest-file-close", handle=handle)
+    if not isinstance(answer, dict) or "buf-b64" not in answer:
+        raise RuntimeError(f"guest-file-read answered {answer!r}")
+    return base64.b64decode(answer["buf-b64"])
+
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # new at every boot of the guest
+
+
 def deliver_cmdline(
     send: AgentSend, cmdline: str, timeout: float, alive: Callable[[], bool], path: str = CMDLINE_PATH
 ) -> float:
@@ -351,13 +435,14 @@ class KvmDriver(Driver):
         self.conn: Any = None  # libvirt.virConnect (libvirt-python ships no type information)
         self.domain: Any = None  # libvirt.virDomain
         self.domain_name: str | None = None
+        self.active_network: Network | None = None  # the NICs create() gave the domain (restart keeps them)
         self.work: Path | None = None
         self.console_path: Path | None = None
         self.timings: dict[str, float] = {}
         self.accel: accel.AccelProbe | None = None
 
     # -- helpers
-    def _connect(self):
+    def _connect(self) -> Any:  # libvirt.virConnect, as self.conn (libvirt-python has no types)
         if self.conn is None:
             from systemvm.boot.hypervisors import libvirtd
 
@@ -404,9 +489,10 @@ class KvmDriver(Driver):
     def _create(self, request: BootRequest) -> SshTarget:
         require_tools("qemu-img")
         network = self._network_for(request)
+        self.active_network = network
         test_mode = isinstance(network, testnet.TestNetwork)
         run_as_root = test_mode if self.run_as_root is None else self.run_as_root
-        self.accel = accel.choose_domain_type(self.domain_type_override)
+        self.accel = choose_accel(request.flavour, self.domain_type_override)
         self.domain_name = f"{request.run_prefix}-{request.boot_args.name}"
         self.work = Path(request.work_dir) / f"{self.domain_name}{WORK_SUFFIX}"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -423,7 +509,11 @@ class KvmDriver(Driver):
             memory_mib=request.memory_mib,
             cpus=request.cpus,
             run_as_root=run_as_root,
+            flavour=request.flavour,
+            nvram=self.work / "VARS.fd" if guest_arch(request.flavour).uefi else None,
         )
+        if spec.nvram is not None:
+            require_tools(hosttools.AAVMF_CODE, hosttools.AAVMF_VARS)
         conn = self._connect()
         say(f"    domain {self.domain_name}: type {self.accel.domain_type} ({self.accel.reason})")
         started = time.monotonic()
@@ -439,17 +529,59 @@ class KvmDriver(Driver):
                 self.timings["cmdline"] = deliver_cmdline(
                     libvirt_agent(self.domain), request.boot_args.to_cmdline(), budget, self._alive
                 )
-            remaining = max(1.0, budget - (time.monotonic() - started))
-            key_file = self.key_file or request.ssh_key_file
-            with phase(f"wait for SSH on 3922 ({host}:{port})"):
-                if key_file is not None:
-                    sshwait.wait_for_ssh(host, port, Path(key_file), remaining, alive=self._alive)
-                else:
-                    sshwait.wait_for_banner(host, port, remaining, self._alive)
+            target = self._wait_ssh(host, port, request, max(1.0, budget - (time.monotonic() - started)))
         except TimeoutError as exc:
             raise BootFailure(f"{self.domain_name}: {exc}", self.console_tail()) from None
         self.timings["ssh"] = time.monotonic() - started
+        return target
+
+    def _wait_ssh(self, host: str, port: int, request: BootRequest, remaining: float) -> SshTarget:
+        """Wait for a key login on 3922 (for SSH's banner without a key); where SSH answers."""
+        key_file = self.key_file or request.ssh_key_file
+        with phase(f"wait for SSH on 3922 ({host}:{port})"):
+            if key_file is not None:
+                sshwait.wait_for_ssh(host, port, Path(key_file), remaining, alive=self._alive)
+            else:
+                sshwait.wait_for_banner(host, port, remaining, self._alive)
         return SshTarget(host=host, port=port, key_file=Path(key_file) if key_file else None)
+
+    def restart(self, request: BootRequest) -> SshTarget:
+        """Reboot the guest cleanly through its agent (the QEMU process, its disk and its taps stay), wait
+        until the agent answers from the new boot, deliver the command line again (as the host does for
+        every start) and wait for SSH on 3922."""
+        import libvirt
+
+        network = self.active_network
+        if self.domain is None or network is None or not self._alive():
+            raise UserError("no running domain to restart: create it first")
+        send = libvirt_agent(self.domain)
+        before = read_guest_file(send, BOOT_ID)
+        started = time.monotonic()
+        self.domain.reboot(libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT)
+        deadline = started + request.ssh_timeout
+        try:
+            with phase("wait for the guest agent of the new boot"):
+                while True:
+                    if not self._alive():
+                        raise TimeoutError("the VM stopped instead of rebooting")
+                    try:
+                        if read_guest_file(send, BOOT_ID) != before:
+                            break
+                    except (libvirt.libvirtError, OSError, RuntimeError, ValueError):
+                        pass  # rebooting: no agent yet
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the guest agent did not answer from a new boot")
+                    time.sleep(2.0)
+            with phase("deliver the command line again through qemu-guest-agent"):
+                remaining = max(1.0, deadline - time.monotonic())
+                deliver_cmdline(send, request.boot_args.to_cmdline(), remaining, self._alive)
+                self.timings["restart_cmdline"] = time.monotonic() - started
+            host, port = self._ssh_address(network, request)
+            target = self._wait_ssh(host, port, request, max(1.0, deadline - time.monotonic()))
+        except TimeoutError as exc:
+            raise BootFailure(f"{self.domain_name}: restart: {exc}", self.console_tail()) from None
+        self.timings["restart_ssh"] = time.monotonic() - started
+        return target
 
     def console_log(self) -> str:
         if self.console_path is None:

@@ -22,7 +22,7 @@ import configparser
 import os
 from pathlib import Path
 
-from systemvm.errors import UserError
+from systemvm.errors import UserError, ini_problem
 
 
 def config_path() -> Path:
@@ -42,7 +42,7 @@ def load_settings(hypervisor: str) -> dict[str, str]:
         try:
             parser.read(path)
         except configparser.Error as exc:
-            raise UserError(f"cannot parse {path}: {exc.message.splitlines()[0]}; fix the file") from None
+            raise UserError(f"{path}: {ini_problem(exc)}: fix that line") from None
         if parser.has_section(hypervisor):
             settings.update({k.lower(): v for k, v in parser.items(hypervisor)})
     prefix = f"SYSTEMVM_{hypervisor.upper()}_"

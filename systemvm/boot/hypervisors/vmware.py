@@ -23,7 +23,9 @@ import ssl
 import tarfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import requests
@@ -105,7 +107,7 @@ def ovf_networks(descriptor: str) -> list[str]:
 class _UploadReader:
     """A file-like view of one archive member that reports lease progress while requests reads it."""
 
-    def __init__(self, f, size: int, report) -> None:  # noqa: ANN001
+    def __init__(self, f: BinaryIO, size: int, report: Callable[[int], None]) -> None:
         self.f, self.size, self.report, self.sent = f, size, report, 0
 
     def __len__(self) -> int:
@@ -292,7 +294,14 @@ class VmwareDriver(Driver):
 
     # ------------------------------------------------------------------------------------ import
 
-    def _import_spec(self, descriptor: str, pool, datastore, network, name: str):  # noqa: ANN001
+    def _import_spec(
+        self,
+        descriptor: str,
+        pool: vim.ResourcePool,
+        datastore: vim.Datastore,
+        network: vim.Network,
+        name: str,
+    ) -> vim.OvfManager.CreateImportSpecResult:
         manager = self.connect().content.ovfManager
         if manager is None:
             raise UserError("vmware: the endpoint has no OVF manager: connect to vCenter or ESXi")
@@ -322,7 +331,13 @@ class VmwareDriver(Driver):
         if lease.state != vim.HttpNfcLease.State.ready:
             raise UserError(f"vmware: import lease is '{lease.state}', expected 'ready'")
 
-    def _upload(self, artifact: Path, members: dict[str, tarfile.TarInfo], result, lease) -> None:  # noqa: ANN001
+    def _upload(
+        self,
+        artifact: Path,
+        members: dict[str, tarfile.TarInfo],
+        result: vim.OvfManager.CreateImportSpecResult,
+        lease: vim.HttpNfcLease,
+    ) -> None:
         host, port, _ = self._endpoint()
         netloc = host if port == 443 else f"{host}:{port}"
         items = {item.deviceId: item for item in result.fileItem or []}
@@ -342,7 +357,12 @@ class VmwareDriver(Driver):
             verify = self.settings["ca_file"]
         cookie = self.connect()._stub.cookie
         with tarfile.open(artifact, "r:") as tar:
-            for device_url in lease.info.deviceUrl:
+            info = lease.info  # set once the lease is ready (HttpNfcLease.info)
+            if info is None:
+                raise UserError(
+                    "vmware: the import lease is ready but lists no device URLs: see vCenter tasks"
+                )
+            for device_url in info.deviceUrl:
                 item = items.get(device_url.importKey)
                 if item is None:
                     continue
@@ -400,6 +420,8 @@ class VmwareDriver(Driver):
         network = self._network(dc)
         self.vm_name = f"{request.run_prefix}-{request.boot_args.name}"
         result = self._import_spec(descriptor, pool, datastore, network, self.vm_name)
+        if result.importSpec is None:  # CreateImportSpec named no error, yet made no spec
+            raise UserError("vmware: vCenter made no import spec for the OVF and named no error: see vCenter")
         self.lease = pool.ImportVApp(result.importSpec, dc.vmFolder, host)
         try:
             self._wait_lease(self.lease)

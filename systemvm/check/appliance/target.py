@@ -5,14 +5,18 @@ The parsers are plain functions so unit tests can feed them recorded outputs.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from systemvm.defaults import elements_dir
+
+if TYPE_CHECKING:
+    from systemvm.profile import CloudStackProfile
 
 PARAMS_ENV = "SYSTEMVM_APPLIANCE_PARAMS"
 
@@ -44,6 +48,16 @@ class Params(dict):
         path = self.get("manifest")
         assert path, "no build manifest given to the suite (params key 'manifest')"
         return json.loads(Path(path).read_text())
+
+    def cloudstack_profile(self) -> CloudStackProfile:
+        """The CloudStack line the image was built for: the build manifest's ``cloudstack_profile`` (a
+        manifest from before it was recorded: its version's line), so a 4.22 image is checked as 4.22."""
+        from systemvm.profile import manifest_profile
+
+        manifest = self.manifest()
+        if not manifest.get("version") and self.get("version"):
+            manifest = {**manifest, "version": self["version"]}
+        return manifest_profile(manifest)
 
     def listener_messages(self) -> list[Any]:
         state = self.get("listener") or {}
@@ -174,17 +188,37 @@ def rule_ports(rule: dict[str, str]) -> set[int] | None:
     return ports
 
 
-def rules_accepting(rules: list[dict[str, str]], port: int, protocols: tuple[str, ...] = ("tcp",)) -> list:
-    """Rules that accept new traffic to ``port`` (any interface, protocol in ``protocols`` or any)."""
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        return value
+
+
+def _multicast(destination: str) -> bool:
+    try:
+        return bool(destination) and ipaddress.ip_network(destination, strict=False).is_multicast
+    except ValueError:
+        return False
+
+
+def rules_accepting(
+    rules: list[dict[str, str]], port: int, protocols: tuple[str, ...] = ("tcp",), some_sources: bool = False
+) -> list:
+    """Rules that accept new traffic to ``port`` (any interface, protocol in ``protocols`` or any);
+    ``some_sources``: a rule limited to some sources counts too (a router's DNS for its guest network)."""
     accepting = []
     for rule in rules:
         if rule.get("-j") != "ACCEPT":
             continue
-        if "--ctstate" in rule or "--state" in rule:
+        states = (rule.get("--ctstate") or rule.get("--state") or "NEW").split(",")
+        if "NEW" not in states:
             continue  # only established/related traffic
+        if _multicast(rule.get("-d", "")):
+            continue  # a multicast group (a redundant router's VRRP, conntrackd): no TCP connection to us
         if rule.get("-p") and rule["-p"] not in protocols:
             continue
-        if rule.get("-s") or rule.get("--src-range"):
+        if (rule.get("-s") or rule.get("--src-range")) and not some_sources:
             continue  # restricted to some sources: not "accepted" in general
         ports = rule_ports(rule)
         if ports is None or port in ports:
@@ -222,5 +256,7 @@ def normalized_rule(rule: dict[str, str]) -> frozenset[tuple[str, str]]:
             value = ",".join(sorted(value.split(",")))
         if key == "--state":
             key = "--ctstate"  # -m state and -m conntrack match the same thing
+        if key in ("-s", "-d"):
+            value = _network(value)  # the kernel keeps the network: 10.1.1.1/24 is listed as 10.1.1.0/24
         items.append((key, value))
     return frozenset(items)

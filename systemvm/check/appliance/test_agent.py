@@ -12,13 +12,7 @@ import pytest
 
 from systemvm.contract import AGENT_ROLES
 
-pytestmark = pytest.mark.live
-
-
-@pytest.fixture(autouse=True)
-def _agent_roles_only(params) -> None:
-    if params["role"] not in AGENT_ROLES:
-        pytest.skip(f"no agent on a {params['role']}")
+pytestmark = [pytest.mark.live, pytest.mark.applies(roles=AGENT_ROLES)]
 
 
 def test_cloud_service_is_active(host, params) -> None:

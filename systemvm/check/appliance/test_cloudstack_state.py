@@ -56,6 +56,7 @@ def test_cmd_line_json_holds_the_command_line_in_cloudstacks_shape(host, params)
 
 
 @pytest.mark.live
+@pytest.mark.applies(hypervisors=("kvm",))  # the KVM harness names the zone's DNS; the others send none
 def test_internal_dns_is_the_first_resolver(host, params) -> None:
     """The zone's internal DNS (internaldns1) is the first resolver, the public ones follow"""
     sent = params.cmdline_args
@@ -82,6 +83,7 @@ def test_routers_forward_and_other_roles_do_not(host, params) -> None:
 
 
 @pytest.mark.live
+@pytest.mark.applies(roles=contract.AGENT_ROLES, hypervisors=("kvm",))  # where the harness sends mgmtcidr
 def test_management_network_is_routed_via_localgw(host, params) -> None:
     """mgmtcidr is routed via localgw on the management NIC"""
     sent = params.cmdline_args

@@ -4,7 +4,7 @@ What the public network can reach of the console proxy VM, through the network l
 console proxy rules open on the public NIC (eth2: HTTPS, HTTP and the VNC port) accept connections from the
 public server, and the ports they keep shut (22, SSH's 3922) give no answer at all (the INPUT policy DROP:
 a timeout, not a refusal). Only for a console proxy booted inside the lab (``params["lab"]``,
-:mod:`systemvm.boot.agentlab`). A test VM runs no console proxy process, so the checks start a listener on
+:mod:`systemvm.lab.agentlab`). A test VM runs no console proxy process, so the checks start a listener on
 each probed port of the public address over SSH first (one where nothing listens yet): then the firewall,
 not a missing process, decides what the public server sees. The listener is stopped afterwards.
 """
@@ -102,7 +102,7 @@ def test_the_public_ports_accept_connections_from_the_public_network(lab: dict[s
 
 
 def test_other_ports_are_dropped_on_the_public_address(lab: dict[str, Any]) -> None:
-    """Other ports of the public address (22, 3922) are dropped: no answer, though something listens"""
+    """Other ports of the public address (22, 3922, 8001) are dropped: no answer, though something listens"""
     seen = {port: probe(lab, port) for port in lab["ports"]["closed"]}
     answered = {port: how for port, how in seen.items() if how != "timeout"}
     assert not answered, (

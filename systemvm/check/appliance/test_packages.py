@@ -11,7 +11,11 @@ import pytest
 from systemvm.check.appliance.target import read_package_list, run_ok
 
 # flavour -> what `uname -m` says and the suffix of the flavour's kernel image
-KERNEL_OF = {"amd64": ("x86_64", ("-amd64",)), "i386": ("i686", ("-686-pae", "-686"))}
+KERNEL_OF = {
+    "amd64": ("x86_64", ("-amd64",)),
+    "i386": ("i686", ("-686-pae", "-686")),
+    "arm64": ("aarch64", ("-arm64",)),
+}
 DEBIAN_ARCHIVE_HOSTS = ("deb.debian.org", "security.debian.org", "ftp.debian.org", "debian.org")
 
 
@@ -93,12 +97,14 @@ def test_installed_kernel_is_the_flavours(host, params) -> None:
     assert not wrong, f"kernels not of the {params['flavour']} flavour: {', '.join(wrong)}"
 
 
-# Programs CloudStack 4.20's own scripts run on a system VM (contract sections 4 and 7): the live patch
-# (zip, unzip, tar, md5sum), template download and unpack on the storage VM (bzip2, bunzip2, gunzip,
+# Programs CloudStack's own scripts run on a system VM (contract sections 4 and 7): the live patch
+# (zip, unzip, tar, md5sum in 4.20, sha512sum in 4.22: PR 11134), 4.22's user data step (base64, gunzip,
+# cloud-init: PR 11654), template download and unpack on the storage VM (bzip2, bunzip2, gunzip,
 # file), ssvm-check.sh and router_proxy.sh (ping, route, nslookup, socat), router address announcements
 # (arping), the patch copy (scp) and the agent (java, keytool).
 CLOUDSTACK_PROGRAMS = (
-    "zip", "unzip", "tar", "md5sum", "bzip2", "bunzip2", "gunzip", "file", "ping", "arping", "route",
+    "zip", "unzip", "tar", "md5sum", "sha512sum", "base64", "cloud-init", "bzip2", "bunzip2", "gunzip",
+    "file", "ping", "arping", "route",
     "nslookup", "socat", "scp", "java", "keytool", "ipcalc", "uuid", "lsof", "traceroute",
 )  # fmt: skip
 
@@ -111,7 +117,10 @@ def test_programs_cloudstack_scripts_run_are_present(host) -> None:
 
 # The image's own programs and the systemvm.guest modules each imports (element systemvm-guest installs
 # the package in /opt/cloud/lib/systemvm/; tests/unit/test_guest_layout.py checks the same on its copy).
-GUEST_PROGRAMS = {"/opt/cloud/bin/cloud-early-config": "early_config", "/opt/cloud/bin/cloud-patch": "patch"}
+GUEST_PROGRAMS = {
+    "/opt/cloud/bin/cloud-early-config": "early_config",
+    "/opt/cloud/bin/systemvm-postinit": "postinit",
+}
 
 
 def test_the_boot_programs_import_the_installed_guest_package(host) -> None:

@@ -1,15 +1,19 @@
 """Router traffic.
 
-Source NAT, a port forward, an egress rule, connection tracking and a load balancer, through the network
-lab. Only for a router booted inside the lab (``params["lab"]``, :mod:`systemvm.boot.routerlab`): its guest
-NIC (eth0) and public NIC (eth2) are taps on the lab's bridges, with a client and web backends behind eth0
-and a public server behind eth2. The module configures the router over SSH as CloudStack's scripts do at
-run time (``iptables-restore`` of the rules the lab parameters carry: SNAT, a DNAT port forward, FORWARD
-with an egress rule, a load balancer's INPUT accept; HAProxy's configuration written, checked with
-``haproxy -c`` and reloaded as CsLoadBalancer does), sends real traffic from the lab's namespaces
-(``ip netns exec``: the suite runs on the host), reads what the servers logged and what the router's
-connection tracking holds, and restores the router's rules and HAProxy's configuration afterwards. IPv4
-forwarding is never turned on here: the boot must have done it.
+Source NAT, a port forward, an egress rule, connection tracking, a load balancer, DHCP and DNS for the guest
+network and the router's own web server, through the network lab. Only for a router booted inside the lab
+(``params["lab"]``, :mod:`systemvm.lab.routerlab`): its guest NIC (eth0) and public NIC (eth2) are taps on
+the lab's bridges, with a client and web backends behind eth0 and a public server behind eth2.
+
+The module configures the router as CloudStack's router scripts do at run time and nothing more: the files
+and commands of the model of ``update_config.py``'s handlers (:mod:`systemvm.lab.updateconfig`: CsAddress,
+CsApache, CsDhcp, CsAcl, CsForwardingRules, CsLoadBalancer), the rules applied by the model of CsNetfilter
+against the router's live rules and its role's /etc/iptables/iptables-router, ``iptables-save`` kept in
+rules.v4 (:func:`systemvm.check.appliance.lab.handlers_applied`). Everything else dnsmasq, apache and the
+base rules need is the template's share, as on a CloudStack router. Then it sends real traffic from the
+lab's namespaces (``ip netns exec``: the suite runs on the host), reads what the servers logged and what
+the router's connection tracking holds, and restores the router afterwards. IPv4 forwarding is never
+turned on here: the boot must have done it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,39 +29,69 @@ from typing import Any
 import pytest
 
 from systemvm.check.appliance.lab import (
+    CommandResult,
     applicable,
     fetch,
-    files_kept,
+    handlers_applied,
     in_netns,
     logged_clients,
-    rules_applied,
+    router_settings,
+    run_commands,
     token,
+    traffic_handlers,
     wait_for,
     why_not,
 )
 from systemvm.check.appliance.target import Params, run_ok
+from systemvm.lab import csnetfilter, routerlab, updateconfig
 
 pytestmark = [pytest.mark.live]
 
-HAPROXY_CFG = "/etc/haproxy/haproxy.cfg"
-SAVED_HAPROXY = "/root/.svmt-router-traffic.haproxy.cfg"
 TUPLE_RE = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
 
 
 @pytest.fixture(scope="module")
-def configured_router(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
-    """The router configured with the lab's rules (nat replaced, FORWARD refilled), restored afterwards;
-    None where the checks do not apply (they skip in :func:`configured`, each with the reason)."""
+def boot_rewrite(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
+    """The router's rules as the boot loaded them (before anything here configures it), and for each one
+    CsAddress does not want an equal rule of, whether its rebuilt ``-D`` names the kernel's rule
+    (``iptables -C`` with the same rebuilt text, which changes nothing). None where the checks do not
+    apply."""
     if why_not(params):
         yield None
         return
-    with rules_applied(host, params["lab"]) as lab:
-        yield lab
+    save = run_ok(host, "iptables-save")
+    wanted = updateconfig.desired_rules([updateconfig.cs_address(router_settings(params))])
+    candidates = csnetfilter.rewrite_candidates(save, wanted)
+    checked = run_commands(host, [rule.rebuilt("-C") for rule in candidates])
+    yield {"save": save, "checked": list(zip(candidates, checked, strict=True))}
+
+
+@pytest.fixture(scope="module")
+def configured_router(
+    host: Any, params: Params, boot_rewrite: dict[str, Any] | None
+) -> Iterator[dict[str, Any] | None]:
+    """The router configured by the lab's handlers (:func:`systemvm.check.appliance.lab.handlers_applied`)
+    and restored afterwards; None where the checks do not apply (they skip in :func:`configured`, each
+    with the reason)."""
+    if why_not(params) or boot_rewrite is None:
+        yield None
+        return
+    lab = params["lab"]
+    settings = router_settings(params)
+    with handlers_applied(
+        host, params["role"], traffic_handlers(host, params), lab.get("without", ())
+    ) as applied:
+        dhcp = {**lab["dhcp"], **routerlab.dhcp_expectations(settings)}
+        yield {**lab, "applied": applied, "dhcp": dhcp, "boot_rewrite": boot_rewrite}
 
 
 @pytest.fixture
 def configured(params: Params, configured_router: dict[str, Any] | None) -> dict[str, Any]:
     return applicable(params, configured_router)
+
+
+def failures(results: list[CommandResult]) -> str:
+    return "; ".join(f"`{r.command}` exited {r.status}: {r.output[-300:]}" for r in results) or "none"
 
 
 def conntrack_entries(host: Any) -> list[str]:
@@ -135,27 +168,21 @@ def test_connection_tracking_holds_the_guests_flow(host: Any, configured: dict[s
 
 
 @pytest.fixture(scope="module")
-def load_balancer(host: Any, configured_router: dict[str, Any] | None) -> Iterator[dict[str, Any] | None]:
-    """HAProxy on the router with the lab's load balancer configuration, as CsLoadBalancer applies one
-    (the new file checked with ``haproxy -c``, moved into place, haproxy reloaded or started); the
-    router's own configuration and haproxy's state restored afterwards. None where the checks do not apply."""
+def load_balancer(host: Any, configured_router: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The lab with HAProxy listening on the load balancer's port once CsLoadBalancer reloaded or restarted
+    it (None where the checks do not apply)."""
     if configured_router is None:
-        yield None
-        return
+        return None
     lab = configured_router
-    lb = lab["load_balancer"]
-    was_active = host.service("haproxy").is_running
-    run_ok(host, f"cp -p {HAPROXY_CFG} {SAVED_HAPROXY}")
-    try:
-        run_ok(host, f"printf %s {shlex.quote(lb['config'])} > {HAPROXY_CFG}.new")
-        run_ok(host, f"haproxy -c -q -f {HAPROXY_CFG}.new")
-        run_ok(host, f"mv {HAPROXY_CFG}.new {HAPROXY_CFG} && systemctl reload-or-restart haproxy")
-        listening = wait_for(lambda: f":{lb['port']} " in run_ok(host, "ss -Htln"), timeout=15)
-        assert listening, f"haproxy does not listen on {lb['port']} after the reload"
-        yield lab
-    finally:
-        restart = "systemctl reload-or-restart haproxy" if was_active else "systemctl stop haproxy"
-        run_ok(host, f"mv {SAVED_HAPROXY} {HAPROXY_CFG} && {restart}")
+    port = lab["load_balancer"]["port"]
+    listening = wait_for(lambda: f":{port} " in run_ok(host, "ss -Htln"), timeout=15)
+    applied = lab["applied"]
+    assert listening, (
+        f"haproxy does not listen on {port} after CsLoadBalancer's reload or restart "
+        f"(its failed commands: {failures(applied.failed('haproxy'))}; haproxy is "
+        f"{host.run('systemctl is-active haproxy').stdout.strip()})"
+    )
+    return lab
 
 
 @pytest.fixture
@@ -213,44 +240,17 @@ def test_load_balancer_stops_sending_to_a_dead_backend(balanced: dict[str, Any])
     assert settled, f"with {dead} down, the load balancer still answered {last[0] if last else []}"
 
 
-SAVED_DHCP = "/root/.svmt-router-traffic.dhcp"
 DHCP_WAIT = 30  # dnsmasq's restart under TCG, then the offer
 
 
-@pytest.fixture(scope="module")
-def guest_dhcp(host: Any, configured_router: dict[str, Any] | None) -> Iterator[dict[str, Any] | None]:
-    """dnsmasq on the router with the lab's guest network, as CsDhcp configures it (cloud.conf, a static
-    lease for the lab client's MAC in dhcphosts.txt, a guest VM's name in /etc/hosts, dnsmasq restarted);
-    the router's own files and dnsmasq's state restored afterwards. None where the checks do not apply."""
-    if configured_router is None:
-        yield None
-        return
-    lab = configured_router
-    files = lab["dhcp"]["files"]
-    mac = in_netns(lab, "client", "cat", "/sys/class/net/eth0/address").stdout.strip()
-    was_active = host.service("dnsmasq").is_running
-    try:
-        with files_kept(host, files, SAVED_DHCP):
-            for path, text in files.items():
-                text = text.replace("{mac}", mac)
-                if path == "/etc/hosts":  # added to the router's own names, on a line of its own
-                    run_ok(host, f"printf '\\n%s' {shlex.quote(text)} >> {path}")
-                else:
-                    run_ok(host, f"printf %s {shlex.quote(text)} > {path}")
-            run_ok(host, "systemctl restart dnsmasq")
-            yield lab
-    finally:
-        run_ok(host, "systemctl restart dnsmasq" if was_active else "systemctl stop dnsmasq")
-
-
-@pytest.fixture
-def dhcp_ready(params: Params, guest_dhcp: dict[str, Any] | None) -> dict[str, Any]:
-    """The lab with dnsmasq configured."""
-    return applicable(params, guest_dhcp)
+def dnsmasq_state(host: Any, lab: dict[str, Any]) -> str:
+    """dnsmasq's state and CsDhcp's failed commands, for a failure message."""
+    active = host.run("systemctl is-active dnsmasq").stdout.strip()
+    return f"dnsmasq is {active}; CsDhcp's failed commands: {failures(lab['applied'].failed('dnsmasq'))}"
 
 
 def probe(lab: dict[str, Any], *args: str, timeout: float = 5) -> dict[str, Any]:
-    from systemvm.boot import labprobe
+    from systemvm.lab import probe as labprobe
 
     done = in_netns(lab, "client", sys.executable, labprobe.__file__, "--timeout", str(timeout), *args,
                     timeout=timeout + 10)  # fmt: skip
@@ -258,9 +258,11 @@ def probe(lab: dict[str, Any], *args: str, timeout: float = 5) -> dict[str, Any]
     return dict(json.loads(done.stdout))
 
 
-def test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway(dhcp_ready: dict[str, Any]) -> None:
+def test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway(
+    host: Any, configured: dict[str, Any]
+) -> None:
     """dnsmasq offers a guest its static lease with the router as gateway and resolver"""
-    lab = dhcp_ready
+    lab = configured
     dhcp = lab["dhcp"]
     offer: dict[str, Any] = {}
 
@@ -269,22 +271,71 @@ def test_dnsmasq_leases_the_guest_its_address_with_the_router_as_gateway(dhcp_re
         return bool(offer.get("offer"))
 
     wait_for(offered, timeout=DHCP_WAIT, step=1)
-    assert offer.get("offer") == dhcp["lease_ip"], f"DHCP offered {offer}, not the lease {dhcp['lease_ip']}"
+    assert offer.get("offer") == dhcp["lease_ip"], (
+        f"DHCP offered {offer}, not the lease {dhcp['lease_ip']} CsDhcp wrote into /etc/dhcphosts.txt "
+        f"(dnsmasq reads that file only when /etc/dnsmasq.conf names it); {dnsmasq_state(host, lab)}"
+    )
     assert offer["router"] == [dhcp["gateway"]], f"the offer's gateway is {offer['router']}, not the router"
-    assert offer["dns"] == [dhcp["resolver"]], f"the offer's resolver is {offer['dns']}, not the router"
+    assert offer["dns"] == dhcp["resolvers"], (
+        f"the offer's resolvers are {offer['dns']}, not CsDhcp's {dhcp['resolvers']}"
+    )
 
 
-def test_dnsmasq_answers_a_guest_vms_name(dhcp_ready: dict[str, Any]) -> None:
-    """dnsmasq on the router's guest address answers DNS for a guest VM's name"""
-    lab = dhcp_ready
+def test_dnsmasq_answers_a_guest_vms_name(host: Any, configured: dict[str, Any]) -> None:
+    """dnsmasq on the router's guest address answers DNS for a guest VM's name in the network's domain"""
+    lab = configured
     dhcp = lab["dhcp"]
+    name = f"{dhcp['dns_name']}.{dhcp['domain']}"
     answer: dict[str, Any] = {}
 
     def answered() -> bool:
-        answer.update(probe(lab, "dns", dhcp["resolver"], dhcp["dns_name"], timeout=3))
+        answer.update(probe(lab, "dns", dhcp["resolver"], name, timeout=3))
         return answer.get("rcode") is not None
 
     wait_for(answered, timeout=DHCP_WAIT, step=1)
     assert answer.get("addresses") == [dhcp["dns_ip"]], (
-        f"{dhcp['resolver']} answered {answer} for {dhcp['dns_name']}, not {dhcp['dns_ip']}"
+        f"{dhcp['resolver']} answered {answer} for {name}, not {dhcp['dns_ip']} (CsDhcp put the name in "
+        f"/etc/hosts; dnsmasq.conf's expand-hosts and domain= make it a name in the domain); "
+        f"{dnsmasq_state(host, lab)}"
+    )
+
+
+def test_apache_serves_the_routers_guest_address(host: Any, configured: dict[str, Any]) -> None:
+    """apache serves the router's guest address (CsApache's virtual host)"""
+    lab = configured
+    name = f"{token().lstrip('/')}.txt"
+    path = f"/var/www/html/{name}"
+    url = f"http://{lab['plan']['router_guest_ip']}/{name}"
+    run_ok(host, f"printf %s {name} > {path} && chmod 644 {path}")
+    try:
+        done = fetch(lab, "client", url, "--write-out", "\n%{http_code}")
+    finally:
+        run_ok(host, f"rm -f {path}")
+    active = host.run("systemctl is-active apache2").stdout.strip()
+    journal = host.run("journalctl -u apache2 -n 3 --no-pager -o cat").stdout.strip()
+    error_log = host.run("tail -n 3 /var/log/apache2/error.log").stdout.strip()
+    restart = failures(lab["applied"].failed("apache2"))
+    assert active == "active", (
+        f"apache2 is {active} after CsApache's vhost and restart (failed: {restart}); "
+        f"its journal: {journal}; its error log: {error_log}"
+    )
+    body, _, status = done.stdout.rpartition("\n")
+    assert done.returncode == 0 and status == "200" and body == name, (
+        f"{url} from the guest client answered {status or done.stderr.strip()!r} with {body!r}, "
+        f"not apache's 200 with the file from /var/www/html"
+    )
+
+
+def test_every_boot_rule_can_be_rewritten_by_cloudstack(configured: dict[str, Any]) -> None:
+    """Every rule the router booted with can be rewritten by CloudStack's CsNetfilter"""
+    stuck = [
+        f"{rule.table}: {rule.text}  (CloudStack would run `{rule.rebuilt('-D')}`: `iptables -C` "
+        f"exited {result.status}: {result.output.splitlines()[0] if result.output else ''})"
+        for rule, result in configured["boot_rewrite"]["checked"]
+        if result.status != 0
+    ]
+    assert not stuck, (
+        "these rules of the router's boot are neither wanted by CsAddress.fw_router nor removable by "
+        "CsNetfilter's rebuilt -D, so they would stick through every update_config.py run:\n  "
+        + "\n  ".join(stuck)
     )

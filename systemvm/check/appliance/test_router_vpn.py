@@ -2,8 +2,10 @@
 
 An IPsec tunnel from the router to the lab's strongSwan peer, once per IKE version with the proposal
 CloudStack's customer gateways offer by default, through the network lab (``params["lab"]``,
-:mod:`systemvm.boot.routerlab`). The module loads the lab's rules and the tunnel's rules (IKE, NAT-T and
-ESP accepted from the peer, the tunnel's traffic exempt from source NAT), starts strongSwan as CloudStack's
+:mod:`systemvm.lab.routerlab`). The module has the model of CloudStack's handlers configure the rules the
+tunnel's traffic crosses (CsAddress, CsAcl, CsForwardingRules) and CsSite2SiteVpn's (IKE, NAT-T and ESP
+accepted from the peer, the tunnel's traffic exempt from source NAT), applied through the model of
+CsNetfilter (:func:`systemvm.check.appliance.lab.handlers_applied`), starts strongSwan as CloudStack's
 router scripts do when a VPN is configured, writes the connection and its secret, runs ``ipsec reload`` and
 waits for the tunnel it starts by itself. The guest client then reaches a host of the peer's network: the
 peer's server must log the client's own address (source NAT would show the router's, and only the tunnel
@@ -19,18 +21,20 @@ from typing import Any
 
 import pytest
 
-from systemvm.boot.routerlab import charon_answers, vpn_is_up
 from systemvm.check.appliance.lab import (
     applicable,
     fetch,
     files_kept,
+    handlers_applied,
     logged_clients,
-    rules_applied,
+    router_settings,
     token,
     wait_for,
     why_not,
 )
 from systemvm.check.appliance.target import Params, run_ok
+from systemvm.lab import routerlab
+from systemvm.lab.routerlab import charon_answers, vpn_is_up
 
 pytestmark = [pytest.mark.live]
 
@@ -53,22 +57,27 @@ def peer_swanctl(vpn: dict[str, Any], *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def vpn_router(host: Any, params: Params) -> Iterator[dict[str, Any] | None]:
-    """The router with the lab's rules, the tunnel's rules and strongSwan running; its files, rules and
-    strongSwan's state restored afterwards. None where the checks do not apply."""
+    """The router with the rules of the lab's handlers and the tunnel's, and strongSwan running; its files,
+    rules and strongSwan's state restored afterwards. None where the checks do not apply."""
     if why_not(params):
         yield None
         return
-    vpn = params["lab"]["vpn"]
+    lab = params["lab"]
+    vpn = lab["vpn"]
+    without = [*lab.get("without", ()), *vpn.get("without", ())]
+    routerlab.check_groups(without, routerlab.RULE_GROUPS + routerlab.VPN_RULE_GROUPS)
+    handlers = routerlab.vpn_handlers(routerlab.plan_of(lab), router_settings(params))
     was_running = host.run("ipsec status").rc == 0  # the starter runs (charon may still be starting)
     try:
-        with files_kept(host, vpn["files"], SAVED_VPN), rules_applied(host, params["lab"]) as lab:
-            for rule in vpn["rules"]:
-                run_ok(host, rule)
+        with (
+            files_kept(host, vpn["files"], SAVED_VPN),
+            handlers_applied(host, params["role"], handlers, without),
+        ):
             if not was_running:
                 run_ok(host, "ipsec start")
             answered = wait_for(lambda: charon_answers(host.run("ipsec status").stdout), CHARON_WAIT, step=1)
             assert answered, f"charon did not answer `ipsec status` within {CHARON_WAIT:.0f} s"
-            yield lab
+            yield dict(lab)
     finally:
         run_ok(host, "ipsec reload" if was_running else "ipsec stop")
 

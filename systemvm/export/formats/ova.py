@@ -8,12 +8,14 @@ repository, or ``$SYSTEMVM_OVF_SCHEMAS``), which :func:`check_ova` uses offline.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import re
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -372,10 +374,21 @@ def _disk_capacity(document: etree._ElementTree, label: str) -> tuple[etree._Ele
     return disk, int(capacity) * _units_factor(disk.get(_q(OVF_NS, "capacityAllocationUnits")))
 
 
+@contextlib.contextmanager
+def _cut_short_is_an_ova_error(path: Path) -> Iterator[None]:
+    """A tar that ends inside a member (a truncated download or copy) says so in one line."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError) as exc:
+        raise OvaError(
+            f"{path} is cut short or damaged (tar: {exc}): download or export the OVA again"
+        ) from None
+
+
 def ova_virtual_size(path: str | os.PathLike[str]) -> int:
     """The disk's virtual size in bytes, from the OVF descriptor's ``ovf:capacity``."""
     path = Path(path)
-    with _open_tar(path) as tar:
+    with _cut_short_is_an_ova_error(path), _open_tar(path) as tar:
         first = tar.next()
         if first is None or not first.name.endswith(".ovf"):
             raise OvaError(f"{path}: the OVF descriptor is not the first member: export the OVA again")
@@ -390,110 +403,163 @@ def _sha256_member(f: BinaryIO) -> str:
     return digest.hexdigest()
 
 
+FIX = "export the OVA again with 'invoke export --formats ova'"  # the fix of every fault check_ova finds
+
+
 def check_ova(path: str | os.PathLike[str], schema_dir: Path | None = None) -> dict:
     """Check an OVA by the rules above; return its facts or raise OvaError naming the first fault."""
     path = Path(path)
     if not path.is_file():
         raise OvaError(f"{path} does not exist: give the path of an .ova file")
-    fix = "export the OVA again with 'invoke export --formats ova'"
-    with _open_tar(path) as tar, open(path, "rb") as raw_file:
-        members = tar.getmembers()
-        if not members:
-            raise OvaError(f"{path} is an empty tar archive: {fix}")
-        for member in members:
-            raw_file.seek(member.offset)
-            header = raw_file.read(512)
-            if header[257:265] != USTAR_MAGIC:
-                kind = "GNU" if header[257:265] == b"ustar  \0" else "pre-POSIX"
-                raise OvaError(f"member {member.name} has a {kind} tar header, not ustar: {fix}")
-            if not member.isreg():
-                raise OvaError(f"member {member.name} is not a regular file: {fix}")
+    with _cut_short_is_an_ova_error(path), _open_tar(path) as tar, open(path, "rb") as raw_file:
+        members = _check_member_headers(tar, raw_file, path)
         names = [m.name for m in members]
-        if not names[0].endswith(".ovf"):
-            raise OvaError(f"the OVF descriptor is not the first member (the first is {names[0]}): {fix}")
-        if len(names) < 2 or not names[1].endswith(".mf"):
-            raise OvaError(f"the manifest is not the second member (members: {', '.join(names)}): {fix}")
-        if len(set(names)) != len(names):
-            raise OvaError(f"the archive holds a member name twice ({', '.join(names)}): {fix}")
+        _check_member_order(names)
         by_name = {m.name: m for m in members}
-        ovf_name, mf_name = names[0], names[1]
-        ovf_data = member_file(tar, by_name[ovf_name]).read()
-        document = _parse_ovf(ovf_data, ovf_name)
-        errors = schema_errors(document, schema_dir)
-        if errors:
-            raise OvaError(f"OVF descriptor {ovf_name} is not valid against DSP8023 1.1.1: {errors[0]}")
+        document = _check_descriptor(tar, by_name[names[0]], schema_dir)
+        _check_manifest(tar, by_name, names)
+        file_by_id = _check_references(document, names, by_name)
+        capacity, vmdk_name, vmdk = _check_disk(tar, document, names[0], by_name, file_by_id)
+        return _ova_facts(path, document, names, capacity, vmdk, by_name[vmdk_name].size)
 
-        # Manifest: every other member listed once, with the right SHA256.
-        listed: dict[str, str] = {}
-        for number, line in enumerate(member_file(tar, by_name[mf_name]).read().decode().splitlines(), 1):
-            match = MANIFEST_LINE.match(line.strip())
-            if not match:
-                raise OvaError(
-                    f"manifest {mf_name} line {number} is not 'SHA256(name)= hex': {line!r}: {fix}"
-                )
-            listed[match["name"]] = match["hex"]
-        for name in names[2:] + [ovf_name]:
-            if name not in listed:
-                raise OvaError(f"manifest {mf_name} does not list {name}: {fix}")
-        for name, expected in listed.items():
-            if name not in by_name:
-                raise OvaError(f"manifest {mf_name} lists {name}, which is not in the archive: {fix}")
-            actual = _sha256_member(member_file(tar, by_name[name]))
-            if actual != expected:
-                raise OvaError(
-                    f"manifest mismatch for {name}: manifest says {expected}, content is {actual}: {fix}"
-                )
 
-        # References: every file present, in archive order after the manifest, with its real size.
-        files = document.findall(f"{{{OVF_NS}}}References/{{{OVF_NS}}}File")
-        hrefs = [f.get(_q(OVF_NS, "href")) for f in files]
-        if names[2:] != hrefs:
-            raise OvaError(
-                f"members after the manifest {names[2:]} are not the OVF References {hrefs} in order: {fix}"
-            )
-        file_by_id = {}
-        for element in files:
-            href = element.get(_q(OVF_NS, "href"))
-            declared = element.get(_q(OVF_NS, "size"))
-            if href is None or href not in by_name:
-                raise OvaError(f"an ovf:File has no ovf:href naming a member of the archive: {fix}")
-            real = by_name[href].size
-            if declared is None or not declared.isdigit() or int(declared) != real:
-                raise OvaError(f"ovf:size of {href} is {declared} but the file has {real} bytes: {fix}")
-            file_by_id[element.get(_q(OVF_NS, "id"))] = href
+def _check_member_headers(tar: tarfile.TarFile, raw_file: BinaryIO, path: Path) -> list[tarfile.TarInfo]:
+    """The archive's members: at least one, each with a POSIX ustar header (read raw: tarfile accepts GNU
+    and pre-POSIX headers too) and each a regular file."""
+    members = tar.getmembers()
+    if not members:
+        raise OvaError(f"{path} is an empty tar archive: {FIX}")
+    for member in members:
+        raw_file.seek(member.offset)
+        header = raw_file.read(512)
+        if header[257:265] != USTAR_MAGIC:
+            kind = "GNU" if header[257:265] == b"ustar  \0" else "pre-POSIX"
+            raise OvaError(f"member {member.name} has a {kind} tar header, not ustar: {FIX}")
+        if not member.isreg():
+            raise OvaError(f"member {member.name} is not a regular file: {FIX}")
+    return members
 
-        disk, capacity = _disk_capacity(document, ovf_name)
-        fmt = disk.get(_q(OVF_NS, "format"))
-        if fmt != STREAM_OPTIMIZED:
-            raise OvaError(f"disk format is {fmt!r}, expected {STREAM_OPTIMIZED!r}: {fix}")
-        vmdk_name = file_by_id.get(disk.get(_q(OVF_NS, "fileRef")))
-        if vmdk_name is None:
+
+def _check_member_order(names: list[str]) -> None:
+    """The descriptor first, the manifest second (DSP0243 5.3), and no name twice."""
+    if not names[0].endswith(".ovf"):
+        raise OvaError(f"the OVF descriptor is not the first member (the first is {names[0]}): {FIX}")
+    if len(names) < 2 or not names[1].endswith(".mf"):
+        raise OvaError(f"the manifest is not the second member (members: {', '.join(names)}): {FIX}")
+    if len(set(names)) != len(names):
+        raise OvaError(f"the archive holds a member name twice ({', '.join(names)}): {FIX}")
+
+
+def _check_descriptor(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, schema_dir: Path | None
+) -> etree._ElementTree:
+    """The OVF descriptor, well-formed and valid against DSP8023 1.1.1; return its document."""
+    document = _parse_ovf(member_file(tar, member).read(), member.name)
+    errors = schema_errors(document, schema_dir)
+    if errors:
+        raise OvaError(f"OVF descriptor {member.name} is not valid against DSP8023 1.1.1: {errors[0]}")
+    return document
+
+
+def _check_manifest(tar: tarfile.TarFile, by_name: dict[str, tarfile.TarInfo], names: list[str]) -> None:
+    """Manifest: every other member listed once, with the right SHA256."""
+    ovf_name, mf_name = names[0], names[1]
+    listed = _read_manifest(tar, by_name[mf_name])
+    for name in names[2:] + [ovf_name]:
+        if name not in listed:
+            raise OvaError(f"manifest {mf_name} does not list {name}: {FIX}")
+    for name, expected in listed.items():
+        if name not in by_name:
+            raise OvaError(f"manifest {mf_name} lists {name}, which is not in the archive: {FIX}")
+        actual = _sha256_member(member_file(tar, by_name[name]))
+        if actual != expected:
             raise OvaError(
-                f"disk fileRef {disk.get(_q(OVF_NS, 'fileRef'))!r} names no File in References: {fix}"
-            )
-        try:
-            vmdk = check_stream_vmdk(member_file(tar, by_name[vmdk_name]), by_name[vmdk_name].size, vmdk_name)
-        except VmdkError as exc:
-            raise OvaError(str(exc)) from None
-        if vmdk["capacity"] != capacity:
-            raise OvaError(
-                f"capacity wrong: the OVF says {capacity} bytes for {vmdk_name} "
-                f"but the VMDK holds {vmdk['capacity']} bytes: {fix}"
+                f"manifest mismatch for {name}: manifest says {expected}, content is {actual}: {FIX}"
             )
 
-        system = document.find(f"{{{OVF_NS}}}VirtualSystem")
-        os_section = system.find(f"{{{OVF_NS}}}OperatingSystemSection") if system is not None else None
-        hw_type = document.findtext(
-            f"{{{OVF_NS}}}VirtualSystem/{{{OVF_NS}}}VirtualHardwareSection/{{{OVF_NS}}}System/{{{VSSD_NS}}}VirtualSystemType"
+
+def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, str]:
+    """The manifest's ``SHA256(name)= hex`` lines as name -> hex; any other line is a fault."""
+    listed: dict[str, str] = {}
+    for number, line in enumerate(member_file(tar, member).read().decode().splitlines(), 1):
+        match = MANIFEST_LINE.match(line.strip())
+        if not match:
+            raise OvaError(
+                f"manifest {member.name} line {number} is not 'SHA256(name)= hex': {line!r}: {FIX}"
+            )
+        listed[match["name"]] = match["hex"]
+    return listed
+
+
+def _check_references(
+    document: etree._ElementTree, names: list[str], by_name: dict[str, tarfile.TarInfo]
+) -> dict[str | None, str]:
+    """References: every file present, in archive order after the manifest, with its real size; return
+    the member named by each ovf:File id."""
+    files = document.findall(f"{{{OVF_NS}}}References/{{{OVF_NS}}}File")
+    hrefs = [f.get(_q(OVF_NS, "href")) for f in files]
+    if names[2:] != hrefs:
+        raise OvaError(
+            f"members after the manifest {names[2:]} are not the OVF References {hrefs} in order: {FIX}"
         )
-        return {
-            "file": str(path),
-            "members": names,
-            "capacity": capacity,
-            "vmdk": vmdk,
-            "vmdk_size": by_name[vmdk_name].size,
-            "os_id": os_section.get(_q(OVF_NS, "id")) if os_section is not None else None,
-            "os_type": os_section.get(_q(VMW_NS, "osType")) if os_section is not None else None,
-            "hardware": hw_type,
-            "name": system.get(_q(OVF_NS, "id")) if system is not None else None,
-        }
+    file_by_id: dict[str | None, str] = {}
+    for element in files:
+        href = element.get(_q(OVF_NS, "href"))
+        declared = element.get(_q(OVF_NS, "size"))
+        if href is None or href not in by_name:
+            raise OvaError(f"an ovf:File has no ovf:href naming a member of the archive: {FIX}")
+        real = by_name[href].size
+        if declared is None or not declared.isdigit() or int(declared) != real:
+            raise OvaError(f"ovf:size of {href} is {declared} but the file has {real} bytes: {FIX}")
+        file_by_id[element.get(_q(OVF_NS, "id"))] = href
+    return file_by_id
+
+
+def _check_disk(
+    tar: tarfile.TarFile,
+    document: etree._ElementTree,
+    ovf_name: str,
+    by_name: dict[str, tarfile.TarInfo],
+    file_by_id: dict[str | None, str],
+) -> tuple[int, str, dict]:
+    """The one disk: streamOptimized, its file in References, a sound VMDK of the capacity the OVF
+    declares; return that capacity, the VMDK's member name and its facts."""
+    disk, capacity = _disk_capacity(document, ovf_name)
+    fmt = disk.get(_q(OVF_NS, "format"))
+    if fmt != STREAM_OPTIMIZED:
+        raise OvaError(f"disk format is {fmt!r}, expected {STREAM_OPTIMIZED!r}: {FIX}")
+    vmdk_name = file_by_id.get(disk.get(_q(OVF_NS, "fileRef")))
+    if vmdk_name is None:
+        raise OvaError(f"disk fileRef {disk.get(_q(OVF_NS, 'fileRef'))!r} names no File in References: {FIX}")
+    try:
+        vmdk = check_stream_vmdk(member_file(tar, by_name[vmdk_name]), by_name[vmdk_name].size, vmdk_name)
+    except VmdkError as exc:
+        raise OvaError(str(exc)) from None
+    if vmdk["capacity"] != capacity:
+        raise OvaError(
+            f"capacity wrong: the OVF says {capacity} bytes for {vmdk_name} "
+            f"but the VMDK holds {vmdk['capacity']} bytes: {FIX}"
+        )
+    return capacity, vmdk_name, vmdk
+
+
+def _ova_facts(
+    path: Path, document: etree._ElementTree, names: list[str], capacity: int, vmdk: dict, vmdk_size: int
+) -> dict:
+    """What check_ova reports of a sound OVA: members, disk, guest OS, hardware version, VM name."""
+    system = document.find(f"{{{OVF_NS}}}VirtualSystem")
+    os_section = system.find(f"{{{OVF_NS}}}OperatingSystemSection") if system is not None else None
+    hw_type = document.findtext(
+        f"{{{OVF_NS}}}VirtualSystem/{{{OVF_NS}}}VirtualHardwareSection/{{{OVF_NS}}}System/{{{VSSD_NS}}}VirtualSystemType"
+    )
+    return {
+        "file": str(path),
+        "members": names,
+        "capacity": capacity,
+        "vmdk": vmdk,
+        "vmdk_size": vmdk_size,
+        "os_id": os_section.get(_q(OVF_NS, "id")) if os_section is not None else None,
+        "os_type": os_section.get(_q(VMW_NS, "osType")) if os_section is not None else None,
+        "hardware": hw_type,
+        "name": system.get(_q(OVF_NS, "id")) if system is not None else None,
+    }

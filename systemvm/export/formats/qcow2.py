@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from systemvm.atomic import atomic_path
-from systemvm.errors import UserError, first_error_line
+from systemvm.errors import ToolFailed, UserError, first_error_line
 from systemvm.hosttools import require_tools
 
 
@@ -27,7 +27,7 @@ def write_qcow2(raw: Path, out: Path) -> None:
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             message = first_error_line(result.stderr) or result.stderr.strip() or "unknown error"
-            raise UserError(f"qemu-img could not write {out.name}: {message}; check source disk and space")
+            raise ToolFailed(f"qemu-img could not write {out.name}: {message}; check source disk and space")
 
 
 def image_info(path: Path) -> dict:

@@ -342,6 +342,27 @@ class Footer:
         return cls(*FOOTER.unpack(data))
 
 
+@dataclasses.dataclass
+class DynamicHeader:
+    cookie: bytes
+    data_offset: int
+    table_offset: int
+    version: int
+    max_entries: int
+    block_size: int
+    checksum: int
+    parent_uuid: bytes
+    parent_timestamp: int
+    reserved1: int
+    parent_name: bytes
+    parent_locators: bytes
+    reserved2: bytes
+
+    @classmethod
+    def parse(cls, data: bytes) -> DynamicHeader:
+        return cls(*HEADER.unpack(data))
+
+
 def _creator_text(footer: Footer) -> str:
     app = footer.creator_app.rstrip(b"\0").decode(errors="replace")
     return f"{app} {footer.creator_version >> 16}.{footer.creator_version & 0xFFFF}"
@@ -459,22 +480,64 @@ def check_vhd(
 
 
 def _check_dynamic(fd: int, footer: Footer, file_size: int, check_data: bool, batmap_expected: bool) -> dict:
+    """The dynamic disk's metadata and blocks, in file order: header, BAT, batmap, blocks, bitmaps."""
+    header = _check_dynamic_header(fd, footer)
+    bat, bat_bytes = _read_bat(fd, header, file_size)
+    end_of_metadata = header.table_offset + bat_bytes
+    if batmap_expected:
+        # batmap: header right after the sector-padded BAT
+        batmap, bm_sectors, end_of_metadata = _check_batmap(
+            fd, header.table_offset + bat_bytes, header.max_entries, footer.current_size, file_size
+        )
+    else:  # Hyper-V: no batmap; the blocks may start right after the BAT
+        batmap, bm_sectors = b"", 0
+    blocks = footer.current_size // BLOCK
+    used = _allocated_blocks(bat, blocks, end_of_metadata, file_size)
+    used.sort()
+    _check_blocks_apart(used)
+    _check_batmap_bits(fd, batmap, bm_sectors, bat, header.max_entries)
+    if check_data:
+        _check_bitmaps_cover_data(fd, used)
+    in_order = [i for _, i in used] == sorted(i for _, i in used)
+    return {
+        "blocks": blocks,
+        "allocated_blocks": len(used),
+        "batmap_full_blocks": sum(bin(b).count("1") for b in batmap),
+        "blocks_in_order": in_order,
+        "table_offset": header.table_offset,
+        "max_table_entries": header.max_entries,
+    }
+
+
+def _check_dynamic_header(fd: int, footer: Footer) -> DynamicHeader:
+    """Read the dynamic header after the footer copy; check its identity, then its layout fields."""
     raw = os.pread(fd, HEADER.size, HEADER_OFFSET)
     if len(raw) < HEADER.size:
         raise VhdError("dynamic header beyond EOF")
-    (cookie, data_offset, table_offset, version, max_entries, block_size, checksum,
-     parent_uuid, parent_ts, res1, parent_name, locators, res2) = HEADER.unpack(raw)  # fmt: skip
-    if cookie != HEADER_COOKIE:
-        raise VhdError(f"dynamic header: wrong cookie {cookie!r}, expected b'cxsparse'")
+    header = DynamicHeader.parse(raw)
+    _check_header_identity(raw, header)
+    _check_header_layout(header, footer)
+    return header
+
+
+def _check_header_identity(raw: bytes, header: DynamicHeader) -> None:
+    """Cookie, checksum and version: that this is a dynamic header, intact, of the version we know."""
+    if header.cookie != HEADER_COOKIE:
+        raise VhdError(f"dynamic header: wrong cookie {header.cookie!r}, expected b'cxsparse'")
     computed = ones_complement_checksum(raw[:36] + b"\0\0\0\0" + raw[40:])
-    if computed != checksum:
-        raise VhdError(f"dynamic header: bad checksum 0x{checksum:08x}, computed 0x{computed:08x}")
-    if version != HEADER_VERSION:
-        raise VhdError(f"dynamic header: wrong version 0x{version:08x}, expected 0x00010000")
-    if data_offset != 0xFFFFFFFFFFFFFFFF:
-        raise VhdError(f"dynamic header: data offset 0x{data_offset:x}, expected all ones")
-    if block_size != BLOCK:
-        raise VhdError(f"dynamic header: block size {block_size}, expected 2 MiB")
+    if computed != header.checksum:
+        raise VhdError(f"dynamic header: bad checksum 0x{header.checksum:08x}, computed 0x{computed:08x}")
+    if header.version != HEADER_VERSION:
+        raise VhdError(f"dynamic header: wrong version 0x{header.version:08x}, expected 0x00010000")
+
+
+def _check_header_layout(header: DynamicHeader, footer: Footer) -> None:
+    """Data offset, block size, BAT position and size, and the parent fields a dynamic disk leaves zero."""
+    if header.data_offset != 0xFFFFFFFFFFFFFFFF:
+        raise VhdError(f"dynamic header: data offset 0x{header.data_offset:x}, expected all ones")
+    if header.block_size != BLOCK:
+        raise VhdError(f"dynamic header: block size {header.block_size}, expected 2 MiB")
+    table_offset, max_entries = header.table_offset, header.max_entries
     if table_offset % SECTOR:
         raise VhdError(f"dynamic header: table offset {table_offset} not sector aligned")
     if table_offset < HEADER_OFFSET + HEADER.size:
@@ -482,46 +545,63 @@ def _check_dynamic(fd: int, footer: Footer, file_size: int, check_data: bool, ba
     blocks = footer.current_size // BLOCK
     if max_entries < blocks:
         raise VhdError(f"dynamic header: max table entries {max_entries} < {blocks} blocks of the disk")
-    if parent_uuid != bytes(16) or parent_ts or res1 or any(parent_name) or any(locators) or any(res2):
+    h = header
+    if (
+        h.parent_uuid != bytes(16)
+        or h.parent_timestamp
+        or h.reserved1
+        or any(h.parent_name)
+        or any(h.parent_locators)
+        or any(h.reserved2)
+    ):
         raise VhdError("dynamic header: parent fields or reserved bytes are not zero in a dynamic disk")
-    bat_bytes = _round_up(max_entries * 4, SECTOR) or SECTOR
-    if table_offset + bat_bytes > file_size - SECTOR:
-        raise VhdError(f"BAT ({bat_bytes} bytes at {table_offset}) runs beyond EOF")
-    bat = struct.unpack(f">{max_entries}I", os.pread(fd, max_entries * 4, table_offset))
-    end_of_metadata = table_offset + bat_bytes
 
-    if batmap_expected:
-        # batmap: header right after the sector-padded BAT
-        bm_header_offset = table_offset + bat_bytes
-        bm_raw = os.pread(fd, SECTOR, bm_header_offset)
-        bm_cookie, bm_offset, bm_sectors, bm_version, bm_checksum, _marker, _rest = BATMAP_HEADER.unpack(
-            bm_raw.ljust(SECTOR, b"\0")
-        )
-        if bm_cookie != BATMAP_COOKIE:
-            raise VhdError(
-                f"batmap header: wrong cookie {bm_cookie!r} at {bm_header_offset}, expected tdbatmap"
-            )
-        if bm_version != BATMAP_VERSION:
-            raise VhdError(f"batmap header: version 0x{bm_version:08x}, expected 0x{BATMAP_VERSION:08x}")
-        if bm_offset % SECTOR:
-            raise VhdError(f"batmap offset {bm_offset} not sector aligned")
-        if bm_offset != bm_header_offset + SECTOR:
-            raise VhdError(
-                f"batmap offset {bm_offset}, expected {bm_header_offset + SECTOR} (after its header)"
-            )
-        if bm_sectors == 0 or bm_sectors * SECTOR * 8 < max_entries:
-            raise VhdError(f"batmap size {bm_sectors} sectors is too small for {max_entries} BAT entries")
-        if bm_offset + bm_sectors * SECTOR > file_size - SECTOR:
-            raise VhdError("batmap runs beyond EOF")
-        batmap = os.pread(fd, bm_sectors * SECTOR, bm_offset)
-        computed = ones_complement_checksum(batmap[: batmap_checksum_length(footer.current_size)])
-        if computed != bm_checksum:
-            raise VhdError(f"batmap checksum 0x{bm_checksum:08x}, computed 0x{computed:08x}")
-        end_of_metadata = bm_offset + bm_sectors * SECTOR
-    else:  # Hyper-V: no batmap; the blocks may start right after the BAT
-        batmap, bm_sectors = b"", 0
 
-    block_span = (BITMAP_SECTORS + SECTORS_PER_BLOCK) * SECTOR
+def _read_bat(fd: int, header: DynamicHeader, file_size: int) -> tuple[tuple[int, ...], int]:
+    """The BAT's entries and its sector-padded size in bytes, once it is known to end before the footer."""
+    bat_bytes = _round_up(header.max_entries * 4, SECTOR) or SECTOR
+    if header.table_offset + bat_bytes > file_size - SECTOR:
+        raise VhdError(f"BAT ({bat_bytes} bytes at {header.table_offset}) runs beyond EOF")
+    entries = header.max_entries
+    bat = struct.unpack(f">{entries}I", os.pread(fd, entries * 4, header.table_offset))
+    return bat, bat_bytes
+
+
+def _check_batmap(
+    fd: int, bm_header_offset: int, max_entries: int, current_size: int, file_size: int
+) -> tuple[bytes, int, int]:
+    """blktap's batmap header and batmap; return the batmap, its size in sectors and where it ends."""
+    bm_raw = os.pread(fd, SECTOR, bm_header_offset)
+    bm_cookie, bm_offset, bm_sectors, bm_version, bm_checksum, _marker, _rest = BATMAP_HEADER.unpack(
+        bm_raw.ljust(SECTOR, b"\0")
+    )
+    if bm_cookie != BATMAP_COOKIE:
+        raise VhdError(f"batmap header: wrong cookie {bm_cookie!r} at {bm_header_offset}, expected tdbatmap")
+    if bm_version != BATMAP_VERSION:
+        raise VhdError(f"batmap header: version 0x{bm_version:08x}, expected 0x{BATMAP_VERSION:08x}")
+    if bm_offset % SECTOR:
+        raise VhdError(f"batmap offset {bm_offset} not sector aligned")
+    if bm_offset != bm_header_offset + SECTOR:
+        raise VhdError(f"batmap offset {bm_offset}, expected {bm_header_offset + SECTOR} (after its header)")
+    if bm_sectors == 0 or bm_sectors * SECTOR * 8 < max_entries:
+        raise VhdError(f"batmap size {bm_sectors} sectors is too small for {max_entries} BAT entries")
+    if bm_offset + bm_sectors * SECTOR > file_size - SECTOR:
+        raise VhdError("batmap runs beyond EOF")
+    batmap = os.pread(fd, bm_sectors * SECTOR, bm_offset)
+    computed = ones_complement_checksum(batmap[: batmap_checksum_length(current_size)])
+    if computed != bm_checksum:
+        raise VhdError(f"batmap checksum 0x{bm_checksum:08x}, computed 0x{computed:08x}")
+    return batmap, bm_sectors, bm_offset + bm_sectors * SECTOR
+
+
+BLOCK_SPAN = (BITMAP_SECTORS + SECTORS_PER_BLOCK) * SECTOR  # a block's bitmap sector and its data
+
+
+def _allocated_blocks(
+    bat: tuple[int, ...], blocks: int, end_of_metadata: int, file_size: int
+) -> list[tuple[int, int]]:
+    """(byte offset, block index) of each allocated block, each within the disk, after the metadata and
+    before the footer (in BAT order)."""
     used: list[tuple[int, int]] = []
     for index, entry in enumerate(bat):
         if entry == UNUSED:
@@ -531,13 +611,23 @@ def _check_dynamic(fd: int, footer: Footer, file_size: int, check_data: bool, ba
         offset = entry * SECTOR
         if offset < end_of_metadata:
             raise VhdError(f"block {index} at byte {offset} overlaps metadata ending at {end_of_metadata}")
-        if offset + block_span > file_size - SECTOR:
+        if offset + BLOCK_SPAN > file_size - SECTOR:
             raise VhdError(f"block {index} at byte {offset} runs beyond EOF (footer at {file_size - SECTOR})")
         used.append((offset, index))
-    used.sort()
+    return used
+
+
+def _check_blocks_apart(used: list[tuple[int, int]]) -> None:
+    """No two blocks share a byte (``used`` sorted by offset)."""
     for (off_a, idx_a), (off_b, idx_b) in zip(used, used[1:], strict=False):
-        if off_b < off_a + block_span:
+        if off_b < off_a + BLOCK_SPAN:
             raise VhdError(f"overlapping blocks: block {idx_a} at {off_a} and block {idx_b} at {off_b}")
+
+
+def _check_batmap_bits(
+    fd: int, batmap: bytes, bm_sectors: int, bat: tuple[int, ...], max_entries: int
+) -> None:
+    """A batmap bit is set only for an allocated block whose bitmap is all ones (fully written)."""
     full_bitmap = b"\xff" * SECTOR
     for index in range(min(max_entries, bm_sectors * SECTOR * 8)):
         if batmap[index >> 3] & (0x80 >> (index & 7)):
@@ -545,24 +635,19 @@ def _check_dynamic(fd: int, footer: Footer, file_size: int, check_data: bool, ba
                 raise VhdError(f"batmap bit set for unallocated block {index}")
             if os.pread(fd, SECTOR, bat[index] * SECTOR) != full_bitmap:
                 raise VhdError(f"batmap marks block {index} fully written but its bitmap is not all ones")
-    if check_data:
-        for offset, index in used:
-            bitmap = os.pread(fd, SECTOR, offset)
-            if bitmap == full_bitmap:
-                continue
-            data = os.pread(fd, BLOCK, offset + SECTOR)
-            for s in range(SECTORS_PER_BLOCK):
-                if not bitmap[s >> 3] & (0x80 >> (s & 7)) and any(data[s * SECTOR : (s + 1) * SECTOR]):
-                    raise VhdError(f"sector {s} of block {index} holds data where its bitmap bit is clear")
-    in_order = [i for _, i in used] == sorted(i for _, i in used)
-    return {
-        "blocks": blocks,
-        "allocated_blocks": len(used),
-        "batmap_full_blocks": sum(bin(b).count("1") for b in batmap),
-        "blocks_in_order": in_order,
-        "table_offset": table_offset,
-        "max_table_entries": max_entries,
-    }
+
+
+def _check_bitmaps_cover_data(fd: int, used: list[tuple[int, int]]) -> None:
+    """Every sector holding data has its bit set in its block's bitmap (reads every partial block)."""
+    full_bitmap = b"\xff" * SECTOR
+    for offset, index in used:
+        bitmap = os.pread(fd, SECTOR, offset)
+        if bitmap == full_bitmap:
+            continue
+        data = os.pread(fd, BLOCK, offset + SECTOR)
+        for s in range(SECTORS_PER_BLOCK):
+            if not bitmap[s >> 3] & (0x80 >> (s & 7)) and any(data[s * SECTOR : (s + 1) * SECTOR]):
+                raise VhdError(f"sector {s} of block {index} holds data where its bitmap bit is clear")
 
 
 def vhd_virtual_size(path: str | os.PathLike[str]) -> int:

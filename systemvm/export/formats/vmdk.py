@@ -20,6 +20,7 @@ Everything is derived from the disk's content, so the same raw disk gives the sa
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import os
 import struct
@@ -242,26 +243,61 @@ def _parse_descriptor(text: str) -> dict[str, str]:
     return values
 
 
+class _StreamReader:
+    """The VMDK being checked: reads at an offset, and words a fault the way every check reports it."""
+
+    def __init__(self, f: BinaryIO, length: int, name: str) -> None:
+        self.f, self.length, self.name = f, length, name
+
+    def fail(self, problem: str) -> VmdkError:
+        return VmdkError(f"{self.name}: {problem}: export the OVA again with 'invoke export --formats ova'")
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        self.f.seek(offset)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise self.fail(f"truncated at byte {offset}")
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """The sparse extent header's fields the rest of the check uses."""
+
+    version: int
+    capacity: int  # sectors
+    descriptor_offset: int  # sectors
+    descriptor_size: int  # sectors
+    gd_offset: int  # sectors, or GD_AT_END
+
+
 def check_stream_vmdk(f: BinaryIO, length: int, name: str = "VMDK") -> dict:
     """Check a streamOptimized VMDK read from ``f`` (seekable, ``length`` bytes) and return its facts.
 
     Checks the header, the descriptor, the footer, the grain directory and every grain table and grain
     marker it points to (grains are located, not decompressed). Raises VmdkError naming the first fault.
     """
+    stream = _StreamReader(f, length, name)
+    header = _check_header(stream)
+    descriptor = _check_descriptor(stream, header)
+    gd_off, limit = _grain_directory_offset(stream, header)
+    grains = _count_grains(stream, header, gd_off, limit)
+    return {
+        "version": header.version,
+        "capacity": header.capacity * SECTOR,
+        "grains": grains,
+        "cid": descriptor.get("CID", ""),
+        "adapter": descriptor.get("ddb.adapterType", ""),
+    }
 
-    def fail(problem: str) -> VmdkError:
-        return VmdkError(f"{name}: {problem}: export the OVA again with 'invoke export --formats ova'")
 
-    def read_at(offset: int, n: int) -> bytes:
-        f.seek(offset)
-        data = f.read(n)
-        if len(data) != n:
-            raise fail(f"truncated at byte {offset}")
-        return data
-
+def _check_header(stream: _StreamReader) -> _Header:
+    """The file's size, then the sparse extent header at byte 0: magic, version, flags, newline test,
+    compression, grain and table sizes."""
+    fail, length = stream.fail, stream.length
     if length < OVERHEAD_SECTORS * SECTOR + 3 * SECTOR or length % SECTOR:
         raise fail(f"size {length} is not a streamOptimized VMDK's (sector multiple, header and footer)")
-    head = HEADER.unpack(read_at(0, SECTOR))
+    head = HEADER.unpack(stream.read_at(0, SECTOR))
     magic, version, flags, capacity, grain, desc_off, desc_size, gtes, _rgd, gd_off, _overhead = head[:11]
     if magic != MAGIC:
         raise fail("no KDMV sparse extent magic at byte 0 (not a sparse VMDK)")
@@ -275,15 +311,33 @@ def check_stream_vmdk(f: BinaryIO, length: int, name: str = "VMDK") -> dict:
         raise fail(f"compression algorithm {head[13]}, expected 1 (deflate)")
     if grain != GRAIN_SECTORS or gtes != GTES_PER_GT:
         raise fail(f"grain size {grain} sectors / {gtes} entries per table, expected 128 / 512")
-    header_gd = gd_off
-    text = read_at(desc_off * SECTOR, desc_size * SECTOR).split(b"\0", 1)[0].decode("utf-8", "replace")
+    return _Header(version, capacity, desc_off, desc_size, gd_off)
+
+
+def _check_descriptor(stream: _StreamReader, header: _Header) -> dict[str, str]:
+    """The embedded descriptor: a streamOptimized disk whose one extent is sparse and of the header's
+    capacity; return its values."""
+    raw = stream.read_at(header.descriptor_offset * SECTOR, header.descriptor_size * SECTOR)
+    text = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
     descriptor = _parse_descriptor(text)
     if descriptor.get("createType") != "streamOptimized":
-        raise fail(f"descriptor createType is {descriptor.get('createType')!r}, expected 'streamOptimized'")
+        raise stream.fail(
+            f"descriptor createType is {descriptor.get('createType')!r}, expected 'streamOptimized'"
+        )
     extent = descriptor.get("extent", "").split()
+    capacity = header.capacity
     if len(extent) < 3 or extent[2] != "SPARSE" or int(extent[1]) != capacity:
-        raise fail(f"descriptor extent line {descriptor.get('extent')!r} does not match capacity {capacity}")
-    end = read_at(length - 3 * SECTOR, 3 * SECTOR)
+        raise stream.fail(
+            f"descriptor extent line {descriptor.get('extent')!r} does not match capacity {capacity}"
+        )
+    return descriptor
+
+
+def _grain_directory_offset(stream: _StreamReader, header: _Header) -> tuple[int, int]:
+    """Where the grain directory is (sectors), from the footer when the stream ends with one, else from
+    the header; and the first sector past the grains and tables (the footer's, or the end of the file)."""
+    fail, length, header_gd = stream.fail, stream.length, header.gd_offset
+    end = stream.read_at(length - 3 * SECTOR, 3 * SECTOR)
     has_footer = (
         MARKER.unpack(end[:SECTOR])[2] == MARKER_FOOTER
         and MARKER.unpack(end[2 * SECTOR :])[:3] == (0, 0, MARKER_EOS)
@@ -292,7 +346,7 @@ def check_stream_vmdk(f: BinaryIO, length: int, name: str = "VMDK") -> dict:
     limit = length // SECTOR - (3 if has_footer else 0)
     if has_footer:
         foot = HEADER.unpack(end[SECTOR : 2 * SECTOR])
-        if foot[3] != capacity or foot[9] in (0, GD_AT_END):
+        if foot[3] != header.capacity or foot[9] in (0, GD_AT_END):
             raise fail("footer does not repeat the header with a real grain directory offset")
         gd_off = foot[9]
         if header_gd not in (GD_AT_END, gd_off):
@@ -302,33 +356,39 @@ def check_stream_vmdk(f: BinaryIO, length: int, name: str = "VMDK") -> dict:
         raise fail("no footer marker, footer and end-of-stream marker in the last 1536 bytes")
     else:
         gd_off = header_gd  # e.g. qemu-img 7.2 writes the directory early and no footer
-    gt_count = -(-capacity // (GRAIN_SECTORS * GTES_PER_GT))
-    gd = struct.unpack(f"<{gt_count}I", read_at(gd_off * SECTOR, gt_count * 4))
+    return gd_off, limit
+
+
+def _count_grains(stream: _StreamReader, header: _Header, gd_off: int, limit: int) -> int:
+    """Every grain directory entry inside the file, then its grain table; return the grains present."""
+    gt_count = -(-header.capacity // (GRAIN_SECTORS * GTES_PER_GT))
+    gd = struct.unpack(f"<{gt_count}I", stream.read_at(gd_off * SECTOR, gt_count * 4))
     grains = 0
-    first_free = desc_off + desc_size  # metadata and grains come after the descriptor
+    first_free = header.descriptor_offset + header.descriptor_size  # metadata and grains follow it
     for t, gt_off in enumerate(gd):
         if gt_off == 0:
             continue
         if not first_free <= gt_off < limit:
-            raise fail(f"grain directory entry {t} points outside the file (sector {gt_off})")
-        table = struct.unpack(f"<{GTES_PER_GT}I", read_at(gt_off * SECTOR, GTES_PER_GT * 4))
-        for i, off in enumerate(table):
-            if off in (0, 1):
-                continue
-            lba = (t * GTES_PER_GT + i) * GRAIN_SECTORS
-            if not first_free <= off < limit:
-                raise fail(f"grain table {t} entry {i} points outside the file (sector {off})")
-            marker_lba, marker_size = GRAIN_MARKER.unpack(read_at(off * SECTOR, GRAIN_MARKER.size))
-            if marker_lba != lba or not 0 < marker_size <= GRAIN + 1024:
-                raise fail(
-                    f"grain at sector {off} has marker LBA {marker_lba}, size {marker_size}; "
-                    f"expected LBA {lba}"
-                )
-            grains += 1
-    return {
-        "version": version,
-        "capacity": capacity * SECTOR,
-        "grains": grains,
-        "cid": descriptor.get("CID", ""),
-        "adapter": descriptor.get("ddb.adapterType", ""),
-    }
+            raise stream.fail(f"grain directory entry {t} points outside the file (sector {gt_off})")
+        grains += _check_grain_table(stream, t, gt_off, first_free, limit)
+    return grains
+
+
+def _check_grain_table(stream: _StreamReader, t: int, gt_off: int, first_free: int, limit: int) -> int:
+    """Grain table ``t``: each entry inside the file, at a grain marker for that grain's LBA with a
+    plausible compressed size; return the grains it holds."""
+    table = struct.unpack(f"<{GTES_PER_GT}I", stream.read_at(gt_off * SECTOR, GTES_PER_GT * 4))
+    grains = 0
+    for i, off in enumerate(table):
+        if off in (0, 1):
+            continue
+        lba = (t * GTES_PER_GT + i) * GRAIN_SECTORS
+        if not first_free <= off < limit:
+            raise stream.fail(f"grain table {t} entry {i} points outside the file (sector {off})")
+        marker_lba, marker_size = GRAIN_MARKER.unpack(stream.read_at(off * SECTOR, GRAIN_MARKER.size))
+        if marker_lba != lba or not 0 < marker_size <= GRAIN + 1024:
+            raise stream.fail(
+                f"grain at sector {off} has marker LBA {marker_lba}, size {marker_size}; expected LBA {lba}"
+            )
+        grains += 1
+    return grains

@@ -14,7 +14,7 @@ from systemvm.export.formats.ova import write_ova
 from tests.standins.vcsim.vcsim import start_vcsim
 
 
-def bench_vmware(artifact: Path | None = None, flavour: str = "amd64") -> list[tuple[str, str]]:
+def time_vmware_flow(artifact: Path | None = None, flavour: str = "amd64") -> list[tuple[str, str]]:
     """Rows of (what, measurement): vcsim start, OVA export of a test disk (unless ``artifact`` is given),
     import to power-on (CreateImportSpec, ImportVApp, upload, reconfigure, power on) and destroy."""
     rows: list[tuple[str, str]] = []
@@ -59,5 +59,5 @@ def bench_vmware(artifact: Path | None = None, flavour: str = "amd64") -> list[t
 
 
 if __name__ == "__main__":
-    for what, value in bench_vmware():
+    for what, value in time_vmware_flow():
         print(f"{what:45} {value}")

@@ -1,6 +1,6 @@
-"""The services of the network lab (:mod:`systemvm.boot.netlab`), each started by one function in a lab
-host's namespace and stopped with the lab: HTTP backends and the public HTTP site (:mod:`labhttp`), an NFS
-export, a strongSwan peer and an iperf3 server, all on the addresses of :class:`netlab.LabPlan`.
+"""The services of the network lab (:mod:`systemvm.lab.netlab`), each started by one function in a lab
+host's namespace and stopped with the lab: HTTP backends and the public HTTP site (:mod:`systemvm.lab.httpd`),
+an NFS export, a strongSwan peer and an iperf3 server, all on the addresses of :class:`netlab.LabPlan`.
 
 Each one keeps its configuration, state and logs in the lab's work directory and never reads or writes the
 host's own configuration of the same daemon (no /etc/ganesha, /etc/ipsec.*, /etc/swanctl, no host rpcbind).
@@ -17,11 +17,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from systemvm.boot.netlab import LabError, NetLab, Service, backend_names
 from systemvm.hosttools import require_tools
+from systemvm.lab.netlab import LabError, NetLab, Service, backend_names
 
 CHARON = Path("/usr/lib/ipsec/charon")  # strongswan-charon: the IKE daemon (not on PATH)
-LABHTTP = Path(__file__).with_name("labhttp.py")
+HTTPD = Path(__file__).with_name("httpd.py")
 
 
 def _python_service(lab: NetLab, name: str, host: str, *args: str, port: int = 80) -> Service:
@@ -29,7 +29,7 @@ def _python_service(lab: NetLab, name: str, host: str, *args: str, port: int = 8
     access_log.touch()
     service = lab.spawn(
         name, host,
-        [sys.executable, str(LABHTTP), "--name", name, "--port", str(port), "--log", str(access_log), *args],
+        [sys.executable, str(HTTPD), "--name", name, "--port", str(port), "--log", str(access_log), *args],
         address=lab.hosts[host].ip, port=port, access_log=access_log,
     )  # fmt: skip
     lab.wait_listening(service, port)

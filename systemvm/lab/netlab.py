@@ -4,7 +4,7 @@ A router's guest and public NICs and the storage and console VMs' public NICs ar
 the lab puts real hosts (network namespaces) with real services, so a check can send traffic through the
 router (SNAT, port forwards, HAProxy, IPsec) or to a VM's public address and watch what arrives. Nothing
 of it is reachable from the host itself. This module builds and removes the topology and runs processes in
-it; :mod:`systemvm.boot.labservices` starts the services (HTTP, NFS, strongSwan, iperf3) on it.
+it; :mod:`systemvm.lab.services` starts the services (HTTP, NFS, strongSwan, iperf3) on it.
 
 How a tap reaches a namespace (tried on this host: a diskless QEMU in tests/e2e/test_netlab.py, and a
 diskless libvirt domain with an ethernet interface by hand, with the same result):

@@ -1,4 +1,4 @@
-"""The network lab's HTTP server (stdlib only): run inside a lab namespace by :mod:`systemvm.boot.netlab`.
+"""The network lab's HTTP server (stdlib only): run inside a lab namespace by :mod:`systemvm.lab.netlab`.
 
 Two uses, one program, so both log the same way:
 

@@ -7,7 +7,7 @@ role's own public address (:meth:`netlab.LabPlan.public_ip`) and the public serv
 stay user-mode. On the public server (:func:`agent_lab`):
 
 - for the storage VM, secondary storage as CloudStack's resource uses it: an NFS export (v3 and v4,
-  :func:`labservices.start_nfs_export`) and an HTTP site serving a real ``.qcow2.bz2`` of a known virtual
+  :func:`services.start_nfs_export`) and an HTTP site serving a real ``.qcow2.bz2`` of a known virtual
   size (a template download: :func:`template_image`);
 - for the console proxy, nothing: the checks connect from the server's namespace to the proxy's public
   address, to the ports CloudStack's console proxy rules open on the public NIC and to ports they keep shut.
@@ -28,11 +28,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from systemvm.boot import labservices, netlab, testnet
+from systemvm import contract
 from systemvm.errors import UserError
 from systemvm.hosttools import require_tools
+from systemvm.lab import netlab, services
 
-PUBLIC_DEV = f"eth{testnet.PUBLIC_NIC_INDEX}"
+PUBLIC_DEV = f"eth{contract.PUBLIC_NIC_INDEX}"
 TEMPLATE_NAME = "template.qcow2.bz2"  # what a template registration's URL names
 TEMPLATE_VIRTUAL_SIZE = 64 << 20  # bytes; what the storage VM must read back from the unpacked image
 # The NFS versions the storage VM mounts the export with: CloudStack's nfsVersion (3, 4 or the mount's
@@ -40,11 +41,10 @@ TEMPLATE_VIRTUAL_SIZE = 64 << 20  # bytes; what the storage VM must read back fr
 NFS_VERSIONS = ("3", "4")
 # The ports CloudStack's console proxy rules (iptables-consoleproxy) open on the public NIC: HTTPS, HTTP
 # and the VNC port (vncport=, written over their 8080). Everything else arriving on eth2 meets the INPUT
-# policy DROP: no answer at all. 8001 (the proxy's internal port) CloudStack opens on eth0 and eth1 only;
-# the image's own rules open it on every NIC (systemvm.contract.ROLE_PORTS), so it is not among the
-# checked closed ports.
-CONSOLE_OPEN_PORTS = (443, 80, testnet.CONSOLE_VNC_PORT)
-CONSOLE_CLOSED_PORTS = (22, 3922)
+# policy DROP: no answer at all, 8001 too (the proxy's own port: CloudStack's rules, and the image's,
+# open it on eth0 and eth1 only).
+CONSOLE_OPEN_PORTS = (443, 80, contract.CONSOLE_VNC_PORT)
+CONSOLE_CLOSED_PORTS = (22, 3922, contract.CONSOLE_PROXY_PORT)
 
 
 def template_image(directory: Path, virtual_size: int = TEMPLATE_VIRTUAL_SIZE) -> bytes:
@@ -100,7 +100,7 @@ def lab_params(agent_lab: AgentLab, taps: list[str]) -> dict[str, Any]:
     if agent_lab.nfs is not None:
         params["nfs"] = {
             "server": plan.server_ip,
-            "export": labservices.NFS_EXPORT,
+            "export": services.NFS_EXPORT,
             "versions": list(NFS_VERSIONS),
             "directory": str(agent_lab.nfs.files["export"]),  # the export as the host sees it
         }
@@ -120,8 +120,8 @@ def agent_lab(role: str, prefix: str | None = None) -> Iterator[AgentLab]:
             return
         with tempfile.TemporaryDirectory(dir=lab.work_dir) as scratch:
             image = template_image(Path(scratch))
-        public = labservices.start_public_http(lab, {TEMPLATE_NAME: image})
-        nfs = labservices.start_nfs_export(lab)
+        public = services.start_public_http(lab, {TEMPLATE_NAME: image})
+        nfs = services.start_nfs_export(lab)
         yield AgentLab(lab, role, public_http=public, nfs=nfs)
 
 
@@ -129,7 +129,7 @@ def agent_lab(role: str, prefix: str | None = None) -> Iterator[AgentLab]:
 def lab_for(role: str) -> Iterator[Any]:
     """The lab a KVM VM of ``role`` boots into: the router's (:func:`routerlab.router_lab`) or this one."""
     if role == "router":
-        from systemvm.boot.routerlab import router_lab
+        from systemvm.lab.routerlab import router_lab
 
         with router_lab() as rlab:
             yield rlab
