@@ -46,6 +46,7 @@ class Cell:
     hypervisor: str
     flavour: str
     role: str
+    restart: bool = True  # a KVM router cell restarts its VM and checks it again (suite.RESTART_ROLES)
 
     @property
     def label(self) -> str:
@@ -111,8 +112,10 @@ def plan_matrix(
     hypervisors: str | Sequence[str] | None = None,
     flavours: str | Sequence[str] | None = None,
     roles: str | Sequence[str] | None = None,
+    restart_flavours: str | Sequence[str] | None = None,
 ) -> list[Cell]:
-    """The cells to run, KVM first (it runs for real here), then flavour, then role."""
+    """The cells to run, KVM first (it runs for real here), then flavour, then role. Router cells restart
+    their VM for a second pass on the ``restart_flavours`` only (default: every flavour)."""
     available = configured_hypervisors()
     chosen = _pick(hypervisors, HYPERVISORS, available, "hypervisor", everything=available)
     unconfigured = [h for h in chosen if h not in available]
@@ -124,8 +127,13 @@ def plan_matrix(
         )
     chosen_flavours = _pick(flavours, naming.FLAVOURS, naming.FLAVOURS, "flavour")
     chosen_roles = _pick(roles, ROLES, MATRIX_ROLES, "role")
+    restarting = _pick(restart_flavours, naming.FLAVOURS, naming.FLAVOURS, "flavour")
     cells = [
-        Cell(h, f, r) for h in chosen for f in chosen_flavours if published_for(f, h) for r in chosen_roles
+        Cell(h, f, r, restart=f in restarting)
+        for h in chosen
+        for f in chosen_flavours
+        if published_for(f, h)
+        for r in chosen_roles
     ]
     if not cells:
         only = ", ".join(
@@ -227,6 +235,7 @@ def cell_command(cell: Cell, version: str, artifacts: Path) -> list[str]:
         version,
         "--artifacts",
         str(artifacts),
+        *([] if cell.restart else ["--no-restart"]),
     ]
 
 

@@ -171,9 +171,10 @@ def run_appliance_test(
     version: str = DEFAULT_VERSION,
     artifacts: Path = ARTIFACTS_DIR,
     artifact: Path | None = None,
+    restart: bool = True,
 ) -> SuiteOutcome:
     """Boot, check, collect, tear down, report. Never raises for failed checks; raises UserError for
-    bad input (unknown role, missing artifact)."""
+    bad input (unknown role, missing artifact). ``restart``: a KVM router is restarted and checked again."""
     from systemvm.boot.harness import VmRequest, boot_system_vm
 
     if role not in ROLES:
@@ -222,7 +223,7 @@ def run_appliance_test(
             }
             with phase(f"appliance checks on {label}"):
                 junit = run_checks(params, out_dir, label)
-            if hypervisor == "kvm" and role in RESTART_ROLES:
+            if restart and hypervisor == "kvm" and role in RESTART_ROLES:
                 junit = restart_and_check(vm, params, out_dir, label, junit)
                 boot_numbers = {k: f"{v:.1f}" for k, v in vm.timings.items()}
             summary = parse_junit(junit)
@@ -418,18 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default=DEFAULT_VERSION)
     parser.add_argument("--artifacts", default=str(ARTIFACTS_DIR))
     parser.add_argument("--artifact", default=None, help="boot this file instead of the exported artifact")
+    parser.add_argument(
+        "--no-restart", dest="restart", action="store_false", help="a router cell without its restart pass"
+    )
     args = parser.parse_args(argv)
     sigterm_is_interrupt()  # the matrix stops a cell with SIGTERM: its VM and lab go as on Ctrl-C
     try:
-        runner = run_api_flow if api_only(args.hypervisor) else run_appliance_test
-        outcome = runner(
-            args.hypervisor,
-            args.flavour,
-            args.role,
-            args.version,
-            Path(args.artifacts),
-            Path(args.artifact) if args.artifact else None,
-        )
+        cell = (args.hypervisor, args.flavour, args.role, args.version, Path(args.artifacts))
+        artifact = Path(args.artifact) if args.artifact else None
+        if api_only(args.hypervisor):
+            outcome = run_api_flow(*cell, artifact)
+        else:
+            outcome = run_appliance_test(*cell, artifact, restart=args.restart)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

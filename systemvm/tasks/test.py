@@ -51,6 +51,8 @@ def test(
         "roles": "comma list, or all (default secstorage,consoleproxy,router)",
         "version": f"template version X.Y.Z (default {DEFAULT_VERSION})",
         "artifacts": "artifacts directory holding <version>/ (default ./artifacts)",
+        "restart_flavours": "comma list: the flavours whose KVM router cells restart and check again "
+        "(default all)",
     }
 )
 def matrix(
@@ -61,6 +63,7 @@ def matrix(
     roles: str | None = None,
     version: str = DEFAULT_VERSION,
     artifacts: str | None = None,
+    restart_flavours: str | None = None,
 ) -> None:
     """Run the appliance suite for every flavour x role x configured hypervisor; print one summary table."""
     from systemvm.check import matrix as m
@@ -70,7 +73,7 @@ def matrix(
     sigterm_is_interrupt()  # a killed matrix stops its cells, which remove their VMs and labs
     with user_errors():
         root = Path(artifacts) if artifacts else ARTIFACTS_DIR
-        cells = m.plan_matrix(hypervisors, flavours, roles)
+        cells = m.plan_matrix(hypervisors, flavours, roles, restart_flavours)
         limit = m.jobs_for_host(whole_number(jobs, "--jobs") if jobs is not None else None)
         lines = m.image_lines(root, version, cells)
         checked_as = ", ".join(f"{flavour} as CloudStack {line}" for flavour, line in lines.items())

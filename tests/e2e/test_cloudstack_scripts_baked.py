@@ -166,9 +166,9 @@ def test_the_image_directories_kept_their_modes(built: Built) -> None:
     assert (root / "bin").is_symlink() and (root / "lib").is_symlink(), "merged /usr links survive"
 
 
-def test_cloudstacks_boot_units_are_in_charge(built: tuple[Path, Path, dict]) -> None:
+def test_cloudstacks_boot_units_are_in_charge(built: Built) -> None:
     """As CloudStack's own template boots: its units enabled, the image's own boot steps stood down."""
-    _, root, manifest = built
+    _, root, manifest, _ = built
     wants = root / "etc/systemd/system/multi-user.target.wants"
     for unit in ("cloud-preinit.service", "cloud-postinit.service"):
         assert (wants / unit).is_symlink(), f"{unit} is not enabled"

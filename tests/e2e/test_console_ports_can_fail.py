@@ -1,13 +1,13 @@
 """Each console proxy port check (appliance/test_console_ports.py) fails on a console proxy broken for it.
 
-One KVM console proxy (amd64, the cheaper flavour to boot) boots inside the network lab (the e2e pool's
-``console`` VM: its public NIC on the lab's public bridge, booting in the background from the start of the
-session). Its disk is the amd64 OVA's VMDK read back (Python's tarfile, then qemu-img's VMDK reader), so this
-module is also that export's boot proof. The port checks must pass on it first; then each case adds one
-iptables rule to the VM's live rules (closing a port CloudStack's console proxy rules open, opening one they
-keep shut, or refusing one instead of dropping it), runs the check it targets, expects it to fail, and
-deletes the rule again. Afterwards the lab's namespaces and taps and the VM are gone. Artifacts under
-``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
+One KVM console proxy (i386: four cases of one rule each, a cheap module for the dearer flavour) boots inside
+the network lab (the e2e pool's ``console`` VM: its public NIC on the lab's public bridge, booting in the
+background from the start of the session). Its disk is the i386 OVA's VMDK read back (Python's tarfile, then
+qemu-img's VMDK reader), so this module is also that export's boot proof. The port checks must pass on it
+first; then each case adds one iptables rule to the VM's live rules (closing a port CloudStack's console proxy
+rules open, opening one they keep shut, or refusing one instead of dropping it), runs the check it targets,
+expects it to fail, and deletes the rule again. Afterwards the lab's namespaces and taps and the VM are gone.
+Artifacts under ``SYSTEMVM_ARTIFACTS``; skips when they are not there; needs root (the lab).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_a_broken_console_proxy_fails_the_check(
     rule, expected = CASES[case]
     shell.run(f"iptables -I INPUT 1 {rule}")
     try:
-        results = check_results(params, tmp_path, case.replace(" ", "-"), [expected])
+        results = check_results(params, tmp_path, case, [expected])
     finally:
         shell.run(f"iptables -D INPUT {rule}")
     assert_case_fails(case, results, [expected], healthy, tmp_path, "console proxy")

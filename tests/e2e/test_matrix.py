@@ -1,5 +1,7 @@
 """Issue 6's CI proof: ``invoke matrix`` over the x86 flavours x three roles on KVM for real (TCG here), plus
 the XenServer API flow against the XAPI stand-in and the VMware flow against vcsim, with the real exports.
+CI restarts the amd64 router only (the restart pass costs a boot: on i386 it made the matrix's longest cell);
+``invoke matrix`` restarts every router.
 The arm64 flavour (KVM only, an emulated aarch64 guest) has its CI cell in tests/e2e/test_arm64.py; its other
 roles run in ``invoke matrix``."""
 
@@ -41,7 +43,7 @@ def test_invoke_matrix_passes_on_every_hypervisor(standins: None) -> None:
         pytest.skip("SYSTEMVM_ARTIFACTS is not set (invoke ci sets it after building)")
     done = subprocess.run(
         [sys.executable, "-m", "invoke", "matrix", "--version", vdir.name, "--artifacts", str(vdir.parent),
-         "--flavours", "amd64,i386"],
+         "--flavours", "amd64,i386", "--restart-flavours", "amd64"],
         cwd=REPO, capture_output=True, text=True, timeout=3600,
     )  # fmt: skip
     print(done.stdout[-6000:], done.stderr[-6000:])

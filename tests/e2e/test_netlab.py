@@ -303,7 +303,7 @@ def test_cleanup_leftovers_removes_a_crashed_lab() -> None:
     script = textwrap.dedent("""\
         import os, signal, sys
         from systemvm.lab import netlab
-from systemvm.lab import services as labservices
+        from systemvm.lab import services as labservices
         with netlab.net_lab() as lab:
             lab.add_tap("public")
             labservices.start_web_backends(lab)

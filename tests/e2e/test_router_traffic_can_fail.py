@@ -1,7 +1,7 @@
 """Each router traffic check (appliance/test_router_traffic.py) fails on a router broken for it.
 
-One KVM router (i386) boots inside the network lab (the e2e pool's ``router`` VM: its guest and public NICs
-on the lab's taps, booting in the background from the start of the session). Its disk is the i386 OVA's
+One KVM router (amd64) boots inside the network lab (the e2e pool's ``router`` VM: its guest and public NICs
+on the lab's taps, booting in the background from the start of the session). Its disk is the amd64 OVA's
 VMDK read back (Python's tarfile, then qemu-img's VMDK reader), so this module is also that export's boot
 proof (issue 4): the read-back disk boots to SSH on 3922 and routes. The traffic checks must pass
 on it first; then each case breaks one feature, on the VM (IPv4 forwarding off; Debian's default site back
@@ -202,7 +202,7 @@ def test_a_broken_router_fails_the_check(
     broken = {**params, "lab": overridden(params["lab"], overrides)}
     shell.run(break_it)
     try:
-        results = check_results(broken, tmp_path, case.replace(" ", "-"), expected)
+        results = check_results(broken, tmp_path, case, expected)
     finally:
         shell.run(repair)
     assert_case_fails(case, results, expected, healthy, tmp_path, "router")

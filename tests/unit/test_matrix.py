@@ -13,6 +13,7 @@ from systemvm import contract
 from systemvm.check.matrix import (
     Cell,
     CellResult,
+    cell_command,
     default_jobs,
     jobs_for_host,
     plan_matrix,
@@ -58,6 +59,31 @@ def test_arm64_cells_are_kvm_only() -> None:
     """CloudStack publishes aarch64 as a KVM qcow2 only: no XenServer or VMware cell for it."""
     assert plan_matrix("kvm", "arm64", "router") == [Cell("kvm", "arm64", "router")]
     assert {c.hypervisor for c in plan_matrix(flavours="arm64")} == {"kvm"}
+
+
+def test_only_the_restart_flavours_router_cells_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI restarts the amd64 router only: the other cells' suite runs get --no-restart, which the suite
+    reads as its ``restart`` argument."""
+    from systemvm.check import suite
+
+    cells = plan_matrix("kvm", "amd64,i386", "router", restart_flavours="amd64")
+    assert [(c.flavour, c.restart) for c in cells] == [("amd64", True), ("i386", False)]
+    commands = {c.flavour: cell_command(c, "4.22.0", Path("/a")) for c in cells}
+    assert "--no-restart" not in commands["amd64"] and commands["i386"][-1] == "--no-restart"
+    assert all(c.restart for c in plan_matrix("kvm", "amd64,i386", "router"))  # default: every router
+    with pytest.raises(UserError, match="flavour"):
+        plan_matrix("kvm", "amd64", "router", restart_flavours="sparc")
+    seen: dict[str, bool] = {}
+
+    def fake_test(*args: object, restart: bool = True) -> None:
+        seen["restart"] = restart
+        raise UserError("stop here")
+
+    monkeypatch.setattr(suite, "run_appliance_test", fake_test)
+    suite.main(commands["i386"][3:])
+    assert seen == {"restart": False}
+    suite.main(commands["amd64"][3:])
+    assert seen == {"restart": True}
 
 
 def test_arm64_on_another_hypervisor_alone_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
