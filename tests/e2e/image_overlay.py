@@ -4,11 +4,17 @@ an element's step or a guest module inside a chroot of the image (no build of th
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import pytest
+
 from tests.e2e import artifacts
+
+AMD64_RAW = artifacts.raw_disks().get("amd64")  # CI's amd64 image (SYSTEMVM_ARTIFACTS)
+SYSTEM = ("proc", "sys", "dev")  # what programs that read the system find mounted in an overlay
 
 
 def _run(*command: str) -> str:
@@ -27,9 +33,21 @@ def mounted_image(raw: Path, lower: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def overlay(lower: Path, work: Path, system: bool = False) -> Iterator[Path]:
-    """A writable view of ``lower`` whose changes go to ``work``; with ``system``, /proc, /sys and /dev
-    mounted inside for programs that read them. Everything is unmounted afterwards."""
+def amd64_image(factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """CI's amd64 image mounted read-only for a module's tests: skips where SYSTEMVM_ARTIFACTS holds none,
+    fails without root (loop mount, overlay and chroot)."""
+    if AMD64_RAW is None:
+        pytest.skip("SYSTEMVM_ARTIFACTS is not set (or holds no amd64 raw disk)")
+    if os.geteuid() != 0:
+        pytest.fail("needs root: loop mount, overlay and chroot")
+    with mounted_image(AMD64_RAW, factory.mktemp("lower")) as lower:
+        yield lower
+
+
+@contextlib.contextmanager
+def overlay(lower: Path, work: Path, mounts: Sequence[str] = ()) -> Iterator[Path]:
+    """A writable view of ``lower`` whose changes go to ``work``, with ``mounts`` (of :data:`SYSTEM`: /proc,
+    /sys, /dev) mounted inside for programs that read them. Everything is unmounted afterwards."""
     upper, workdir, merged = work / "upper", work / "work", work / "merged"
     for directory in (upper, workdir, merged):
         directory.mkdir()
@@ -37,12 +55,12 @@ def overlay(lower: Path, work: Path, system: bool = False) -> Iterator[Path]:
          str(merged))  # fmt: skip
     mounted = [merged]
     try:
-        if system:
-            for kind, where in (("proc", "proc"), ("sysfs", "sys")):
-                _run("mount", "-t", kind, kind, str(merged / where))
-                mounted.append(merged / where)
-            _run("mount", "--bind", "/dev", str(merged / "dev"))
-            mounted.append(merged / "dev")
+        for kind in mounts:
+            if kind == "dev":
+                _run("mount", "--bind", "/dev", str(merged / "dev"))
+            else:
+                _run("mount", "-t", {"sys": "sysfs"}.get(kind, kind), kind, str(merged / kind))
+            mounted.append(merged / kind)
         yield merged
     finally:
         for path in reversed(mounted):

@@ -28,14 +28,12 @@ import pytest
 
 from systemvm import profile
 from systemvm.build import cloudstack_scripts as cs
-from tests.e2e import artifacts
-from tests.e2e.image_overlay import mounted_image, overlay
+from tests.e2e.image_overlay import amd64_image, overlay
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 REPO = Path(__file__).resolve().parents[2]
 ELEMENT = REPO / "elements" / cs.ELEMENT
-RAW = artifacts.raw_disks().get("amd64")
 KEYSTORE = b"#!/bin/bash\necho keystore-setup\n"
 
 
@@ -65,11 +63,7 @@ def _tarball(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if RAW is None:
-        pytest.skip("SYSTEMVM_ARTIFACTS is not set (or holds no amd64 raw disk)")
-    if os.geteuid() != 0:
-        pytest.fail("needs root: loop mount, overlay and chroot")
-    with mounted_image(RAW, tmp_path_factory.mktemp("lower")) as lower:
+    with amd64_image(tmp_path_factory) as lower:
         yield lower
 
 

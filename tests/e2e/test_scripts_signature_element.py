@@ -23,24 +23,19 @@ import pytest
 
 from systemvm import contract, profile
 from tests.e2e import artifacts
-from tests.e2e.image_overlay import mounted_image, overlay
+from tests.e2e.image_overlay import amd64_image, overlay
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 REPO = Path(__file__).resolve().parents[2]
 STEP = REPO / "elements/systemvm-scripts-signature/finalise.d/93-sign-cloud-scripts"
-RAW = artifacts.raw_disks().get("amd64")
 TGZ = contract.SCRIPTS_COPY_PATH.lstrip("/")
 SIG = contract.SCRIPTS_SIGNATURE_PATH.lstrip("/")
 
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if RAW is None:
-        pytest.skip("SYSTEMVM_ARTIFACTS is not set (or holds no amd64 raw disk)")
-    if os.geteuid() != 0:
-        pytest.fail("needs root: loop mount, overlay and chroot")
-    with mounted_image(RAW, tmp_path_factory.mktemp("lower")) as lower:
+    with amd64_image(tmp_path_factory) as lower:
         yield lower
 
 

@@ -9,8 +9,6 @@ Needs root (loop device, mounts); skips only when ``SYSTEMVM_ARTIFACTS`` is unse
 
 from __future__ import annotations
 
-import contextlib
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +21,12 @@ from systemvm.check.suite import PACKAGES_DIR, run_checks
 from systemvm.defaults import DEFAULT_VERSION
 from systemvm.profile import profile_for
 from tests.e2e import artifacts
+from tests.e2e.image_overlay import amd64_image, overlay
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
-FLAVOUR = "amd64"
-RAW = artifacts.raw_disks().get(FLAVOUR)
+FLAVOUR = "amd64"  # the image of tests.e2e.image_overlay.amd64_image
+PROC_AND_DEV = ("proc", "dev")  # what the image checks' tools read in the chroot
 
 # Checks that run against an image (the others need a running VM and skip there)
 IMAGE_CHECKS = {
@@ -183,54 +182,10 @@ CASES: dict[str, tuple[str, dict, set[str]]] = {
 }
 
 
-def _run(*command: str) -> str:
-    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if RAW is None:
-        pytest.skip("SYSTEMVM_ARTIFACTS is not set (or holds no amd64 raw disk)")
-    if os.geteuid() != 0:
-        pytest.fail("needs root: loop devices and mounts")
-    lower = tmp_path_factory.mktemp("lower")
-    offset = artifacts.root_partition_offset(RAW)
-    loop = _run("losetup", "--find", "--show", "--read-only", "--offset", str(offset), str(RAW)).strip()
-    try:
-        _run("mount", "-o", "ro,noload", loop, str(lower))
-        try:
-            yield lower
-        finally:
-            subprocess.run(["umount", str(lower)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
-
-
-@contextlib.contextmanager
-def overlay(lower: Path, work: Path) -> Iterator[Path]:
-    """A writable copy-on-write view of the image; /proc and /dev mounted inside for the tools."""
-    upper, workdir, merged = work / "upper", work / "work", work / "merged"
-    for d in (upper, workdir, merged):
-        d.mkdir()
-    _run(
-        "mount",
-        "-t",
-        "overlay",
-        "overlay",
-        "-o",
-        f"lowerdir={lower},upperdir={upper},workdir={workdir}",
-        str(merged),
-    )
-    mounted = [merged]
-    try:
-        _run("mount", "-t", "proc", "proc", str(merged / "proc"))
-        mounted.append(merged / "proc")
-        _run("mount", "--bind", "/dev", str(merged / "dev"))
-        mounted.append(merged / "dev")
-        yield merged
-    finally:
-        for path in reversed(mounted):
-            subprocess.run(["umount", "-l", str(path)], check=False)
+    with amd64_image(tmp_path_factory) as lower:
+        yield lower
 
 
 def _check_image(root: Path, work: Path, label: str, overrides: dict) -> dict[str, tuple[str, str]]:
@@ -256,7 +211,7 @@ def _check_image(root: Path, work: Path, label: str, overrides: dict) -> dict[st
 @pytest.fixture(scope="module")
 def unbroken(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, str]]:
     work = tmp_path_factory.mktemp("unbroken")
-    with overlay(image_root, work) as root:
+    with overlay(image_root, work, PROC_AND_DEV) as root:
         return _check_image(root, work, "unbroken", {})
 
 
@@ -273,7 +228,7 @@ def test_a_broken_image_fails_the_check(
     """The targeted checks fail because of the break: they passed on the unbroken image, or fail now with
     another message; no other check changes its verdict."""
     command, overrides, expected = CASES[case]
-    with overlay(image_root, tmp_path) as root:
+    with overlay(image_root, tmp_path, PROC_AND_DEV) as root:
         subprocess.run(["chroot", str(root), "/bin/sh", "-c", command], check=True)
         results = _check_image(root, tmp_path, case.replace(" ", "-"), overrides)
     failed = {name for name, (result, _) in results.items() if result != "passed"}

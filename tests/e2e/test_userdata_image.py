@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -26,11 +25,10 @@ import pytest
 from systemvm import contract
 from systemvm.profile import manifest_profile
 from tests.e2e import artifacts
-from tests.e2e.image_overlay import mounted_image, overlay
+from tests.e2e.image_overlay import AMD64_RAW, SYSTEM, amd64_image, overlay
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
-RAW = artifacts.raw_disks().get("amd64")
 SCRIPT = '#!/bin/bash\necho "user data ran on $(hostname)" > /tmp/userdata.txt\n'
 # What the boot calls, from the image's own copy of the guest package (standard library only).
 RUN = (
@@ -45,14 +43,12 @@ UNITS = ("cloud-init-local.service", "cloud-init.service", "cloud-config.service
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    if RAW is None:
+    if AMD64_RAW is None:
         pytest.skip("SYSTEMVM_ARTIFACTS is not set (or holds no amd64 raw disk)")
     manifest = artifacts.manifest("amd64") or {}
     if not manifest_profile(manifest).userdata:
         pytest.skip(f"a CloudStack {manifest_profile(manifest).line} image: its boot runs no user data")
-    if os.geteuid() != 0:
-        pytest.fail("needs root: loop mount, overlay and chroot")
-    with mounted_image(RAW, tmp_path_factory.mktemp("lower")) as lower:
+    with amd64_image(tmp_path_factory) as lower:
         yield lower
 
 
@@ -83,7 +79,7 @@ def unit_states(root: Path) -> dict[str, str]:
 
 def test_the_user_data_runs_through_the_images_cloud_init_once(image_root: Path, tmp_path: Path) -> None:
     value = base64.b64encode(gzip.compress(SCRIPT.encode())).decode()
-    with overlay(image_root, tmp_path, system=True) as root:
+    with overlay(image_root, tmp_path, SYSTEM) as root:
         assert run_with_cmdline(root, {"userdata": value}) == "True", (root / "var/log/cloud.log").read_text()
         ran = root / "tmp/userdata.txt"
         assert ran.is_file(), "cloud-init's scripts-user did not run the user data script"
@@ -99,7 +95,7 @@ def test_the_user_data_runs_through_the_images_cloud_init_once(image_root: Path,
 
 def test_a_value_that_is_not_base64_of_gzip_runs_nothing(image_root: Path, tmp_path: Path) -> None:
     value = base64.b64encode(SCRIPT.encode()).decode()  # not gzipped
-    with overlay(image_root, tmp_path, system=True) as root:
+    with overlay(image_root, tmp_path, SYSTEM) as root:
         assert run_with_cmdline(root, {"userdata": value}) == "False"
         assert not (root / "tmp/userdata.txt").exists()
         assert not (root / "var/lib/cloud/seed/nocloud").exists()
@@ -108,6 +104,6 @@ def test_a_value_that_is_not_base64_of_gzip_runs_nothing(image_root: Path, tmp_p
 
 
 def test_without_user_data_cloud_init_is_left_alone(image_root: Path, tmp_path: Path) -> None:
-    with overlay(image_root, tmp_path, system=True) as root:
+    with overlay(image_root, tmp_path, SYSTEM) as root:
         assert run_with_cmdline(root, {}) == "None"
         assert not (root / "var/lib/cloud/instance").exists()
