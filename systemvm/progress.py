@@ -163,12 +163,16 @@ def reading(label: str, total: float | None, every: float | None = None) -> Iter
     pid, tid = os.getpid(), threading.get_native_id()
     me = Path(f"/proc/{pid}/task/{tid}")
     base = _read_bytes(me)
+    # processes this thread started before the block (a package cache daemon, a stand-in server): only what
+    # they read from now on is the step's
+    before = {child: _read_bytes(Path(f"/proc/{child}")) for child in _descendants(pid, tid)}
     seen: dict[int, int] = {}  # child pid -> the most it was seen to read (it is gone once it exits)
     stop = threading.Event()
 
     def measure() -> None:
         for child in _descendants(pid, tid):
-            seen[child] = max(seen.get(child, 0), _read_bytes(Path(f"/proc/{child}")))
+            read = _read_bytes(Path(f"/proc/{child}")) - before.get(child, 0)
+            seen[child] = max(seen.get(child, 0), read)
         meter.update(_read_bytes(me) - base + sum(seen.values()))
 
     def poll() -> None:

@@ -56,7 +56,6 @@ REMOVE_ESTABLISHED = (
     "iptables -I INPUT 1 -p tcp --dport 3922 -j ACCEPT && "
     "iptables -S INPUT | grep ESTABLISHED | sed 's/^-A /-D /' | while read -r r; do iptables $r; done"
 )
-REMOVE_443 = "iptables -S INPUT | grep -E 'dports? [0-9,]*443' | sed 's/^-A /-D /' | while read -r r; do iptables $r; done"  # noqa: E501
 PLUGIN = "/usr/lib/ipsec/plugins/libstrongswan-gmp.so"
 
 S = check_node("test_ssh_access.py")
@@ -149,7 +148,6 @@ CASES: dict[str, tuple[str, str, dict[str, Any], list[str]]] = {
         {},
         [F + "test_established_traffic_is_accepted", F + "test_the_rules_are_persisted_in_rules_v4"],
     ),
-    "443 closed": (f"{SAVE_LIVE} && {REMOVE_443}", RESTORE_LIVE, {}, [F + "test_the_roles_ports_are_open"]),
     "rules.v4 says ACCEPT": (
         "cp -p /etc/iptables/rules.v4 /root/rules.v4.bak && sed -i 's/^:INPUT DROP/:INPUT ACCEPT/' "
         "/etc/iptables/rules.v4",

@@ -64,13 +64,21 @@ def test_reading_counts_what_a_child_reads_with_or_without_pread(tmp_path, monke
         time.sleep(0.3)  # cat is done, its shell still runs: polled while it lives
         assert meter.done >= 48 * MIB  # holes read as zeros count too
         child.wait()
-    with progress.reading("pread in this thread", 24 * MIB) as meter:
-        fd = os.open(data, os.O_RDONLY)
-        try:
-            for offset in range(0, 24 * MIB, MIB):
-                os.pread(fd, MIB, offset)
-        finally:
-            os.close(fd)
+    # a process this thread started earlier, still running (as a build's package cache daemon is): what it
+    # read before the block is not the block's
+    earlier = subprocess.Popen(["sh", "-c", f"cat {data} > /dev/null; exec sleep 5"])
+    try:
+        time.sleep(0.3)
+        with progress.reading("pread in this thread", 24 * MIB) as meter:
+            fd = os.open(data, os.O_RDONLY)
+            try:
+                for offset in range(0, 24 * MIB, MIB):
+                    os.pread(fd, MIB, offset)
+            finally:
+                os.close(fd)
+    finally:
+        earlier.kill()
+        earlier.wait()
     assert 24 * MIB <= meter.done < 25 * MIB
 
 
